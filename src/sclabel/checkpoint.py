@@ -1,0 +1,117 @@
+"""The checkpoint directory: JSON + safetensors, never pickle.
+
+    config.json        format version, sclabel version, family, hyperparameters, preprocessing,
+                       training options, SHA-256 of the weights
+    model.safetensors  the weights (plus any extra tensors a family stores)
+    genes.json         the gene vocabulary
+    labels.json        class names, in output order
+    metrics.json       validation history and test metrics
+    split.csv          cell -> train/val/test (and group), to reproduce or export the split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sclabel._atomic import atomic_path
+from sclabel.errors import InputError
+
+FORMAT_VERSION = 1
+FILES = ("config.json", "model.safetensors", "genes.json", "labels.json", "metrics.json", "split.csv")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def save(
+    directory: str | Path,
+    *,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    genes: dict[str, Any],
+    labels: list[str],
+    metrics: dict[str, Any],
+    split: pd.DataFrame,
+) -> Path:
+    """Write a checkpoint directory atomically; an existing checkpoint there is replaced."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()) and not (directory / "config.json").exists():
+        msg = f"{directory} exists and is not a sclabel checkpoint; choose an empty or new folder"
+        raise InputError(msg)
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, str(tmp / "model.safetensors"))
+        config = dict(config, format_version=FORMAT_VERSION)
+        config["weights_sha256"] = _sha256(tmp / "model.safetensors")
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "genes.json", genes)
+        _write_json(tmp / "labels.json", labels)
+        _write_json(tmp / "metrics.json", metrics)
+        split.to_csv(tmp / "split.csv", index_label="cell")
+    return directory
+
+
+def load(directory: str | Path) -> dict[str, Any]:
+    """Read and verify a checkpoint directory; every failure names the problem and the fix."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"model not found: {directory} is not a checkpoint directory")
+    missing = [name for name in FILES if not (directory / name).is_file()]
+    if missing:
+        msg = f"incomplete checkpoint {directory}: missing {missing}; re-save or re-train the model"
+        raise InputError(msg)
+    parts: dict[str, Any] = {}
+    for name in ("config", "genes", "labels", "metrics"):
+        try:
+            parts[name] = json.loads((directory / f"{name}.json").read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"corrupt {name}.json in {directory}: {err}") from err
+    config = parts["config"]
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise InputError(f"{directory}/config.json has no format_version; not a sclabel checkpoint")
+    if version > FORMAT_VERSION:
+        msg = (
+            f"checkpoint format {version} is newer than this sclabel understands "
+            f"({FORMAT_VERSION}); upgrade sclabel (saved by sclabel {config.get('sclabel_version')})"
+        )
+        raise InputError(msg)
+    weights = directory / "model.safetensors"
+    if _sha256(weights) != config.get("weights_sha256"):
+        msg = (
+            f"{weights} does not match the checksum in config.json: the weights were modified or "
+            "damaged; restore the original checkpoint"
+        )
+        raise InputError(msg)
+    try:
+        parts["state"] = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"cannot read {weights}: {err}") from err
+    parts["split"] = pd.read_csv(directory / "split.csv", index_col="cell", dtype={"cell": str})
+    return parts

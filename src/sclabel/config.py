@@ -1,0 +1,83 @@
+"""Frozen configuration dataclasses, stored in a checkpoint's config.json.
+
+Each config round-trips through plain JSON so a saved model says exactly how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from sclabel.errors import InputError
+
+
+class _JSONConfig:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            msg = f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(names)}"
+            raise InputError(msg)
+        # JSON has no tuples; restore them where the field default is one.
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**fixed)
+
+
+@dataclass(frozen=True)
+class DataConfig(_JSONConfig):
+    """How cells, labels, genes and splits are read from an AnnData."""
+
+    label_key: str
+    split_by: str | None = None
+    layer: str | None = None
+    gene_key: str | None = None
+    target_sum: float = 1e4
+    min_gene_coverage: float = 0.5
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    def __post_init__(self) -> None:
+        fractions = self.split_fractions
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            msg = f"split_fractions must be three non-negative numbers summing to 1, got {fractions}"
+            raise InputError(msg)
+        if fractions[0] <= 0:
+            raise InputError("the training fraction of split_fractions must be positive")
+        if not 0 < self.min_gene_coverage <= 1:
+            raise InputError("min_gene_coverage must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_JSONConfig):
+    """A model family name plus that family's own hyperparameters."""
+
+    family: str = "mlp"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_JSONConfig):
+    """Optimisation and hardware; defaults suit a laptop CPU."""
+
+    max_epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    lr_gamma: float = 0.9  # StepLR factor applied after every epoch
+    patience: int = 5  # epochs without a better validation macro-F1 before stopping
+    grad_clip: float | None = None
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    precision: str = "32-true"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1 or self.batch_size < 1:
+            raise InputError("max_epochs and batch_size must be at least 1")
+        if self.lr <= 0:
+            raise InputError("lr must be positive")

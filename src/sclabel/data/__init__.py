@@ -1,0 +1,1 @@
+"""Everything before a tensor exists: reading, genes, normalization, splits, batches."""

@@ -1,0 +1,75 @@
+"""Size-factor normalization + log1p on sparse row chunks, fused with gene alignment.
+
+Library size comes from all of a cell's genes in its own file (as scanpy and CellTypist do),
+so a query's normalization does not depend on how many genes the model happens to share.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from sclabel.data.genes import GeneAlignment
+from sclabel.data.io import ValueKind, check_chunk
+
+
+def to_csr(chunk) -> sp.csr_matrix:
+    chunk = chunk if sp.issparse(chunk) else sp.csr_matrix(np.asarray(chunk))
+    return sp.csr_matrix(chunk, dtype=np.float32)
+
+
+def prepare_rows(
+    chunk,
+    *,
+    kind: ValueKind,
+    alignment: GeneAlignment,
+    target_sum: float = 1e4,
+    first_row: int = 0,
+) -> sp.csr_matrix:
+    """Validate, normalize and align one chunk of rows; returns log1p values over model genes.
+
+    counts: scale each row to `target_sum`, align, log1p.
+    log1p:  expm1, align (so duplicate genes sum in count space), log1p.
+    """
+    chunk = to_csr(chunk)
+    check_chunk(chunk, kind, first_row)
+    if kind == "counts":
+        totals = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
+        scaled = sp.diags((target_sum / totals).astype(np.float32)) @ chunk
+    else:
+        scaled = chunk.copy()
+        np.expm1(scaled.data, out=scaled.data)
+    aligned = alignment.apply(scaled)
+    np.log1p(aligned.data, out=aligned.data)
+    return aligned
+
+
+def iter_prepared(
+    X,
+    *,
+    kind: ValueKind,
+    alignment: GeneAlignment,
+    target_sum: float = 1e4,
+    chunk_size: int = 8192,
+    rows: np.ndarray | None = None,
+    progress: bool = False,
+    desc: str = "preparing",
+):
+    """Yield prepared row chunks of X (in memory or backed), in order.
+
+    Only one chunk of raw rows is held at a time, so memory is bounded by `chunk_size` plus
+    what the caller keeps. `rows` restricts to a sorted subset of row indices.
+    """
+    from tqdm.auto import tqdm
+
+    n = X.shape[0] if rows is None else rows.size
+    starts = range(0, n, chunk_size)
+    for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress or len(starts) < 2):
+        if rows is None:
+            chunk, first = X[start : start + chunk_size], start
+        else:
+            index = rows[start : start + chunk_size]
+            chunk, first = X[index], int(index[0])
+        yield prepare_rows(
+            chunk, kind=kind, alignment=alignment, target_sum=target_sum, first_row=first
+        )

@@ -1,0 +1,63 @@
+"""Classification metrics as one JSON-ready dict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from sclabel.evaluation.calibration import expected_calibration_error, reliability_table
+
+
+def compute_metrics(
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    confidence: np.ndarray,
+    classes: Sequence[str],
+) -> dict:
+    """Accuracy, macro/weighted F1, per-class scores, confusion matrix and calibration.
+
+    Macro-F1 averages over the classes present in `y_true`, so a class the model knows but
+    the test set lacks does not count as a zero. True labels unknown to the model are kept
+    (they can only be wrong) and listed under `unseen_labels`.
+    """
+    y_true = np.asarray(y_true, dtype=object).astype(str)
+    y_pred = np.asarray(y_pred, dtype=object).astype(str)
+    present = sorted(set(y_true))
+    rows = present
+    columns = list(classes) + sorted(set(y_pred) - set(classes))  # e.g. "unknown"
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=present, zero_division=0
+    )
+    correct = y_true == y_pred
+    matrix = confusion_matrix(y_true, y_pred, labels=sorted(set(rows) | set(columns)))
+    order = sorted(set(rows) | set(columns))
+    position = {label: i for i, label in enumerate(order)}
+    matrix = matrix[np.ix_([position[r] for r in rows], [position[c] for c in columns])]
+    return {
+        "n_cells": int(y_true.size),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "weighted_f1": float(
+            f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0)
+        ),
+        "ece": expected_calibration_error(np.asarray(confidence), correct),
+        "per_class": {
+            label: {
+                "precision": float(p),
+                "recall": float(r),
+                "f1": float(f),
+                "support": int(s),
+            }
+            for label, p, r, f, s in zip(present, precision, recall, f1, support, strict=True)
+        },
+        "confusion": {"rows": rows, "columns": columns, "counts": matrix.tolist()},
+        "reliability": reliability_table(np.asarray(confidence), correct)
+        .reset_index()
+        .astype(object)
+        .where(lambda t: t.notna(), None)
+        .to_dict(orient="list"),
+        "unseen_labels": sorted(set(present) - set(classes)),
+        "n_unknown": int((y_pred == "unknown").sum()) if "unknown" not in classes else 0,
+    }

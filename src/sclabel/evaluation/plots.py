@@ -1,0 +1,80 @@
+"""The report's three pictures: confusion matrix, per-class F1, reliability diagram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def confusion_plot(metrics: dict, path: Path) -> Path:
+    """Row-normalized confusion matrix: each row shows where a true class went."""
+    conf = metrics["confusion"]
+    counts = np.asarray(conf["counts"], dtype=float)
+    normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n_rows, n_cols = normalized.shape
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * n_cols + 3), max(4, 0.4 * n_rows + 2)))
+    image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(n_cols), conf["columns"], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n_rows), conf["rows"], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n_rows * n_cols <= 400:
+        for i in range(n_rows):
+            for j in range(n_cols):
+                value = normalized[i, j]
+                if value >= 0.01:
+                    color = "white" if value > 0.5 else "black"
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax, label="fraction of true class")
+    ax.set_title("confusion matrix (row-normalized)")
+    return _save(fig, path)
+
+
+def per_class_f1_plot(metrics: dict, path: Path) -> Path:
+    per_class = metrics["per_class"]
+    names = sorted(per_class, key=lambda c: per_class[c]["f1"])
+    f1 = [per_class[c]["f1"] for c in names]
+    support = [per_class[c]["support"] for c in names]
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * len(names) + 1.5)))
+    ax.barh(range(len(names)), f1, color="tab:blue")
+    ax.set_yticks(range(len(names)), [f"{n} (n={s})" for n, s in zip(names, support, strict=True)])
+    ax.set_xlim(0, 1)
+    ax.axvline(metrics["macro_f1"], color="tab:red", linestyle="--", label="macro-F1")
+    ax.set_xlabel("F1")
+    ax.legend(loc="lower right")
+    ax.set_title("per-class F1")
+    return _save(fig, path)
+
+
+def reliability_plot(metrics: dict, path: Path) -> Path:
+    """Accuracy per confidence bin against the diagonal of perfect calibration."""
+    table = metrics["reliability"]
+    centers = [(lo + hi) / 2 for lo, hi in zip(table["lower"], table["upper"], strict=True)]
+    accuracy = [np.nan if a is None else a for a in table["accuracy"]]
+    width = table["upper"][0] - table["lower"][0]
+    fig, (ax, ax_n) = plt.subplots(
+        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.bar(centers, accuracy, width=width * 0.95, color="tab:blue", label="accuracy")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {metrics['ece']:.3f})")
+    ax.legend(loc="upper left")
+    ax_n.bar(centers, table["n"], width=width * 0.95, color="tab:gray")
+    ax_n.set_xlabel("confidence")
+    ax_n.set_ylabel("cells")
+    ax_n.set_xlim(0, 1)
+    return _save(fig, path)

@@ -1,0 +1,150 @@
+"""`Model`: a trained module plus everything needed to apply it to new data."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import pandas as pd
+
+from sclabel import checkpoint
+from sclabel.config import DataConfig, ModelConfig, TrainConfig
+from sclabel.data.genes import Vocabulary
+from sclabel.errors import InputError
+from sclabel.models import Classifier, build
+
+
+class Model:
+    """A trained classifier that knows its genes, classes, preprocessing and split."""
+
+    def __init__(
+        self,
+        module: Classifier,
+        *,
+        vocabulary: Vocabulary,
+        classes: list[str],
+        data_config: DataConfig,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        training_input: str,
+        metrics: dict[str, Any] | None = None,
+        split: pd.DataFrame | None = None,
+        is_main_process: bool = True,
+    ) -> None:
+        self.module = module.eval()
+        self.vocabulary = vocabulary
+        self.classes = list(classes)
+        self.data_config = data_config
+        self.model_config = model_config
+        self.train_config = train_config
+        self.training_input = training_input
+        self.metrics = metrics or {}
+        self.split = split if split is not None else pd.DataFrame({"split": []})
+        self.is_main_process = is_main_process
+
+    @property
+    def family(self) -> str:
+        return self.model_config.family
+
+    @property
+    def genes(self) -> tuple[str, ...]:
+        return self.vocabulary.ids
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(family={self.family!r}, {len(self.genes)} genes, {len(self.classes)} classes, "
+            f"label_key={self.data_config.label_key!r})"
+        )
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "sclabel_version": version("sclabel"),
+            "family": self.family,
+            "hyperparameters": self.model_config.params,
+            "n_genes": len(self.genes),
+            "n_classes": len(self.classes),
+            "data": self.data_config.to_dict(),
+            "train": self.train_config.to_dict(),
+            "preprocessing": {
+                "training_input": self.training_input,
+                "transform": "log1p(counts / total_counts * target_sum)",
+                "target_sum": self.data_config.target_sum,
+                "gene_key": self.data_config.gene_key,
+            },
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint directory (see `sclabel.checkpoint`)."""
+        return checkpoint.save(
+            path,
+            state=self.module.state_dict(),
+            config=self.config_dict(),
+            genes=self.vocabulary.to_dict(),
+            labels=self.classes,
+            metrics=self.metrics,
+            split=self.split,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Model:
+        """Load and verify a checkpoint directory written by `Model.save`."""
+        parts = checkpoint.load(path)
+        config = parts["config"]
+        try:
+            vocabulary = Vocabulary.from_dict(parts["genes"])
+            classes = [str(c) for c in parts["labels"]]
+            if len(vocabulary.ids) != config["n_genes"] or len(classes) != config["n_classes"]:
+                raise ValueError("genes.json/labels.json do not match the sizes in config.json")
+            module = build(config["family"], len(vocabulary.ids), len(classes), config["hyperparameters"])
+            module.load_state_dict(parts["state"], strict=True)
+            model_config = ModelConfig(config["family"], config["hyperparameters"])
+            data_config = DataConfig.from_dict(config["data"])
+            train_config = TrainConfig.from_dict(config["train"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            msg = f"inconsistent checkpoint {path}: {err}; re-save or re-train the model"
+            raise InputError(msg) from err
+        return cls(
+            module,
+            vocabulary=vocabulary,
+            classes=classes,
+            data_config=data_config,
+            model_config=model_config,
+            train_config=train_config,
+            training_input=config["preprocessing"]["training_input"],
+            metrics=parts["metrics"],
+            split=parts["split"],
+        )
+
+    def predict(self, adata: ad.AnnData, **options: Any):
+        """Predict labels for every cell; see `sclabel.predict.predict` for the options."""
+        from sclabel.predict import predict
+
+        return predict(self, adata, **options)
+
+    def export_split(self, path: str | Path) -> Path:
+        """Write the train/val/test assignment of the training cells as CSV."""
+        from sclabel._atomic import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            self.split.to_csv(tmp, index_label="cell")
+        return path
+
+    def summary(self) -> str:
+        test = self.metrics.get("test", {})
+        fit = self.metrics.get("fit", {})
+        lines = [
+            repr(self),
+            f"hyperparameters: {self.model_config.params}",
+            f"training input: {self.training_input}; gene key: {self.data_config.gene_key}",
+            f"split: {self.split['split'].value_counts().to_dict() if len(self.split) else 'none'}",
+            f"classes: {', '.join(self.classes)}",
+        ]
+        if fit:
+            lines.append(f"best epoch {fit.get('best_epoch')} of {fit.get('epochs_run')}, "
+                         f"val macro-F1 {fit.get('best_val_macro_f1')}")
+        if test:
+            lines.append(f"test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}")
+        return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""Model families by name. Adding one = a file here + one line in MODELS."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sclabel.errors import InputError
+from sclabel.models.base import Classifier, ModelOutput
+from sclabel.models.linear import LinearClassifier
+from sclabel.models.mlp import MLPClassifier
+
+MODELS: dict[str, type[Classifier]] = {
+    "linear": LinearClassifier,
+    "mlp": MLPClassifier,
+}
+
+__all__ = ["MODELS", "Classifier", "ModelOutput", "build", "resolve_params"]
+
+
+def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check a family's hyperparameters and fill in its defaults."""
+    if family not in MODELS:
+        raise InputError(f"unknown model family {family!r}; choose from {sorted(MODELS)}")
+    params_cls = MODELS[family].Params
+    known = {f.name for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        msg = f"{family}: unknown hyperparameter(s) {unknown}; known: {sorted(known)}"
+        raise InputError(msg)
+    return dataclasses.asdict(params_cls(**params))
+
+
+def build(family: str, n_genes: int, n_classes: int, params: dict[str, Any]) -> Classifier:
+    resolved = resolve_params(family, params)
+    return MODELS[family](n_genes, n_classes, MODELS[family].Params(**resolved))

@@ -1,0 +1,1 @@
+"""Training: one loop for every family (loop.py) and the AnnData-level `train` (api.py)."""

@@ -1,0 +1,131 @@
+"""The one training loop, driven by Lightning Fabric (devices, precision, DDP).
+
+Class-weighted cross-entropy + every `loss_terms` entry a model returns, AdamW, StepLR after
+each epoch, early stopping on validation macro-F1 with the best weights restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.metrics import f1_score
+from tqdm.auto import tqdm
+
+from sclabel.config import TrainConfig
+from sclabel.data.loader import Y_KEY, iterate_batches, n_batches
+from sclabel.models.base import Classifier, predict_proba
+
+log = logging.getLogger("sclabel")
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_macro_f1: float | None
+    epochs_run: int
+    seconds: float
+    is_main_process: bool = True  # under DDP only rank 0 should write outputs
+    history: list[dict] = field(default_factory=list)
+
+
+def make_fabric(config: TrainConfig):
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(
+        accelerator=config.accelerator, devices=config.devices, precision=config.precision
+    )
+    fabric.launch()
+    return fabric
+
+
+def fit(
+    module: Classifier,
+    train: tuple[sp.csr_matrix, np.ndarray],
+    val: tuple[sp.csr_matrix, np.ndarray] | None,
+    *,
+    class_weight: np.ndarray,
+    config: TrainConfig,
+) -> FitResult:
+    """Train `module` in place; returns the history and the epoch whose weights were kept."""
+    fabric = make_fabric(config)
+    fabric.seed_everything(config.seed, verbose=False)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
+    model, optimizer = fabric.setup(module, optimizer)
+    weight = torch.as_tensor(class_weight, dtype=torch.float32, device=fabric.device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    has_val = val is not None and val[0].shape[0] > 0
+    if not has_val:
+        log.info("no validation cells: training for max_epochs=%d without early stopping", config.max_epochs)
+
+    best = (-1.0, 0, None)  # (val macro-F1, epoch, state)
+    history: list[dict] = []
+    start = time.perf_counter()
+    steps = n_batches(train[0].shape[0], config.batch_size, fabric.world_size)
+    bar = tqdm(
+        range(config.max_epochs),
+        desc="training",
+        unit="epoch",
+        disable=not config.progress or fabric.global_rank != 0,
+    )
+    for epoch in bar:
+        model.train()
+        total = torch.zeros((), device=fabric.device)
+        batches = iterate_batches(
+            *train,
+            batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            epoch=epoch,
+            rank=fabric.global_rank,
+            world_size=fabric.world_size,
+        )
+        for batch in batches:
+            batch = fabric.to_device(batch)
+            out = model(batch)
+            loss = loss_fn(out.logits.float(), batch[Y_KEY])
+            loss = loss + sum(out.loss_terms.values(), torch.zeros((), device=fabric.device))
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if config.grad_clip:
+                fabric.clip_gradients(model, optimizer, max_norm=config.grad_clip)
+            optimizer.step()
+            total += loss.detach()
+        scheduler.step()
+        record = {"epoch": epoch, "loss": float(total) / max(steps, 1)}
+        if has_val:
+            proba = predict_proba(
+                module, iterate_batches(val[0], batch_size=4096), device=fabric.device
+            )
+            record["val_macro_f1"] = float(
+                f1_score(val[1], proba.argmax(1).numpy(), average="macro", zero_division=0)
+            )
+        history.append(record)
+        score = record.get("val_macro_f1", float(epoch))  # no val: keep the last epoch
+        if score > best[0]:
+            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            best = (score, epoch, state)
+        bar.set_postfix(
+            loss=f"{record['loss']:.4f}",
+            val_f1=f"{record.get('val_macro_f1', float('nan')):.4f}",
+            best=best[1],
+        )
+        if has_val and epoch - best[1] >= config.patience:
+            log.info("early stop after epoch %d (best epoch %d)", epoch, best[1])
+            break
+    bar.close()
+    module.load_state_dict(best[2])
+    module.to("cpu")
+    return FitResult(
+        best_epoch=best[1],
+        best_val_macro_f1=best[0] if has_val else None,
+        epochs_run=len(history),
+        seconds=time.perf_counter() - start,
+        is_main_process=fabric.global_rank == 0,
+        history=history,
+    )
