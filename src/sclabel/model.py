@@ -123,6 +123,38 @@ class Model:
 
         return predict(self, adata, **options)
 
+    def evaluate(
+        self,
+        adata: ad.AnnData,
+        *,
+        label_key: str | None = None,
+        split: str | None = None,
+        out_dir: str | Path | None = None,
+        title: str = "sclabel evaluation",
+        **predict_options: Any,
+    ):
+        """Predict `adata` and score it against `obs[label_key]` (default: the training key).
+
+        `split="test"` (or "val"/"train") keeps only the cells this model's saved split put
+        there, matched by cell name, so the demo and the CLI can score held-out cells.
+        """
+        from sclabel.evaluation.report import evaluate
+        from sclabel.training.api import read_labels
+
+        label_key = label_key or self.data_config.label_key
+        if split is not None:
+            if split not in {"train", "val", "test"}:
+                raise InputError(f"split must be train, val or test, got {split!r}")
+            cells = self.split.index[self.split["split"] == split].astype(str)
+            keep = adata.obs_names.isin(cells)
+            if not keep.any():
+                msg = f"no cell of this AnnData is in the model's {split!r} split; omit --split"
+                raise InputError(msg)
+            adata = adata[keep]
+        truth = read_labels(adata.obs, label_key)
+        prediction = self.predict(adata, **predict_options)
+        return evaluate(prediction, truth.to_numpy(), out_dir=out_dir, title=title)
+
     def export_split(self, path: str | Path) -> Path:
         """Write the train/val/test assignment of the training cells as CSV."""
         from sclabel._atomic import atomic_path

@@ -1,0 +1,259 @@
+"""The command line: parse arguments, call the same functions as the Python API.
+
+Errors a user can fix print one line and exit 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from sclabel.errors import InputError
+
+log = logging.getLogger("sclabel")
+
+EXAMPLES = {
+    "train": "sclabel train atlas.h5ad --label-key cell_type --split-by donor --model mlp --out my-model",
+    "predict": "sclabel predict query.h5ad --model my-model --out predictions.csv --unknown-threshold 0.5",
+    "evaluate": "sclabel evaluate atlas.h5ad --model my-model --split test --out report/",
+    "info": "sclabel info my-model --export-split split.csv",
+    "demo": "sclabel demo --out sclabel-demo",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sclabel",
+        description="Train and apply cell-level classifiers to single-cell RNA-seq data.",
+        epilog="Example: " + EXAMPLES["train"],
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"Example: {EXAMPLES[name]}",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+
+    def input_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("input", help=".h5ad, 10x directory, 10x .h5, .csv or .tsv")
+        p.add_argument("--layer", help="matrix to use instead of X: a layer name or 'raw'")
+        p.add_argument("--gene-key", help="var column with gene ids ('var_names' for the index)")
+        p.add_argument("--backed", action="store_true", help="stream an .h5ad from disk")
+
+    train = command("train", "Train a classifier on a labelled dataset.")
+    input_options(train)
+    train.add_argument("--label-key", required=True, help="obs column with the labels")
+    train.add_argument("--split-by", help="obs column with donors/samples for a grouped split")
+    train.add_argument("--model", default="mlp", help="model family: linear or mlp")
+    train.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="model hyperparameter, repeatable (e.g. --param depth=3 --param dropout=0.1)",
+    )
+    train.add_argument("--out", default="sclabel-model", help="checkpoint directory to write")
+    train.add_argument("--report", help="also write an evaluation report of the test split here")
+    train.add_argument("--export-split", help="also write the train/val/test split as CSV")
+    train.add_argument("--max-epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--patience", type=int, default=5)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--accelerator", default="cpu", help="cpu, gpu, cuda, mps or auto")
+    train.add_argument("--devices", default="1", help="number of devices or 'auto'")
+    train.add_argument("--precision", default="32-true", help="e.g. 32-true, bf16-mixed, 16-mixed")
+
+    predict = command("predict", "Predict labels for every cell of a dataset.")
+    input_options(predict)
+    predict.add_argument("--model", required=True, help="checkpoint directory")
+    predict.add_argument("--out", required=True, help=".csv, .tsv, .parquet or .h5ad to write")
+    predict.add_argument("--unknown-threshold", type=float, help="label cells below it 'unknown'")
+    predict.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
+    predict.add_argument("--chunk-size", type=int, default=8192, help="rows read at a time")
+    predict.add_argument("--key-added", default="sclabel", help="prefix of the obs/obsm keys")
+
+    evaluate = command("evaluate", "Score a model against known labels and write a report.")
+    input_options(evaluate)
+    evaluate.add_argument("--model", required=True, help="checkpoint directory")
+    evaluate.add_argument("--label-key", help="obs column with true labels (default: training's)")
+    evaluate.add_argument("--split", choices=["train", "val", "test"], help="only these cells")
+    evaluate.add_argument("--out", default="sclabel-report", help="report folder to write")
+    evaluate.add_argument("--unknown-threshold", type=float)
+    evaluate.add_argument("--min-gene-coverage", type=float)
+
+    info = command("info", "Describe a saved model.")
+    info.add_argument("model", help="checkpoint directory")
+    info.add_argument("--export-split", help="write the training split as CSV")
+    info.add_argument("--json", action="store_true", help="print config.json and metrics")
+
+    demo = command("demo", "Train, evaluate and report on scanpy's PBMC data (no download).")
+    demo.add_argument("--out", default="sclabel-demo", help="folder for the model and report")
+    demo.add_argument("--model", default="mlp", help="model family")
+    demo.add_argument("--max-epochs", type=int, default=40)
+    return parser
+
+
+def _params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--param expects NAME=VALUE, got {pair!r}")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value  # a bare string such as gelu
+    return params
+
+
+def _devices(value: str):
+    return value if value == "auto" else int(value)
+
+
+def _predict_options(args) -> dict:
+    return {
+        "layer": args.layer,
+        "gene_key": args.gene_key,
+        "unknown_threshold": args.unknown_threshold,
+        "min_gene_coverage": args.min_gene_coverage,
+        "progress": not args.quiet,
+    }
+
+
+def _run_train(args) -> None:
+    from sclabel import read, train
+
+    model = train(
+        read(args.input, backed=args.backed),
+        label_key=args.label_key,
+        split_by=args.split_by,
+        model=args.model,
+        model_params=_params(args.param),
+        layer=args.layer,
+        gene_key=args.gene_key,
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        seed=args.seed,
+        accelerator=args.accelerator,
+        devices=_devices(args.devices),
+        precision=args.precision,
+        progress=not args.quiet,
+    )
+    if not model.is_main_process:
+        return
+    model.save(args.out)
+    print(f"model saved to {args.out}")
+    if args.export_split:
+        model.export_split(args.export_split)
+        print(f"split written to {args.export_split}")
+    if args.report:
+        report = model.evaluate(
+            read(args.input, backed=args.backed),
+            split="test",
+            out_dir=args.report,
+            layer=args.layer,
+            gene_key=args.gene_key,
+            progress=not args.quiet,
+        )
+        print(f"test macro-F1 {report.metrics['macro_f1']:.4f}; report in {report.path}/report.md")
+
+
+def _run_predict(args) -> None:
+    import anndata as ad
+
+    from sclabel import Model, read
+    from sclabel._atomic import atomic_path
+
+    out = Path(args.out)
+    if out.suffix.lower() not in {".csv", ".tsv", ".parquet", ".h5ad"}:
+        raise InputError(f"--out must end in .csv, .tsv, .parquet or .h5ad, got {out.name}")
+    model = Model.load(args.model)
+    adata = read(args.input, backed=args.backed)
+    prediction = model.predict(adata, chunk_size=args.chunk_size, **_predict_options(args))
+    if out.suffix.lower() == ".h5ad":
+        if adata.isbacked:  # copying a huge matrix is not what streaming is for
+            adata = ad.AnnData(obs=adata.obs[[]].copy())
+            log.info("backed input: %s holds the annotations without X", out)
+        prediction.to_adata(adata, key_added=args.key_added)
+        with atomic_path(out) as tmp:
+            adata.write_h5ad(tmp.with_suffix(".h5ad"))
+            tmp.with_suffix(".h5ad").rename(tmp)
+    else:
+        prediction.to_table(out)
+    counts = prediction.to_frame()["label"].value_counts()
+    print(f"{len(prediction.obs_names)} cells predicted ({prediction.coverage:.1%} gene coverage)")
+    print(counts.head(10).to_string())
+    print(f"written to {out}")
+
+
+def _run_evaluate(args) -> None:
+    from sclabel import Model, read
+
+    model = Model.load(args.model)
+    report = model.evaluate(
+        read(args.input, backed=args.backed),
+        label_key=args.label_key,
+        split=args.split,
+        out_dir=args.out,
+        **_predict_options(args),
+    )
+    m = report.metrics
+    print(f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, ECE {m['ece']:.4f}")
+    print(f"report written to {report.path}/report.md")
+
+
+def _run_info(args) -> None:
+    from sclabel import Model
+
+    model = Model.load(args.model)
+    if args.json:
+        print(json.dumps({"config": model.config_dict(), "metrics": model.metrics}, indent=2))
+    else:
+        print(model.summary())
+    if args.export_split:
+        model.export_split(args.export_split)
+        print(f"split written to {args.export_split}")
+
+
+def _run_demo(args) -> None:
+    from sclabel.demo import run_demo
+
+    run_demo(args.out, model=args.model, max_epochs=args.max_epochs, progress=not args.quiet)
+
+
+RUNNERS = {
+    "train": _run_train,
+    "predict": _run_predict,
+    "evaluate": _run_evaluate,
+    "info": _run_info,
+    "demo": _run_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(format="sclabel: %(message)s", stream=sys.stderr)
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        RUNNERS[args.command](args)
+    except (InputError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
