@@ -30,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Train and apply cell-level classifiers to single-cell RNA-seq data.",
         epilog="Example: " + EXAMPLES["train"],
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+    # accepted before or after the command; SUPPRESS keeps a sub-command from resetting them
+    common = argparse.ArgumentParser(add_help=False)
+    for p, default in ((parser, False), (common, argparse.SUPPRESS)):
+        p.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+        p.add_argument("--quiet", action="store_true", default=default, help="no progress/info")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -41,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
             description=help_text,
             epilog=f"Example: {EXAMPLES[name]}",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            parents=[common],
         )
 
     def input_options(p: argparse.ArgumentParser) -> None:
@@ -63,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--export-split", help="also write the train/val/test split as CSV")
     train.add_argument("--max-epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=256)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--weight-decay", type=float, default=0.01)
     train.add_argument("--patience", type=int, default=5)
     train.add_argument("--seed", type=int, default=0)

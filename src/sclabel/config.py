@@ -65,7 +65,7 @@ class TrainConfig(_JSONConfig):
 
     max_epochs: int = 30
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.01
     lr_gamma: float = 0.9  # StepLR factor applied after every epoch
     patience: int = 5  # epochs without a better validation macro-F1 before stopping

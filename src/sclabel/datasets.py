@@ -21,6 +21,7 @@ def synthetic(
     mean_library_size: float = 2000.0,
     n_conditions: int = 2,
     seed: int = 0,
+    cell_seed: int | None = None,
 ) -> ad.AnnData:
     """Negative-binomial counts with cell-type marker programs and donor effects.
 
@@ -30,6 +31,9 @@ def synthetic(
     Gamma-Poisson with inverse dispersion 1/`dispersion`. Returns raw counts (CSR float32),
     `obs` with cell_type, donor and condition, Ensembl-like `var_names` and
     `var["gene_symbols"]`.
+
+    `seed` fixes the biology (gene rates, marker programs, donor effects); `cell_seed` draws
+    other cells from that same biology, e.g. a query set for a model trained on `seed`.
     """
     rng = np.random.default_rng(seed)
     base = rng.lognormal(mean=0.0, sigma=1.0, size=n_genes)
@@ -38,6 +42,8 @@ def synthetic(
         markers = rng.choice(n_genes, size=min(markers_per_type, n_genes), replace=False)
         programs[t, markers] *= marker_fold
     donor_effect = rng.lognormal(mean=0.0, sigma=donor_sd, size=(n_donors, n_genes))
+    if cell_seed is not None:
+        rng = np.random.default_rng([seed, cell_seed])
     cell_type = rng.integers(0, n_types, size=n_cells)
     donor = rng.integers(0, n_donors, size=n_cells)
     rate = base * programs[cell_type] * donor_effect[donor]
@@ -56,7 +62,7 @@ def synthetic(
                 [f"condition_{c}" for c in rng.integers(0, n_conditions, size=n_cells)]
             ),
         },
-        index=[f"cell_{i}" for i in range(n_cells)],
+        index=[f"cell_{i}" if cell_seed is None else f"cell_{cell_seed}_{i}" for i in range(n_cells)],
     )
     var = pd.DataFrame(
         {"gene_symbols": [f"GENE{i}" for i in range(n_genes)]},

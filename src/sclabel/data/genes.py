@@ -150,6 +150,7 @@ def align(
             # symbols may repeat across ids; map each query gene to the first model column
             index = pd.Index(mvalues)
             positions = index.get_indexer(qvalues) if index.is_unique else _first_positions(index, qvalues)
+            positions[qvalues == ""] = -1  # a missing identifier matches nothing
             found = np.unique(positions[positions >= 0]).size
             if best is None or found > best[0]:
                 best = (found, qkey, mname, positions)

@@ -7,6 +7,7 @@ every caller treats them alike.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from dataclasses import dataclass
@@ -43,9 +44,7 @@ def read(path: str | Path, *, backed: bool = False) -> ad.AnnData:
         elif name.endswith(".h5ad"):
             adata = ad.read_h5ad(path, backed="r" if backed else None)
         elif name.endswith(".h5"):
-            import scanpy as sc
-
-            adata = sc.read_10x_h5(path)
+            adata = _read_10x_h5(path)
         elif re.search(r"\.(csv|tsv|txt)(\.gz)?$", name):
             adata = _read_table(path)
         else:
@@ -62,6 +61,18 @@ def read(path: str | Path, *, backed: bool = False) -> ad.AnnData:
     return adata
 
 
+def _read_10x_h5(path: Path) -> ad.AnnData:
+    import scanpy as sc
+
+    try:
+        return sc.read_10x_h5(path)
+    except (OSError, KeyError, ValueError):
+        raise
+    except Exception as err:  # scanpy raises a bare Exception for missing datasets
+        msg = f"could not read {path} ({err}); is it a valid, complete 10x .h5 file?"
+        raise InputError(msg) from err
+
+
 def _read_10x_dir(path: Path) -> ad.AnnData:
     import scanpy as sc
 
@@ -70,7 +81,16 @@ def _read_10x_dir(path: Path) -> ad.AnnData:
         msg = f"{path} is a directory without matrix.mtx[.gz]; is it a 10x output folder?"
         raise InputError(msg)
     compressed = "matrix.mtx.gz" in files
-    adata = sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=True, compressed=compressed)
+    options = {}
+    if "compressed" in inspect.signature(sc.read_10x_mtx).parameters:  # scanpy >= 1.12
+        options["compressed"] = compressed
+    elif not compressed and "genes.tsv" not in files:
+        msg = (
+            f"{path} holds uncompressed Cell Ranger v3 files, which this scanpy version cannot "
+            "read; gzip matrix.mtx, features.tsv and barcodes.tsv (or upgrade scanpy)"
+        )
+        raise InputError(msg)
+    adata = sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=True, **options)
     return adata
 
 
@@ -88,7 +108,7 @@ def _read_table(path: Path) -> ad.AnnData:
     sep = "\t" if re.search(r"\.(tsv|txt)(\.gz)?$", path.name.lower()) else ","
     frame = pd.read_csv(path, sep=sep, index_col=0)
     if frame.empty:
-        raise InputError(f"{path} holds no values")
+        raise InputError(f"{path} holds no values; expected a table of cells x genes with a header")
     rows_are_genes = _looks_like_genes(frame.index)
     cols_are_genes = _looks_like_genes(frame.columns)
     if rows_are_genes and not cols_are_genes:
@@ -119,7 +139,10 @@ def _read_table(path: Path) -> ad.AnnData:
 def check_cells(adata: ad.AnnData) -> None:
     """Refuse an AnnData with no cells/genes or with duplicate cell names."""
     if adata.n_obs == 0 or adata.n_vars == 0:
-        msg = f"the matrix is empty ({adata.n_obs} cells x {adata.n_vars} genes)"
+        msg = (
+            f"the matrix is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
+            "check that this is the right file and that filtering kept some cells"
+        )
         raise InputError(msg)
     if not adata.obs_names.is_unique:
         dups = adata.obs_names[adata.obs_names.duplicated()].unique()
@@ -134,12 +157,13 @@ def matrix(adata: ad.AnnData, layer: str | None):
     """Return (X, var) for `layer`: None for X, "raw" for `.raw`, else `adata.layers[layer]`."""
     if layer is None or layer == "X":
         return adata.X, adata.var
+    available = ["X"] + (["raw"] if adata.raw is not None else []) + list(adata.layers)
     if layer == "raw":
         if adata.raw is None:
-            raise InputError("layer 'raw' requested but this AnnData has no .raw")
+            msg = f"layer 'raw' requested but this AnnData has no .raw; available: {available}"
+            raise InputError(msg)
         return adata.raw.X, adata.raw.var
     if layer not in adata.layers:
-        available = ["X"] + (["raw"] if adata.raw is not None else []) + list(adata.layers)
         msg = f"layer {layer!r} not found; available: {available}"
         raise InputError(msg)
     return adata.layers[layer], adata.var
@@ -200,16 +224,29 @@ def _check_finite(values: np.ndarray) -> None:
         raise InputError(msg)
 
 
-def check_chunk(chunk: sp.csr_matrix, kind: ValueKind, first_row: int = 0) -> None:
-    """Validate every value of a row chunk: finite, non-negative, no all-zero cells."""
+def check_chunk(chunk: sp.csr_matrix, kind: ValueKind, first_row: int | np.ndarray = 0) -> None:
+    """Validate every value of a row chunk: finite, non-negative, no all-zero cells.
+
+    `first_row` is the row number of the chunk's first row, or (for a non-contiguous chunk)
+    the row numbers of all its rows; messages name the offending row by it.
+    """
+    row_ids = np.asarray(first_row)
+
+    def row(i: int) -> int:
+        return int(row_ids[i]) if row_ids.ndim else int(row_ids) + int(i)
+
     _check_finite(chunk.data)
     if chunk.data.size and chunk.data.min() < 0:
-        msg = f"negative values found in rows from {first_row}; expected {kind} (non-negative)"
+        first_bad = int(np.searchsorted(chunk.indptr, np.flatnonzero(chunk.data < 0)[0], "right")) - 1
+        msg = (
+            f"negative values found (first at row {row(first_bad)}); expected {kind} "
+            "(non-negative): pass --layer with the raw counts"
+        )
         raise InputError(msg)
     empty = np.flatnonzero(np.asarray(chunk.sum(axis=1)).ravel() == 0)
     if empty.size:
         msg = (
-            f"{empty.size} cell(s) have zero counts (first at row {first_row + int(empty[0])}); "
+            f"{empty.size} cell(s) have zero counts (first at row {row(empty[0])}); "
             "filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)"
         )
         raise InputError(msg)

@@ -24,7 +24,7 @@ def prepare_rows(
     kind: ValueKind,
     alignment: GeneAlignment,
     target_sum: float = 1e4,
-    first_row: int = 0,
+    first_row: int | np.ndarray = 0,
 ) -> sp.csr_matrix:
     """Validate, normalize and align one chunk of rows; returns log1p values over model genes.
 
@@ -69,7 +69,7 @@ def iter_prepared(
             chunk, first = X[start : start + chunk_size], start
         else:
             index = rows[start : start + chunk_size]
-            chunk, first = X[index], int(index[0])
+            chunk, first = X[index], index
         yield prepare_rows(
             chunk, kind=kind, alignment=alignment, target_sum=target_sum, first_row=first
         )

@@ -1,0 +1,149 @@
+"""The CLI through a real subprocess: success paths, --help, and one-line errors with exit 2."""
+
+import json
+import subprocess
+import sys
+
+import anndata
+import pandas as pd
+import pytest
+
+import sclabel
+
+COMMANDS = ["train", "predict", "evaluate", "info", "demo"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "sclabel.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(result, pattern):
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    import re
+
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli")
+    sclabel.datasets.synthetic(600, 200, 4, 6, seed=1).write_h5ad(path / "train.h5ad")
+    query = sclabel.datasets.synthetic(200, 200, 4, 6, seed=1, cell_seed=9)
+    query.write_h5ad(path / "query.h5ad")
+    result = run(
+        "train", path / "train.h5ad", "--label-key", "cell_type", "--split-by", "donor",
+        "--model", "linear", "--max-epochs", "30", "--lr", "0.01", "--out", path / "model",
+        "--report", path / "train-report", "--export-split", path / "split.csv", "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_every_command_has_help_with_an_example():
+    for command in COMMANDS:
+        result = run(command, "--help")
+        assert result.returncode == 0
+        assert "Example: sclabel " + command in result.stdout
+
+
+def test_train_writes_model_report_and_split(workdir):
+    assert (workdir / "model" / "model.safetensors").exists()
+    assert (workdir / "train-report" / "report.md").exists()
+    split = pd.read_csv(workdir / "split.csv")
+    assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_predict_to_csv_and_h5ad(workdir):
+    result = run("predict", workdir / "query.h5ad", "--model", workdir / "model",
+                 "--out", workdir / "pred.csv", "--unknown-threshold", "0.3", "--quiet")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(workdir / "pred.csv", index_col="cell")
+    assert len(table) == 200
+    assert (table["label"] == sclabel.read(workdir / "query.h5ad").obs["cell_type"]).mean() > 0.8
+
+    result = run("predict", workdir / "query.h5ad", "--model", workdir / "model", "--backed",
+                 "--out", workdir / "pred.h5ad", "--quiet")
+    assert result.returncode == 0, result.stderr
+    annotated = anndata.read_h5ad(workdir / "pred.h5ad")  # obs/obsm only: no genes to check
+    assert list(annotated.obs["sclabel_label"]) == list(table["label"])
+    assert "sclabel_probabilities" in annotated.obsm
+
+
+def test_evaluate_and_info(workdir):
+    result = run("evaluate", workdir / "query.h5ad", "--model", workdir / "model",
+                 "--out", workdir / "report", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "macro-F1" in result.stdout
+    metrics = json.loads((workdir / "report" / "metrics.json").read_text())
+    assert metrics["n_cells"] == 200
+
+    result = run("info", workdir / "model", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["config"]["family"] == "linear"
+
+
+def test_missing_input_file(workdir):
+    result = run("predict", workdir / "nope.h5ad", "--model", workdir / "model",
+                 "--out", workdir / "x.csv")
+    assert_one_line_error(result, "input not found")
+    assert not (workdir / "x.csv").exists()
+
+
+def test_unreadable_input_file(workdir):
+    (workdir / "garbage.h5ad").write_bytes(b"not an hdf5 file at all")
+    result = run("train", workdir / "garbage.h5ad", "--label-key", "cell_type")
+    assert_one_line_error(result, "could not read")
+
+
+def test_missing_label_column(workdir):
+    result = run("train", workdir / "train.h5ad", "--label-key", "celltype",
+                 "--out", workdir / "m2")
+    assert_one_line_error(result, r"'celltype' not found in obs; available: \['cell_type'")
+    assert not (workdir / "m2").exists()
+
+
+def test_low_gene_overlap_names_the_fix(workdir):
+    adata = sclabel.read(workdir / "query.h5ad")
+    adata.var_names = [f"SYM{i}" for i in range(adata.n_vars)]  # unknown symbols
+    adata.var = adata.var.drop(columns="gene_symbols")
+    adata.write_h5ad(workdir / "symbols.h5ad")
+    result = run("predict", workdir / "symbols.h5ad", "--model", workdir / "model",
+                 "--out", workdir / "sym.csv")
+    assert_one_line_error(result, "gene symbols.*the model uses Ensembl IDs.*--gene-key")
+    assert not (workdir / "sym.csv").exists()
+
+
+def test_tampered_checkpoint(workdir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(workdir / "model", broken)
+    data = bytearray((broken / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (broken / "model.safetensors").write_bytes(bytes(data))
+    result = run("predict", workdir / "query.h5ad", "--model", broken, "--out", tmp_path / "p.csv")
+    assert_one_line_error(result, "modified or damaged")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_debug_shows_the_traceback(workdir):
+    result = run("--debug", "info", workdir / "no-model")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "InputError" in result.stderr
+
+
+def test_demo_runs_on_scanpy_pbmc(tmp_path):
+    result = run("demo", "--out", tmp_path / "demo", "--max-epochs", "5", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "report:" in result.stdout
+    assert (tmp_path / "demo" / "report" / "confusion_matrix.png").exists()
+    assert sclabel.Model.load(tmp_path / "demo" / "model").classes[0] == "CD14+ Monocyte"

@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sclabel
+from sclabel.evaluation.calibration import expected_calibration_error
+from sclabel.errors import InputError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def small_prediction():
+    """5 cells, 3 classes; predicted a, b, b, b, c with confidences .9 .6 .8 .7 1."""
+    probabilities = np.array(
+        [[0.9, 0.05, 0.05], [0.4, 0.6, 0.0], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.0, 0.0, 1.0]]
+    )
+    cells = pd.Index([f"c{i}" for i in range(5)])
+    return sclabel.Prediction(cells, ["a", "b", "c"], probabilities)
+
+
+TRUTH = ["a", "a", "b", "b", "c"]
+
+
+def test_metrics_match_hand_computation(small_prediction):
+    m = sclabel.evaluate(small_prediction, TRUTH).metrics
+    # a: P=1 R=1/2 F1=2/3; b: P=2/3 R=1 F1=4/5; c: 1
+    assert m["accuracy"] == pytest.approx(4 / 5)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 4 / 5 + 1) / 3)
+    assert m["weighted_f1"] == pytest.approx((2 * 2 / 3 + 2 * 4 / 5 + 1) / 5)
+    assert m["per_class"]["a"] == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    )
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert m["confusion"] == {
+        "rows": ["a", "b", "c"],
+        "columns": ["a", "b", "c"],
+        "counts": [[1, 1, 0], [0, 2, 0], [0, 0, 1]],
+    }
+    # every confidence falls in its own 1/15-wide bin: ECE = mean |correct - confidence|
+    assert m["ece"] == pytest.approx((0.1 + 0.6 + 0.2 + 0.3 + 0.0) / 5)
+
+
+def test_ece_is_zero_when_confidence_equals_accuracy():
+    confidence = np.full(10, 0.7)
+    correct = np.array([1] * 7 + [0] * 3, dtype=bool)
+    assert expected_calibration_error(confidence, correct) == pytest.approx(0.0)
+
+
+def test_unknown_and_unseen_labels_are_reported(small_prediction):
+    small_prediction.unknown_threshold = 0.65  # cell 1 (0.6) becomes unknown
+    m = sclabel.evaluate(small_prediction, ["a", "a", "b", "b", "z"]).metrics
+    assert m["n_unknown"] == 1
+    assert m["unseen_labels"] == ["z"]
+    assert m["confusion"]["columns"] == ["a", "b", "c", "unknown"]
+    assert m["confusion"]["rows"] == ["a", "b", "z"]
+    assert m["per_class"]["z"]["f1"] == 0.0
+
+
+def test_cells_without_truth_are_skipped(small_prediction):
+    m = sclabel.evaluate(small_prediction, ["a", None, "b", np.nan, "c"]).metrics
+    assert m["n_cells"] == 3
+    assert m["accuracy"] == 1.0
+
+
+def test_report_folder(small_prediction, tmp_path):
+    report = sclabel.evaluate(small_prediction, TRUTH, out_dir=tmp_path / "report")
+    names = sorted(p.name for p in report.path.iterdir())
+    assert names == ["confusion_matrix.png", "metrics.json", "per_class_f1.png", "reliability.png", "report.md"]
+    for png in report.path.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((report.path / "metrics.json").read_text())["macro_f1"] == report.metrics["macro_f1"]
+    text = (report.path / "report.md").read_text()
+    assert f"| macro-F1 | {report.metrics['macro_f1']:.4f} |" in text
+    assert "![confusion_matrix](confusion_matrix.png)" in text
+
+
+def test_report_refuses_a_foreign_folder(small_prediction, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a sclabel report"):
+        sclabel.evaluate(small_prediction, TRUTH, out_dir=tmp_path)
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_wrong_number_of_labels(small_prediction):
+    with pytest.raises(InputError, match="4 true labels for 5 predicted cells"):
+        sclabel.evaluate(small_prediction, TRUTH[:4])
+
+
+def test_model_evaluate_on_its_test_split(trained_model):
+    adata = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1)
+    report = trained_model.evaluate(adata, split="test", progress=False)
+    assert report.metrics["n_cells"] == trained_model.metrics["n_cells"]["test"]
+    assert report.metrics["macro_f1"] == pytest.approx(trained_model.metrics["test"]["macro_f1"])

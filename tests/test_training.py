@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+from conftest import FAST
+
+import sclabel
+from sclabel.config import TrainConfig
+from sclabel.errors import InputError
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.module.state_dict().items()}
+
+
+def test_training_learns_synthetic_cell_types(trained_model):
+    test = trained_model.metrics["test"]
+    assert test["macro_f1"] > 0.9
+    assert trained_model.metrics["n_cells"]["test"] > 0
+    history = trained_model.metrics["fit"]["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_same_seed_gives_identical_weights_on_cpu(synthetic):
+    runs = [
+        sclabel.train(synthetic, label_key="cell_type", split_by="donor", **FAST) for _ in range(2)
+    ]
+    first, second = (_weights(m) for m in runs)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_another_seed_gives_other_weights(synthetic):
+    a = sclabel.train(synthetic, label_key="cell_type", model="linear", **FAST)
+    b = sclabel.train(synthetic, label_key="cell_type", model="linear", **{**FAST, "seed": 1})
+    assert not torch.equal(a.module.linear.weight, b.module.linear.weight)
+
+
+def test_early_stopping_keeps_the_best_epoch(synthetic):
+    model = sclabel.train(
+        synthetic,
+        label_key="cell_type",
+        model="linear",
+        max_epochs=60,
+        patience=2,
+        lr=0.05,
+        progress=False,
+    )
+    fit = model.metrics["fit"]
+    scores = [h["val_macro_f1"] for h in fit["history"]]
+    assert fit["best_val_macro_f1"] == max(scores)
+    assert scores.index(max(scores)) == fit["best_epoch"]
+    assert fit["epochs_run"] <= fit["best_epoch"] + 3  # stopped `patience` epochs after the best
+
+
+def test_split_is_by_donor_and_saved_with_the_model(trained_model):
+    split = trained_model.split
+    assert set(split["split"]) == {"train", "val", "test"}
+    parts_per_donor = split.groupby("group")["split"].nunique()
+    assert (parts_per_donor == 1).all()
+
+
+def test_unlabeled_cells_are_left_out(synthetic):
+    synthetic.obs["cell_type"] = synthetic.obs["cell_type"].astype(object)
+    synthetic.obs.iloc[:50, 0] = np.nan
+    model = sclabel.train(synthetic, label_key="cell_type", model="linear", **FAST)
+    assert sum(model.metrics["n_cells"].values()) == synthetic.n_obs - 50
+    assert not model.split.index.isin(synthetic.obs_names[:50]).any()
+
+
+def test_layer_option_trains_on_that_matrix(synthetic):
+    synthetic.layers["counts"] = synthetic.X.copy()
+    synthetic.X = synthetic.X * -1  # X now looks scaled: only the layer is usable
+    with pytest.raises(InputError, match="negative"):
+        sclabel.train(synthetic, label_key="cell_type", **FAST)
+    model = sclabel.train(synthetic, label_key="cell_type", layer="counts", **FAST)
+    assert model.training_input == "counts"
+
+
+def test_missing_label_column_lists_the_available_ones(synthetic):
+    with pytest.raises(InputError, match=r"'celltype' not found.*cell_type.*donor"):
+        sclabel.train(synthetic, label_key="celltype", **FAST)
+
+
+def test_single_class_is_refused(synthetic):
+    synthetic.obs["one"] = "T cell"
+    with pytest.raises(InputError, match="1 class.*at least 2"):
+        sclabel.train(synthetic, label_key="one", **FAST)
+
+
+def test_missing_split_column_is_refused(synthetic):
+    with pytest.raises(InputError, match="split column 'patient' not found"):
+        sclabel.train(synthetic, label_key="cell_type", split_by="patient", **FAST)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"max_epoch": 3}, "unknown option"), ({"lr": 0}, "lr"), ({"batch_size": 0}, "batch_size")],
+)
+def test_bad_training_options_are_refused(option, message):
+    with pytest.raises(InputError, match=message):
+        TrainConfig.from_dict(option)
