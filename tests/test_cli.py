@@ -71,7 +71,7 @@ def test_predict_to_csv_and_h5ad(workdir):
     assert (table["label"] == sclabel.read(workdir / "query.h5ad").obs["cell_type"]).mean() > 0.8
 
     result = run("predict", workdir / "query.h5ad", "--model", workdir / "model", "--backed",
-                 "--out", workdir / "pred.h5ad", "--quiet")
+                 "--out", workdir / "pred.h5ad", "--unknown-threshold", "0.3", "--quiet")
     assert result.returncode == 0, result.stderr
     annotated = anndata.read_h5ad(workdir / "pred.h5ad")  # obs/obsm only: no genes to check
     assert list(annotated.obs["sclabel_label"]) == list(table["label"])

@@ -16,5 +16,5 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     present = counts > 0
     weights = np.zeros(n_classes, dtype=np.float32)
-    weights[present] = y.size / (present.sum() * counts[present])
+    weights[present] = y.size / (n_classes * counts[present])
     return weights
