@@ -40,9 +40,25 @@ def workdir(tmp_path_factory):
     query = sclabel.datasets.synthetic(200, 200, 4, 6, seed=1, cell_seed=9)
     query.write_h5ad(path / "query.h5ad")
     result = run(
-        "train", path / "train.h5ad", "--label-key", "cell_type", "--split-by", "donor",
-        "--model", "linear", "--max-epochs", "30", "--lr", "0.01", "--out", path / "model",
-        "--report", path / "train-report", "--export-split", path / "split.csv", "--quiet",
+        "train",
+        path / "train.h5ad",
+        "--label-key",
+        "cell_type",
+        "--split-by",
+        "donor",
+        "--model",
+        "linear",
+        "--max-epochs",
+        "30",
+        "--lr",
+        "0.01",
+        "--out",
+        path / "model",
+        "--report",
+        path / "train-report",
+        "--export-split",
+        path / "split.csv",
+        "--quiet",
     )
     assert result.returncode == 0, result.stderr
     return path
@@ -63,15 +79,34 @@ def test_train_writes_model_report_and_split(workdir):
 
 
 def test_predict_to_csv_and_h5ad(workdir):
-    result = run("predict", workdir / "query.h5ad", "--model", workdir / "model",
-                 "--out", workdir / "pred.csv", "--unknown-threshold", "0.3", "--quiet")
+    result = run(
+        "predict",
+        workdir / "query.h5ad",
+        "--model",
+        workdir / "model",
+        "--out",
+        workdir / "pred.csv",
+        "--unknown-threshold",
+        "0.3",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(workdir / "pred.csv", index_col="cell")
     assert len(table) == 200
     assert (table["label"] == sclabel.read(workdir / "query.h5ad").obs["cell_type"]).mean() > 0.8
 
-    result = run("predict", workdir / "query.h5ad", "--model", workdir / "model", "--backed",
-                 "--out", workdir / "pred.h5ad", "--unknown-threshold", "0.3", "--quiet")
+    result = run(
+        "predict",
+        workdir / "query.h5ad",
+        "--model",
+        workdir / "model",
+        "--backed",
+        "--out",
+        workdir / "pred.h5ad",
+        "--unknown-threshold",
+        "0.3",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     annotated = anndata.read_h5ad(workdir / "pred.h5ad")  # obs/obsm only: no genes to check
     assert list(annotated.obs["sclabel_label"]) == list(table["label"])
@@ -79,8 +114,15 @@ def test_predict_to_csv_and_h5ad(workdir):
 
 
 def test_evaluate_and_info(workdir):
-    result = run("evaluate", workdir / "query.h5ad", "--model", workdir / "model",
-                 "--out", workdir / "report", "--quiet")
+    result = run(
+        "evaluate",
+        workdir / "query.h5ad",
+        "--model",
+        workdir / "model",
+        "--out",
+        workdir / "report",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     assert "macro-F1" in result.stdout
     metrics = json.loads((workdir / "report" / "metrics.json").read_text())
@@ -92,8 +134,9 @@ def test_evaluate_and_info(workdir):
 
 
 def test_missing_input_file(workdir):
-    result = run("predict", workdir / "nope.h5ad", "--model", workdir / "model",
-                 "--out", workdir / "x.csv")
+    result = run(
+        "predict", workdir / "nope.h5ad", "--model", workdir / "model", "--out", workdir / "x.csv"
+    )
     assert_one_line_error(result, "input not found")
     assert not (workdir / "x.csv").exists()
 
@@ -105,8 +148,9 @@ def test_unreadable_input_file(workdir):
 
 
 def test_missing_label_column(workdir):
-    result = run("train", workdir / "train.h5ad", "--label-key", "celltype",
-                 "--out", workdir / "m2")
+    result = run(
+        "train", workdir / "train.h5ad", "--label-key", "celltype", "--out", workdir / "m2"
+    )
     assert_one_line_error(result, r"'celltype' not found in obs; available: \['cell_type'")
     assert not (workdir / "m2").exists()
 
@@ -116,8 +160,14 @@ def test_low_gene_overlap_names_the_fix(workdir):
     adata.var_names = [f"SYM{i}" for i in range(adata.n_vars)]  # unknown symbols
     adata.var = adata.var.drop(columns="gene_symbols")
     adata.write_h5ad(workdir / "symbols.h5ad")
-    result = run("predict", workdir / "symbols.h5ad", "--model", workdir / "model",
-                 "--out", workdir / "sym.csv")
+    result = run(
+        "predict",
+        workdir / "symbols.h5ad",
+        "--model",
+        workdir / "model",
+        "--out",
+        workdir / "sym.csv",
+    )
     assert_one_line_error(result, "gene symbols.*the model uses Ensembl IDs.*--gene-key")
     assert not (workdir / "sym.csv").exists()
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 import sclabel
-from sclabel.evaluation.calibration import expected_calibration_error
 from sclabel.errors import InputError
+from sclabel.evaluation.calibration import expected_calibration_error
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -68,10 +68,19 @@ def test_cells_without_truth_are_skipped(small_prediction):
 def test_report_folder(small_prediction, tmp_path):
     report = sclabel.evaluate(small_prediction, TRUTH, out_dir=tmp_path / "report")
     names = sorted(p.name for p in report.path.iterdir())
-    assert names == ["confusion_matrix.png", "metrics.json", "per_class_f1.png", "reliability.png", "report.md"]
+    assert names == [
+        "confusion_matrix.png",
+        "metrics.json",
+        "per_class_f1.png",
+        "reliability.png",
+        "report.md",
+    ]
     for png in report.path.glob("*.png"):
         assert png.read_bytes()[:8] == PNG_MAGIC
-    assert json.loads((report.path / "metrics.json").read_text())["macro_f1"] == report.metrics["macro_f1"]
+    assert (
+        json.loads((report.path / "metrics.json").read_text())["macro_f1"]
+        == report.metrics["macro_f1"]
+    )
     text = (report.path / "report.md").read_text()
     assert f"| macro-F1 | {report.metrics['macro_f1']:.4f} |" in text
     assert "![confusion_matrix](confusion_matrix.png)" in text

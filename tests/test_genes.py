@@ -112,7 +112,9 @@ def test_from_var_explicit_gene_key():
 
 def test_from_var_unknown_gene_key():
     var = pd.DataFrame({"gene_ids": MODEL_IDS}, index=MODEL_SYMBOLS)
-    with pytest.raises(InputError, match=r"gene key 'ensg' is not a var column; available: .*gene_ids"):
+    with pytest.raises(
+        InputError, match=r"gene key 'ensg' is not a var column; available: .*gene_ids"
+    ):
         Vocabulary.from_var(var, "ensg")
 
 
@@ -210,7 +212,8 @@ def test_align_symbols_vs_ensembl_model_suggests_gene_key():
     model = Vocabulary(tuple(MODEL_IDS))  # model knows Ensembl IDs only
     with pytest.raises(
         InputError,
-        match=r"only 0\.0% .*query var_names are gene symbols, the model uses Ensembl IDs.*--gene-key",
+        match=r"only 0\.0% .*query var_names are gene symbols, the model uses Ensembl IDs"
+        r".*add a var column with Ensembl IDs and pass --gene-key",
     ):
         genes.align(var, model)
 

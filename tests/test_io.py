@@ -91,7 +91,9 @@ def write_10x_v3_dir(folder: Path, values: np.ndarray) -> None:
     with open(folder / "matrix.mtx", "rb") as src, gzip.open(folder / "matrix.mtx.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     (folder / "matrix.mtx").unlink()
-    features = "".join(f"{i}\t{s}\tGene Expression\n" for i, s in zip(ENSEMBL, SYMBOLS, strict=True))
+    features = "".join(
+        f"{i}\t{s}\tGene Expression\n" for i, s in zip(ENSEMBL, SYMBOLS, strict=True)
+    )
     _write_gz(folder / "features.tsv.gz", features)
     _write_gz(folder / "barcodes.tsv.gz", "".join(f"{b}\n" for b in BARCODES))
 
@@ -136,7 +138,9 @@ def test_read_uncompressed_v3_directory(tmp_path):
         np.testing.assert_array_equal(dense(adata.X), values)
         assert list(adata.obs_names) == BARCODES
     else:
-        with pytest.raises(InputError, match=r"uncompressed Cell Ranger v3 files.*gzip matrix\.mtx"):
+        with pytest.raises(
+            InputError, match=r"uncompressed Cell Ranger v3 files.*gzip matrix\.mtx"
+        ):
             io.read(folder)
 
 
@@ -247,7 +251,9 @@ def test_table_with_text_column_is_refused(tmp_path):
 def test_table_with_header_only_is_refused(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("cell,ACTB,GAPDH\n")
-    with pytest.raises(InputError, match=r"empty\.csv holds no values; expected a table of cells x genes"):
+    with pytest.raises(
+        InputError, match=r"empty\.csv holds no values; expected a table of cells x genes"
+    ):
         io.read(path)
 
 
@@ -347,7 +353,9 @@ def test_matrix_raw_uses_raw_var(layered):
 
 def test_matrix_unknown_layer_lists_available(layered):
     adata, _ = layered
-    with pytest.raises(InputError, match=r"layer 'spliced' not found; available: \['X', 'raw', 'counts'\]"):
+    with pytest.raises(
+        InputError, match=r"layer 'spliced' not found; available: \['X', 'raw', 'counts'\]"
+    ):
         io.matrix(adata, "spliced")
 
 
@@ -441,7 +449,9 @@ def test_check_chunk_accepts_good_rows():
 def test_check_chunk_refuses_zero_count_cell():
     values = counts()
     values[4] = 0
-    with pytest.raises(InputError, match=r"1 cell\(s\) have zero counts \(first at row 104\).*filter_cells"):
+    with pytest.raises(
+        InputError, match=r"1 cell\(s\) have zero counts \(first at row 104\).*filter_cells"
+    ):
         io.check_chunk(sp.csr_matrix(values), "counts", first_row=100)
 
 

@@ -52,7 +52,9 @@ def test_counts_rows_sum_to_target_after_expm1(target_sum):
 
 def test_counts_by_hand_on_tiny_matrix():
     X = np.array([[1, 3, 0], [2, 2, 4]], dtype=np.float32)
-    out = prepare_rows(X, kind="counts", alignment=identity_alignment(["a", "b", "c"]), target_sum=100)
+    out = prepare_rows(
+        X, kind="counts", alignment=identity_alignment(["a", "b", "c"]), target_sum=100
+    )
     expected = np.log1p([[25.0, 75.0, 0.0], [25.0, 25.0, 50.0]])
     np.testing.assert_allclose(out.toarray(), expected, rtol=1e-6)
 
@@ -145,7 +147,11 @@ def test_iter_prepared_rows_subset():
     values = counts(seed=5)
     rows = np.array([0, 3, 4, 10, 11, 12, 25, 39])
     alignment = identity_alignment()
-    out = _stack(iter_prepared(sp.csr_matrix(values), kind="counts", alignment=alignment, rows=rows, chunk_size=3))
+    out = _stack(
+        iter_prepared(
+            sp.csr_matrix(values), kind="counts", alignment=alignment, rows=rows, chunk_size=3
+        )
+    )
     expected = prepare_rows(values[rows], kind="counts", alignment=alignment)
     assert out.shape == (rows.size, N_GENES)
     np.testing.assert_array_equal(out, expected.toarray())

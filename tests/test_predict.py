@@ -49,7 +49,9 @@ def test_table_output(trained_model, query, tmp_path, suffix):
         table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", index_col="cell")
     assert list(table.index) == list(query.obs_names)
     assert list(table["label"]) == list(pred.labels)
-    np.testing.assert_allclose(table[[f"p_{c}" for c in pred.classes]], pred.probabilities, rtol=1e-5)
+    np.testing.assert_allclose(
+        table[[f"p_{c}" for c in pred.classes]], pred.probabilities, rtol=1e-5
+    )
 
 
 def test_backed_chunked_prediction_equals_in_memory(trained_model, query, tmp_path):
@@ -58,7 +60,9 @@ def test_backed_chunked_prediction_equals_in_memory(trained_model, query, tmp_pa
     backed = ad.read_h5ad(path, backed="r")
     streamed = trained_model.predict(backed, chunk_size=64, progress=False)
     in_memory = trained_model.predict(query, progress=False)
-    np.testing.assert_allclose(streamed.probabilities, in_memory.probabilities, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        streamed.probabilities, in_memory.probabilities, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_query_with_other_gene_order_versions_and_missing_genes(trained_model, query):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
 
 import sclabel
+from conftest import FAST
 from sclabel.config import TrainConfig
 from sclabel.errors import InputError
 

@@ -1,9 +1,9 @@
 """sclabel: train and apply cell-level classifiers to single-cell RNA-seq data.
 
-    model = sclabel.train(adata, label_key="cell_type", split_by="donor", model="mlp")
-    prediction = model.predict(query)
-    prediction.to_adata(query)
-    report = sclabel.evaluate(prediction, query.obs["cell_type"], out_dir="report")
+model = sclabel.train(adata, label_key="cell_type", split_by="donor", model="mlp")
+prediction = model.predict(query)
+prediction.to_adata(query)
+report = sclabel.evaluate(prediction, query.obs["cell_type"], out_dir="report")
 """
 
 from sclabel import datasets

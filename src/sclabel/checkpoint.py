@@ -1,12 +1,12 @@
 """The checkpoint directory: JSON + safetensors, never pickle.
 
-    config.json        format version, sclabel version, family, hyperparameters, preprocessing,
-                       training options, SHA-256 of the weights
-    model.safetensors  the weights (plus any extra tensors a family stores)
-    genes.json         the gene vocabulary
-    labels.json        class names, in output order
-    metrics.json       validation history and test metrics
-    split.csv          cell -> train/val/test (and group), to reproduce or export the split
+config.json        format version, sclabel version, family, hyperparameters, preprocessing,
+                   training options, SHA-256 of the weights
+model.safetensors  the weights (plus any extra tensors a family stores)
+genes.json         the gene vocabulary
+labels.json        class names, in output order
+metrics.json       validation history and test metrics
+split.csv          cell -> train/val/test (and group), to reproduce or export the split
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ from sclabel._atomic import atomic_path
 from sclabel.errors import InputError
 
 FORMAT_VERSION = 1
-FILES = ("config.json", "model.safetensors", "genes.json", "labels.json", "metrics.json", "split.csv")
+FILES = (
+    "config.json",
+    "model.safetensors",
+    "genes.json",
+    "labels.json",
+    "metrics.json",
+    "split.csv",
+)
 
 
 def _sha256(path: Path) -> str:
@@ -99,7 +106,7 @@ def load(directory: str | Path) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         msg = (
             f"checkpoint format {version} is newer than this sclabel understands "
-            f"({FORMAT_VERSION}); upgrade sclabel (saved by sclabel {config.get('sclabel_version')})"
+            f"({FORMAT_VERSION}); upgrade sclabel (saved by {config.get('sclabel_version')})"
         )
         raise InputError(msg)
     weights = directory / "model.safetensors"

@@ -16,8 +16,8 @@ from sclabel.errors import InputError
 log = logging.getLogger("sclabel")
 
 EXAMPLES = {
-    "train": "sclabel train atlas.h5ad --label-key cell_type --split-by donor --model mlp --out my-model",
-    "predict": "sclabel predict query.h5ad --model my-model --out predictions.csv --unknown-threshold 0.5",
+    "train": "sclabel train atlas.h5ad --label-key cell_type --split-by donor --out my-model",
+    "predict": "sclabel predict query.h5ad --model my-model --out labels.csv",
     "evaluate": "sclabel evaluate atlas.h5ad --model my-model --split test --out report/",
     "info": "sclabel info my-model --export-split split.csv",
     "demo": "sclabel demo --out sclabel-demo",
@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--split-by", help="obs column with donors/samples for a grouped split")
     train.add_argument("--model", default="mlp", help="model family: linear or mlp")
     train.add_argument(
-        "--param", action="append", default=[], metavar="NAME=VALUE",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="model hyperparameter, repeatable (e.g. --param depth=3 --param dropout=0.1)",
     )
     train.add_argument("--out", default="sclabel-model", help="checkpoint directory to write")

@@ -43,7 +43,9 @@ class DataConfig(_JSONConfig):
     def __post_init__(self) -> None:
         fractions = self.split_fractions
         if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-            msg = f"split_fractions must be three non-negative numbers summing to 1, got {fractions}"
+            msg = (
+                f"split_fractions must be three non-negative numbers summing to 1, got {fractions}"
+            )
             raise InputError(msg)
         if fractions[0] <= 0:
             raise InputError("the training fraction of split_fractions must be positive")

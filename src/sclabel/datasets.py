@@ -62,7 +62,9 @@ def synthetic(
                 [f"condition_{c}" for c in rng.integers(0, n_conditions, size=n_cells)]
             ),
         },
-        index=[f"cell_{i}" if cell_seed is None else f"cell_{cell_seed}_{i}" for i in range(n_cells)],
+        index=[
+            f"cell_{i}" if cell_seed is None else f"cell_{cell_seed}_{i}" for i in range(n_cells)
+        ],
     )
     var = pd.DataFrame(
         {"gene_symbols": [f"GENE{i}" for i in range(n_genes)]},

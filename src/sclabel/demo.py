@@ -9,13 +9,19 @@ from sclabel.training.api import train
 
 
 def run_demo(
-    out: str | Path = "sclabel-demo", *, model: str = "mlp", max_epochs: int = 40, progress: bool = True
+    out: str | Path = "sclabel-demo",
+    *,
+    model: str = "mlp",
+    max_epochs: int = 40,
+    progress: bool = True,
 ) -> Path:
     """Train on scanpy's pbmc68k_reduced (.raw, `bulk_labels`, stratified 70/15/15), evaluate
     the held-out test cells and write `out/model` and `out/report`."""
     out = Path(out)
     adata = pbmc_demo()
-    print(f"demo data: scanpy pbmc68k_reduced, {adata.n_obs} cells x {adata.raw.n_vars} genes (.raw)")
+    print(
+        f"demo data: scanpy pbmc68k_reduced, {adata.n_obs} cells x {adata.raw.n_vars} genes (.raw)"
+    )
     trained = train(
         adata,
         label_key="bulk_labels",

@@ -97,7 +97,9 @@ class Model:
             classes = [str(c) for c in parts["labels"]]
             if len(vocabulary.ids) != config["n_genes"] or len(classes) != config["n_classes"]:
                 raise ValueError("genes.json/labels.json do not match the sizes in config.json")
-            module = build(config["family"], len(vocabulary.ids), len(classes), config["hyperparameters"])
+            module = build(
+                config["family"], len(vocabulary.ids), len(classes), config["hyperparameters"]
+            )
             module.load_state_dict(parts["state"], strict=True)
             model_config = ModelConfig(config["family"], config["hyperparameters"])
             data_config = DataConfig.from_dict(config["data"])
@@ -175,8 +177,10 @@ class Model:
             f"classes: {', '.join(self.classes)}",
         ]
         if fit:
-            lines.append(f"best epoch {fit.get('best_epoch')} of {fit.get('epochs_run')}, "
-                         f"val macro-F1 {fit.get('best_val_macro_f1')}")
+            lines.append(
+                f"best epoch {fit.get('best_epoch')} of {fit.get('epochs_run')}, "
+                f"val macro-F1 {fit.get('best_val_macro_f1')}"
+            )
         if test:
             lines.append(f"test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}")
         return "\n".join(lines)

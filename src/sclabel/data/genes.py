@@ -77,7 +77,10 @@ class Vocabulary:
     symbols: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
-        return {"ids": list(self.ids), "symbols": None if self.symbols is None else list(self.symbols)}
+        return {
+            "ids": list(self.ids),
+            "symbols": None if self.symbols is None else list(self.symbols),
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> Vocabulary:
@@ -102,7 +105,9 @@ class Vocabulary:
         if symbols is not None:
             sym = tuple(str(symbols[i]) for i in order if ids[i] != "")
         if len(unique) < len(ids):
-            log.info("%d duplicate gene ids are summed into one column each", len(ids) - len(unique))
+            log.info(
+                "%d duplicate gene ids are summed into one column each", len(ids) - len(unique)
+            )
         return cls(ids_unique, sym), gene_key
 
 
@@ -149,7 +154,9 @@ def align(
         for mname, mvalues in model.items():
             # symbols may repeat across ids; map each query gene to the first model column
             index = pd.Index(mvalues)
-            positions = index.get_indexer(qvalues) if index.is_unique else _first_positions(index, qvalues)
+            positions = (
+                index.get_indexer(qvalues) if index.is_unique else _first_positions(index, qvalues)
+            )
             positions[qvalues == ""] = -1  # a missing identifier matches nothing
             found = np.unique(positions[positions >= 0]).size
             if best is None or found > best[0]:

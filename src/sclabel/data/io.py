@@ -35,7 +35,9 @@ def read(path: str | Path, *, backed: bool = False) -> ad.AnnData:
     """
     path = Path(path)
     if not path.exists():
-        msg = f"input not found: {path}; check the path (supported: .h5ad, 10x dir, .h5, .csv, .tsv)"
+        msg = (
+            f"input not found: {path}; check the path (supported: .h5ad, 10x dir, .h5, .csv, .tsv)"
+        )
         raise InputError(msg)
     name = path.name.lower()
     try:
@@ -237,7 +239,8 @@ def check_chunk(chunk: sp.csr_matrix, kind: ValueKind, first_row: int | np.ndarr
 
     _check_finite(chunk.data)
     if chunk.data.size and chunk.data.min() < 0:
-        first_bad = int(np.searchsorted(chunk.indptr, np.flatnonzero(chunk.data < 0)[0], "right")) - 1
+        first_value = np.flatnonzero(chunk.data < 0)[0]
+        first_bad = int(np.searchsorted(chunk.indptr, first_value, side="right")) - 1
         msg = (
             f"negative values found (first at row {row(first_bad)}); expected {kind} "
             "(non-negative): pass --layer with the raw counts"

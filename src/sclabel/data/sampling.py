@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
 import numpy as np
-
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 
 
-def reliability_table(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
+def reliability_table(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15
+) -> pd.DataFrame:
     """Per equal-width confidence bin: cell count, mean confidence and accuracy."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)

@@ -43,12 +43,19 @@ class Report:
             "",
         ]
         if m["unseen_labels"]:
-            lines += [f"True labels the model was never trained on: {', '.join(m['unseen_labels'])}.", ""]
-        lines += ["## Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+            lines += [
+                f"True labels the model was never trained on: {', '.join(m['unseen_labels'])}.",
+                "",
+            ]
+        lines += [
+            "## Per class",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
         for label, s in m["per_class"].items():
-            lines.append(
-                f"| {label} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
-            )
+            scores = " | ".join(f"{s[k]:.3f}" for k in ("precision", "recall", "f1"))
+            lines.append(f"| {label} | {scores} | {s['support']} |")
         lines += ["", "## Plots", ""]
         lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
         return "\n".join(lines) + "\n"
@@ -68,7 +75,9 @@ def evaluate(
     """
     truth = np.asarray(truth, dtype=object)
     if truth.shape[0] != prediction.probabilities.shape[0]:
-        msg = f"{truth.shape[0]} true labels for {prediction.probabilities.shape[0]} predicted cells"
+        msg = (
+            f"{truth.shape[0]} true labels for {prediction.probabilities.shape[0]} predicted cells"
+        )
         raise InputError(msg)
     known = np.array([t is not None and t == t for t in truth])  # drop None/NaN labels
     if not known.any():

@@ -75,7 +75,9 @@ def train(
     groups = None
     if split_by is not None:
         if split_by not in adata.obs.columns:
-            msg = f"split column {split_by!r} not found in obs; available: {list(adata.obs.columns)}"
+            msg = (
+                f"split column {split_by!r} not found in obs; available: {list(adata.obs.columns)}"
+            )
             raise InputError(msg)
         groups = adata.obs[split_by][labeled]
     split = make_split(
@@ -131,7 +133,9 @@ def train(
     if y_test.size:
         proba = predict_proba(module, iterate_batches(X_test, batch_size=4096)).numpy()
         names = np.asarray(classes, dtype=object)
-        metrics["test"] = compute_metrics(names[y_test], names[proba.argmax(1)], proba.max(1), classes)
+        metrics["test"] = compute_metrics(
+            names[y_test], names[proba.argmax(1)], proba.max(1), classes
+        )
         log.info(
             "test: macro-F1 %.3f, accuracy %.3f on %d cells",
             metrics["test"]["macro_f1"],

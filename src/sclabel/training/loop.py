@@ -54,14 +54,19 @@ def fit(
     """Train `module` in place; returns the history and the epoch whose weights were kept."""
     fabric = make_fabric(config)
     fabric.seed_everything(config.seed, verbose=False)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
     model, optimizer = fabric.setup(module, optimizer)
     weight = torch.as_tensor(class_weight, dtype=torch.float32, device=fabric.device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     has_val = val is not None and val[0].shape[0] > 0
     if not has_val:
-        log.info("no validation cells: training for max_epochs=%d without early stopping", config.max_epochs)
+        log.info(
+            "no validation cells: training for max_epochs=%d without early stopping",
+            config.max_epochs,
+        )
 
     best = (-1.0, 0, None)  # (val macro-F1, epoch, state)
     history: list[dict] = []

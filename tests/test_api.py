@@ -1,0 +1,44 @@
+"""House conventions of the public API (as scanpy checks its own)."""
+
+import inspect
+
+import sclabel
+
+
+def test_public_names_are_explicit():
+    assert sorted(sclabel.__all__) == sorted(
+        [
+            "InputError",
+            "Model",
+            "Prediction",
+            "Report",
+            "datasets",
+            "evaluate",
+            "predict",
+            "read",
+            "train",
+        ]
+    )
+
+
+def test_functions_take_data_first_and_options_by_keyword():
+    for function in (sclabel.train, sclabel.predict, sclabel.evaluate, sclabel.read):
+        params = list(inspect.signature(function).parameters.values())
+        positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert len(positional) <= 2, function.__name__
+        assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[len(positional) :]), (
+            function.__name__
+        )
+    assert list(inspect.signature(sclabel.train).parameters)[0] == "adata"
+
+
+def test_import_has_no_side_effects(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import sclabel"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout == "" and result.stderr == ""
+    assert list(tmp_path.iterdir()) == []
