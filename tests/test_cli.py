@@ -168,7 +168,7 @@ def test_low_gene_overlap_names_the_fix(workdir):
         "--out",
         workdir / "sym.csv",
     )
-    assert_one_line_error(result, "gene symbols.*the model uses Ensembl IDs.*--gene-key")
+    assert_one_line_error(result, r"only 0\.0% of the model's 200 genes.*--min-gene-coverage")
     assert not (workdir / "sym.csv").exists()
 
 

@@ -100,3 +100,20 @@ def test_missing_split_column_is_refused(synthetic):
 def test_bad_training_options_are_refused(option, message):
     with pytest.raises(InputError, match=message):
         TrainConfig.from_dict(option)
+
+
+def test_backed_h5ad_trains_the_same_model_as_in_memory(synthetic, tmp_path):
+    synthetic.write_h5ad(tmp_path / "train.h5ad")
+    backed = sclabel.read(tmp_path / "train.h5ad", backed=True)
+    from_disk = sclabel.train(backed, label_key="cell_type", model="linear", **FAST)
+    in_memory = sclabel.train(synthetic, label_key="cell_type", model="linear", **FAST)
+    assert torch.equal(from_disk.module.linear.weight, in_memory.module.linear.weight)
+
+
+def test_mixed_precision_runs_through_fabric(synthetic):
+    model = sclabel.train(
+        synthetic, label_key="cell_type", model="mlp", precision="bf16-mixed", **FAST
+    )
+    assert model.train_config.precision == "bf16-mixed"
+    assert model.metrics["test"]["macro_f1"] > 0.5
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())  # weights stay fp32

@@ -185,12 +185,13 @@ def _low_coverage_message(
     alignment: GeneAlignment, query: dict, vocabulary: Vocabulary, min_coverage: float
 ) -> str:
     model_kind = id_kind(vocabulary.ids)
+    model_kinds = {model_kind} | ({id_kind(vocabulary.symbols)} if vocabulary.symbols else set())
     query_kinds = {key: id_kind(values) for key, values in query.items()}
     base = (
         f"only {alignment.coverage:.1%} of the model's {alignment.n_model} genes were found in "
         f"the query (need {min_coverage:.0%})"
     )
-    if model_kind not in query_kinds.values():
+    if not model_kinds & set(query_kinds.values()):
         kinds = ", ".join(f"{k} are {v}" for k, v in query_kinds.items())
         return (
             f"{base}: query {kinds}, the model uses {model_kind}; add a var column with "
