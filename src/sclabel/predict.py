@@ -123,7 +123,10 @@ def predict(
     )
     probabilities = np.concatenate(
         [
-            predict_proba(model.module, iterate_batches(chunk, batch_size=batch_size)).numpy()
+            predict_proba(
+                model.module,
+                iterate_batches(chunk, batch_size=batch_size, sparse=model.module.sparse_input),
+            ).numpy()
             for chunk in chunks
         ]
     )

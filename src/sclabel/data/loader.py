@@ -1,11 +1,13 @@
 """Batches from an in-memory sparse matrix: the batch contract lives here.
 
 A batch is a dict of tensors with fixed keys: `x` (cells x genes, float32, normalized),
-and `y` (class index, int64) when labels are known. Rows are densified per batch only.
+and `y` (class index, int64) when labels are known. Rows are densified per batch only, or
+not at all (`sparse=True`, a torch CSR tensor) for models that declare `sparse_input`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,6 +33,7 @@ def iterate_batches(
     epoch: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    sparse: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield batches; under DDP each rank takes every `world_size`-th cell of one permutation.
 
@@ -44,7 +47,20 @@ def iterate_batches(
         order = np.resize(order, per_rank * world_size)[rank::world_size]
     for start in range(0, order.size, batch_size):
         index = order[start : start + batch_size]
-        batch = {X_KEY: torch.from_numpy(X[index].toarray())}
+        rows = X[index]
+        batch = {X_KEY: _torch_csr(rows) if sparse else torch.from_numpy(rows.toarray())}
         if y is not None:
             batch[Y_KEY] = torch.from_numpy(y[index])
         yield batch
+
+
+def _torch_csr(rows: sp.csr_matrix) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta; we use only matmul
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(rows.indptr.astype(np.int64)),
+            torch.from_numpy(rows.indices.astype(np.int64)),
+            torch.from_numpy(np.asarray(rows.data, dtype=np.float32)),
+            size=rows.shape,
+            check_invariants=False,  # scipy already guarantees a valid CSR
+        )

@@ -33,11 +33,12 @@ def prepare_rows(
     """
     chunk = to_csr(chunk)
     check_chunk(chunk, kind, first_row)
+    scaled = chunk.copy()  # never modify the caller's matrix
     if kind == "counts":
-        totals = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
-        scaled = sp.diags((target_sum / totals).astype(np.float32)) @ chunk
+        totals = np.asarray(scaled.sum(axis=1, dtype=np.float64)).ravel()
+        factors = (target_sum / totals).astype(np.float32)
+        scaled.data *= np.repeat(factors, np.diff(scaled.indptr))  # row scaling, in place
     else:
-        scaled = chunk.copy()
         np.expm1(scaled.data, out=scaled.data)
     aligned = alignment.apply(scaled)
     np.log1p(aligned.data, out=aligned.data)
@@ -66,10 +67,23 @@ def iter_prepared(
     starts = range(0, n, chunk_size)
     for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress or len(starts) < 2):
         if rows is None:
-            chunk, first = X[start : start + chunk_size], start
+            chunk, first = _row_block(X, start, start + chunk_size), start
         else:
             index = rows[start : start + chunk_size]
             chunk, first = X[index], index
         yield prepare_rows(
             chunk, kind=kind, alignment=alignment, target_sum=target_sum, first_row=first
         )
+
+
+def _row_block(X, start: int, stop: int):
+    """Rows start:stop; for an in-memory CSR a view without copying (prepare_rows copies once)."""
+    if isinstance(X, sp.csr_matrix | sp.csr_array):
+        stop = min(stop, X.shape[0])
+        lo, hi = X.indptr[start], X.indptr[stop]
+        return sp.csr_matrix(
+            (X.data[lo:hi], X.indices[lo:hi], X.indptr[start : stop + 1] - lo),
+            shape=(stop - start, X.shape[1]),
+            copy=False,
+        )
+    return X[start:stop]

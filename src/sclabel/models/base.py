@@ -22,6 +22,7 @@ class Classifier(nn.Module):
     """Base for model families; a family sets `Params` (a dataclass) and implements forward."""
 
     Params: type
+    sparse_input: bool = False  # forward accepts a torch sparse CSR `x` (prediction only)
 
     def __init__(self, n_genes: int, n_classes: int, params) -> None:
         super().__init__()
