@@ -1,10 +1,12 @@
 """The CLI through a real subprocess: success paths, --help, and one-line errors with exit 2."""
 
 import json
+import re
 import subprocess
 import sys
 
 import anndata
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,7 +30,6 @@ def assert_one_line_error(result, pattern):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
     assert "Traceback" not in result.stderr
-    import re
 
     assert re.search(pattern, errors[0]), errors[0]
 
@@ -197,3 +198,68 @@ def test_demo_runs_on_scanpy_pbmc(tmp_path):
     assert "report:" in result.stdout
     assert (tmp_path / "demo" / "report" / "confusion_matrix.png").exists()
     assert sclabel.Model.load(tmp_path / "demo" / "model").classes[0] == "CD14+ Monocyte"
+
+
+def _bad_inputs():
+    """(name, how to break a good training file, expected message) for `sclabel train`."""
+
+    def set_value(value):
+        def corrupt(a):
+            a.X.data[0] = value
+
+        return corrupt
+
+    def single_class(a):
+        a.obs["cell_type"] = "T cell"
+
+    def zero_counts(a):
+        X = a.X.tolil()
+        X[3, :] = 0
+        a.X = X.tocsr()
+
+    def duplicate_names(a):
+        a.obs_names = ["cell"] * a.n_obs
+
+    return [
+        ("single-class", single_class, "1 class.*need at least 2"),
+        ("nan", set_value(np.nan), "NaN or infinite"),
+        ("inf", set_value(np.inf), "NaN or infinite"),
+        ("negative", set_value(-1.0), "negative values.*--layer"),
+        ("zero-counts", zero_counts, "zero counts.*filter_cells"),
+        ("duplicates", duplicate_names, "duplicate cell names.*obs_names_make_unique"),
+        ("empty", lambda a: a._inplace_subset_obs(np.zeros(a.n_obs, bool)), "empty"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt", "pattern"), _bad_inputs(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_bad_training_input(tmp_path, name, corrupt, pattern):
+    adata = sclabel.datasets.synthetic(120, 50, 3, 3, seed=0)
+    corrupt(adata)
+    adata.write_h5ad(tmp_path / "bad.h5ad")
+    result = run(
+        "train", tmp_path / "bad.h5ad", "--label-key", "cell_type", "--out", tmp_path / "m"
+    )
+    assert_one_line_error(result, pattern)
+    assert not (tmp_path / "m").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5ad"]  # no partial output
+
+
+@pytest.mark.parametrize("breakage", ["incomplete", "newer"])
+def test_bad_checkpoint_on_the_command_line(workdir, tmp_path, breakage):
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(workdir / "model", broken)
+    if breakage == "incomplete":
+        (broken / "genes.json").unlink()
+        pattern = r"incomplete checkpoint.*genes\.json"
+    else:
+        config = json.loads((broken / "config.json").read_text())
+        config["format_version"] = 99
+        (broken / "config.json").write_text(json.dumps(config))
+        pattern = "format 99 is newer.*upgrade sclabel"
+    result = run("predict", workdir / "query.h5ad", "--model", broken, "--out", tmp_path / "p.csv")
+    assert_one_line_error(result, pattern)
+    assert not (tmp_path / "p.csv").exists()

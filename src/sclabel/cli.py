@@ -250,7 +250,11 @@ RUNNERS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(format="sclabel: %(message)s", stream=sys.stderr)
+    if not log.handlers:  # our own handler: leave the root logger (and Lightning's) alone
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("sclabel: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         RUNNERS[args.command](args)
