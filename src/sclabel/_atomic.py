@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from sclabel.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -30,3 +32,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, marker: str, what: str) -> Iterator[Path]:
+    """Like `atomic_path` for a folder of outputs, refusing to replace a folder of other files.
+
+    An existing folder is replaced only if it is empty or holds `marker` (i.e. an earlier
+    output of the same kind), so a typo in `--out` never deletes a user's data.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file; choose a folder name for the {what}")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+        msg = f"{path} exists and is not a sclabel {what}; choose an empty or new folder"
+        raise InputError(msg)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        yield tmp

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sclabel._atomic import atomic_path
+from sclabel._atomic import atomic_dir
 from sclabel.errors import InputError
 
 FORMAT_VERSION = 1
@@ -67,11 +67,7 @@ def save(
 ) -> Path:
     """Write a checkpoint directory atomically; an existing checkpoint there is replaced."""
     directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()) and not (directory / "config.json").exists():
-        msg = f"{directory} exists and is not a sclabel checkpoint; choose an empty or new folder"
-        raise InputError(msg)
-    with atomic_path(directory) as tmp:
-        tmp.mkdir()
+    with atomic_dir(directory, marker="config.json", what="checkpoint") as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, str(tmp / "model.safetensors"))
         config = dict(config, format_version=FORMAT_VERSION)

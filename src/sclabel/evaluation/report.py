@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sclabel._atomic import atomic_path
+from sclabel._atomic import atomic_dir
 from sclabel.errors import InputError
 from sclabel.evaluation import plots
 from sclabel.evaluation.metrics import compute_metrics
@@ -91,11 +91,7 @@ def evaluate(
     report = Report(metrics)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "metrics.json").exists():
-            msg = f"{out_dir} exists and is not a sclabel report; choose an empty or new folder"
-            raise InputError(msg)
-        with atomic_path(out_dir) as tmp:
-            tmp.mkdir()
+        with atomic_dir(out_dir, marker="metrics.json", what="report") as tmp:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             (tmp / "report.md").write_text(report.to_markdown(title))
             for name, draw in PLOTS.items():
