@@ -79,9 +79,8 @@ def _annotate_timed(model, query) -> tuple:
 
 def _fit(args) -> dict:
     import anndata as ad
-    import numpy as np
-
     import celltypist
+    import numpy as np
 
     options = json.loads(args.options or "{}")
     result: dict = {
@@ -132,7 +131,6 @@ def _fit(args) -> dict:
 
 def _predict(args) -> dict:
     import anndata as ad
-
     from celltypist.models import Model
 
     result: dict = {"rss_after_imports_mib": bc.rss_mib()}

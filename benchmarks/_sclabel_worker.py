@@ -74,14 +74,18 @@ def _fit(args) -> dict:
             model = sclabel.train(
                 train,
                 label_key="label",
-                split_by=None,
+                split_by=args.split_by,
                 model=args.family,
                 split_fractions=(0.85, 0.15, 0.0),
                 progress=False,
                 **TRAIN_OPTIONS,
             )
         result["train_seconds"] = t.seconds
-        result["train_options"] = {**TRAIN_OPTIONS, "split_fractions": [0.85, 0.15, 0.0]}
+        result["train_options"] = {
+            **TRAIN_OPTIONS,
+            "split_fractions": [0.85, 0.15, 0.0],
+            "split_by": args.split_by,
+        }
         fit = model.metrics.get("fit", {})
         result["fit"] = {k: fit.get(k) for k in ("best_epoch", "epochs_run", "best_val_macro_f1")}
         result["fit"]["loop_seconds"] = fit.get("train_seconds")
@@ -133,6 +137,7 @@ def main() -> None:
     parser.add_argument("--test")
     parser.add_argument("--query")
     parser.add_argument("--model-dir")
+    parser.add_argument("--split-by", help="obs column grouping sclabel's own train/val split")
     parser.add_argument("--result", required=True)
     parser.add_argument("--pred-out")
     args = parser.parse_args()

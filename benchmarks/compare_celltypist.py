@@ -154,28 +154,38 @@ def make_scale_file(n_cells: int, p_keep: float = 0.8, min_cells: int = 10) -> P
     return path
 
 
+def _spec(name: str, dataset: str, split: str, kind: str = "counts", **extra) -> dict:
+    return {"name": name, "dataset": dataset, "split": split, "input": kind, **extra}
+
+
 def split_specs(quick: bool, scale_cells: int) -> list[dict]:
-    """Every split: name, loader, how train/test are chosen, input kind, CellTypist options."""
+    """Every split: name, source, how train/test are chosen, input kind, method options."""
+    bench = "cellbench_sc_celllines"
     specs = [
-        {"name": "pbmc68k_reduced", "dataset": "pbmc68k_reduced", "split": "stratified 70/30 by bulk_labels", "input": "log1p"},
-        {"name": "kang", "dataset": "kang_pbmc_stim", "split": "stratified 70/30 by condition", "input": "counts"},
-        {"name": "cellbench_cross_protocol", "dataset": "cellbench_sc_celllines", "split": "train sc_celseq2* (4 batches), test sc_dropseq", "input": "counts"},
-    ]  # fmt: skip
+        _spec("pbmc68k_reduced", "pbmc68k_reduced", "stratified 70/30 by bulk_labels", "log1p"),
+        _spec("kang", "kang_pbmc_stim", "stratified 70/30 by condition"),
+        _spec("cellbench_cross_protocol", bench, "train sc_celseq2* (4 batches), test sc_dropseq"),
+    ]
     if quick:
         return specs
-    specs.insert(
-        1,
-        {"name": "mouse_bladder", "dataset": "mouse_bladder_2100", "split": "stratified 70/30 by label_id", "input": "counts"},
-    )  # fmt: skip
-    batches = ["sc_celseq2", "sc_celseq2_5cl_p1", "sc_celseq2_5cl_p2", "sc_celseq2_5cl_p3", "sc_dropseq"]  # fmt: skip
-    for batch in batches:
-        specs.append(
-            {"name": f"cellbench_lobo_{batch}", "dataset": "cellbench_sc_celllines", "split": f"leave-one-batch-out: test {batch}", "input": "counts", "test_batch": batch},
-        )  # fmt: skip
+    specs.insert(1, _spec("mouse_bladder", "mouse_bladder_2100", "stratified 70/30 by label_id"))
+    batches = ("sc_celseq2", "sc_celseq2_5cl_p1", "sc_celseq2_5cl_p2", "sc_celseq2_5cl_p3")
+    for batch in (*batches, "sc_dropseq"):
+        how = f"leave-one-batch-out: test {batch}"
+        specs.append(_spec(f"cellbench_lobo_{batch}", bench, how, test_batch=batch))
     if scale_cells:
         specs.append(
-            {"name": f"mouse_bladder_resampled_{scale_cells // 1000}k", "dataset": f"mouse_bladder_resampled_{scale_cells}", "split": "stratified 70/30 by label_id", "input": "counts", "scale_cells": scale_cells, "celltypist_options": LARGE_CELLTYPIST_OPTIONS},
-        )  # fmt: skip
+            _spec(
+                f"mouse_bladder_resampled_{scale_cells // 1000}k",
+                f"mouse_bladder_resampled_{scale_cells}",
+                "stratified 70/30 by label_id",
+                scale_cells=scale_cells,
+                celltypist_options=LARGE_CELLTYPIST_OPTIONS,
+                # thinned copies of one real cell must not sit on both sides of sclabel's own
+                # train/validation split, or early stopping sees a leaked validation set
+                sclabel_split_by="source_cell",
+            )
+        )
     return specs
 
 
@@ -205,7 +215,9 @@ def prepare_split(spec: dict) -> dict:
         import anndata as ad
 
         data = _frame(
-            ad.read_h5ad(make_scale_file(spec["scale_cells"])), "label_id", extra=("source_part",)
+            ad.read_h5ad(make_scale_file(spec["scale_cells"])),
+            "label_id",
+            extra=("source_part", "source_cell"),
         )
         train, test = _stratified(data.obs["label"].to_numpy())
         parts = data.obs["source_part"].to_numpy()
@@ -269,6 +281,8 @@ def run_method(spec: dict, files: dict, method: str, timeout: int) -> dict:
         worker = [str(SCLABEL_PY), str(HERE / "_sclabel_worker.py")]
         model = folder / "model"
         fit_cmd = [*worker, "fit", "--family", method, "--model-dir", str(model)]
+        if spec.get("sclabel_split_by"):
+            fit_cmd += ["--split-by", spec["sclabel_split_by"]]
         pred_cmd = [*worker, "predict", "--model-dir", str(model)]
     fit_cmd += ["--train", files["train"], "--test", files["test"]]
     fit_cmd += ["--result", str(fit_json), "--pred-out", str(folder / "fit_predictions.csv")]
@@ -294,9 +308,7 @@ def score(files: dict, folder: Path) -> dict:
     pred = pred.reindex(truth.index)
     present = sorted(truth.unique())
     return {
-        "macro_f1": float(
-            f1_score(truth, pred, labels=present, average="macro", zero_division=0)
-        ),
+        "macro_f1": float(f1_score(truth, pred, labels=present, average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(truth, pred)),
         "predictions_match_fit_process": float((fit_pred.reindex(truth.index) == pred).mean()),
     }
@@ -379,7 +391,16 @@ def machine_info() -> dict:
         "src_uncommitted_changes": bool(dirty.stdout.strip()),
         "sclabel_env": _versions(
             SCLABEL_PY,
-            ["sclabel", "torch", "lightning", "scikit-learn", "numpy", "scipy", "anndata", "scanpy"],
+            [
+                "sclabel",
+                "torch",
+                "lightning",
+                "scikit-learn",
+                "numpy",
+                "scipy",
+                "anndata",
+                "scanpy",
+            ],
         ),
         "celltypist_env": _versions(
             CELLTYPIST_PY, ["celltypist", "scikit-learn", "numpy", "scipy", "anndata", "scanpy"]
@@ -505,7 +526,8 @@ def split_table(split: dict) -> list[str]:
     if not ct.get("failed") and ct.get("fit_tree_peak_mib", 0) > ct.get("train_maxrss_mib", 0) + 1:
         notes.append(
             f"CellTypist fit process tree (joblib workers included, sampled): peak "
-            f"{_n(ct['fit_tree_peak_mib'])} MiB; largest worker {_n(ct.get('children_maxrss_mib'))} MiB."
+            f"{_n(ct['fit_tree_peak_mib'])} MiB; largest worker "
+            f"{_n(ct.get('children_maxrss_mib'))} MiB."
         )
     epochs = [
         f"{m} stopped after {s[m]['epochs_run']} epochs (best {s[m]['best_epoch']})"
@@ -548,9 +570,9 @@ def markdown(report: dict) -> str:
         "",
         "How it was measured:",
         "",
-        "- Same train and test cells for every method (files written to `benchmarks/work/splits/`); "
-        "stratified splits are sklearn `train_test_split(test_size=0.3, stratify=label, "
-        "random_state=0)`.",
+        "- Same train and test cells for every method (files written to "
+        "`benchmarks/work/splits/`); stratified splits are sklearn "
+        "`train_test_split(test_size=0.3, stratify=label, random_state=0)`.",
         "- sclabel: `sclabel.train(train, label_key=..., model=linear|mlp, "
         "split_fractions=(0.85, 0.15, 0.0), max_epochs=30, batch_size=256, lr=1e-3, seed=0)` on "
         "the raw counts (sclabel normalizes itself; its 15% validation part, taken from the "
@@ -610,7 +632,9 @@ def markdown(report: dict) -> str:
             )
             + " On the small splits (a few hundred test cells, where fixed per-call costs "
             "dominate): speed ratio "
-            + ", ".join(f"{x['split']} {x['cells_per_s_ratio']:.1f}x" for x in speed if x is not big)
+            + ", ".join(
+                f"{x['split']} {x['cells_per_s_ratio']:.1f}x" for x in speed if x is not big
+            )
             + "; peak-memory ratio "
             + ", ".join(f"{x['peak_memory_ratio']:.2f}x" for x in speed if x is not big)
             + "."
@@ -631,17 +655,19 @@ def markdown(report: dict) -> str:
         def g(d, key, fmt):
             return "failed" if d.get("failed") else fmt(d[key])
 
-        ok = not (ct.get("failed") or lin.get("failed"))
+        def r(d, key, ct=ct):
+            if d.get("failed") or ct.get("failed"):
+                return ""
+            return _ratio(d.get(key), ct.get(key))
+
         lines.append(
             f"| {split['name']} | {split['files']['n_train']:,} / {split['files']['n_test']:,} | "
             f"{g(ct, 'macro_f1', _f)} | {g(lin, 'macro_f1', _f)} | {g(mlp, 'macro_f1', _f)} | "
-            f"{_ratio(lin.get('macro_f1'), ct.get('macro_f1')) if ok else ''} | "
-            f"{_ratio(mlp.get('macro_f1'), ct.get('macro_f1')) if not (ct.get('failed') or mlp.get('failed')) else ''} | "
+            f"{r(lin, 'macro_f1')} | {r(mlp, 'macro_f1')} | "
             f"{g(ct, 'predict_cells_per_s', _n)} | {g(lin, 'predict_cells_per_s', _n)} | "
             f"{g(mlp, 'predict_cells_per_s', _n)} | "
-            f"{_ratio(lin.get('predict_cells_per_s'), ct.get('predict_cells_per_s')) if ok else ''} | "
-            f"{_ratio(lin.get('predict_peak_mib'), ct.get('predict_peak_mib')) if ok else ''} |"
-        )  # fmt: skip
+            f"{r(lin, 'predict_cells_per_s')} | {r(lin, 'predict_peak_mib')} |"
+        )
     lines += ["", "### Per split", ""]
     for split in report["splits"]:
         lines += split_table(split)
@@ -654,7 +680,8 @@ def markdown(report: dict) -> str:
     for env, data in report["import_baselines"].items():
         for step in data.get("steps", []):
             lines.append(
-                f"| {env} | {step['after']} | {step['rss_mib']:.0f} | {_f(step.get('seconds'), 2)} |"
+                f"| {env} | {step['after']} | {step['rss_mib']:.0f} | "
+                f"{_f(step.get('seconds'), 2)} |"
             )
     lines += [
         "",
@@ -697,7 +724,8 @@ def main() -> None:
         sys.exit(f"data folder {DATA} not found (set SCLABEL_DATA)")
     started = time.perf_counter()
     date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    command = " ".join([".venv/bin/python", "benchmarks/compare_celltypist.py", *map(shlex.quote, sys.argv[1:])])  # fmt: skip
+    argv = map(shlex.quote, sys.argv[1:])
+    command = " ".join([".venv/bin/python", "benchmarks/compare_celltypist.py", *argv])
     (WORK / "runs").mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     print(f"machine: {machine['cpu_count']} cores, {machine['ram_gib']} GiB", flush=True)
