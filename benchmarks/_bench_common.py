@@ -7,7 +7,9 @@ Memory terms used in the results:
   rss        resident set size now (VmRSS)
   hwm        peak RSS since the last `reset_peak()` (VmHWM; Linux resets it on
              `echo 5 > /proc/self/clear_refs`), i.e. the peak of one phase
-  maxrss     resource.getrusage(RUSAGE_SELF).ru_maxrss: the peak over the whole process life
+  maxrss     resource.getrusage(RUSAGE_SELF).ru_maxrss: the peak over the process life so far.
+             Linux resets it together with VmHWM on clear_refs, so the workers read it
+             before `reset_peak()` and report the larger of the two readings
   tree peak  the largest sum of RSS over this process and all its descendants, sampled every
              50 ms (CellTypist's logistic regression fits one-vs-rest classes in joblib worker
              processes, whose memory RUSAGE_SELF does not see; shared pages count twice)

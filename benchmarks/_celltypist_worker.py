@@ -121,8 +121,10 @@ def _fit(args) -> dict:
         result["normalize_query_seconds"] = _normalize(query, args.input)
         labels, times, memory = _annotate_timed(model, query)
         result["inprocess_predict"] = {"seconds": times, **memory}
+        process_peak = max(bc.maxrss_mib(), memory["maxrss_before_predict_mib"])
         result["n_test"] = int(query.n_obs)
-    result["maxrss_mib"] = bc.maxrss_mib()
+    # the VmHWM reset before predicting also resets ru_maxrss (Linux), so keep the larger
+    result["maxrss_mib"] = max(process_peak, bc.maxrss_mib())
     result["tree_peak_mib"] = tree.peak_mib
     result["max_child_processes"] = tree.max_children
     _write_predictions(args.pred_out, query.obs_names, labels)
@@ -146,7 +148,7 @@ def _predict(args) -> dict:
     labels, times, memory = _annotate_timed(model, query)
     result.update(memory)
     result["predict_seconds"] = times
-    result["maxrss_mib"] = bc.maxrss_mib()
+    result["maxrss_mib"] = max(memory["maxrss_before_predict_mib"], bc.maxrss_mib())
     _write_predictions(args.pred_out, query.obs_names, labels)
     return result
 

@@ -322,6 +322,7 @@ def summarize(record: dict, n_test: int) -> dict:
     times = pred["predict_seconds"]
     seconds = float(np.median(times))
     out = {
+        "failed": False,
         "macro_f1": record["macro_f1"],
         "accuracy": record["accuracy"],
         "train_seconds": fit["train_seconds"],
@@ -545,6 +546,25 @@ def split_table(split: dict) -> list[str]:
     return lines + ([" ".join(notes), ""] if notes else [])
 
 
+def _sclabel_options(report: dict) -> str:
+    for split in report["splits"]:
+        for run in split["runs"]:
+            options = run.get("fit", {}).get("train_options")
+            if run["method"] != "celltypist" and options and "patience" in options:
+                keys = ("max_epochs", "batch_size", "lr", "weight_decay", "lr_gamma", "patience")
+                text = ", ".join(f"{k}={options[k]}" for k in keys)
+                mlp = next(
+                    (
+                        r["fit"]["train_options"]["model_params"]
+                        for r in split["runs"]
+                        if r["method"] == "mlp" and "fit" in r
+                    ),
+                    None,
+                )
+                return text + (f"; mlp {mlp}" if mlp else "")
+    return "see the JSON"
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     v = report["verdicts"]
@@ -573,11 +593,13 @@ def markdown(report: dict) -> str:
         "- Same train and test cells for every method (files written to "
         "`benchmarks/work/splits/`); stratified splits are sklearn "
         "`train_test_split(test_size=0.3, stratify=label, random_state=0)`.",
-        "- sclabel: `sclabel.train(train, label_key=..., model=linear|mlp, "
-        "split_fractions=(0.85, 0.15, 0.0), max_epochs=30, batch_size=256, lr=1e-3, seed=0)` on "
-        "the raw counts (sclabel normalizes itself; its 15% validation part, taken from the "
-        "training cells, drives early stopping). pbmc68k_reduced has no counts: its "
-        "log-normalized `.raw.X` (765 genes) is X for all methods.",
+        "- sclabel: `sclabel.train(train, label_key='label', model=linear|mlp, "
+        "split_fractions=(0.85, 0.15, 0.0), seed=0)` on the raw counts, everything else "
+        f"sclabel's defaults ({_sclabel_options(report)}). sclabel normalizes itself; its 15% "
+        "validation part, taken from the training cells, drives early stopping. On the "
+        "100k-cell file that part is grouped by `source_cell` (`split_by='source_cell'`) so "
+        "thinned copies of one real cell are not on both sides of it. pbmc68k_reduced has no "
+        "counts: its log-normalized `.raw.X` (765 genes) is X for all methods.",
         "- CellTypist: input normalized with scanpy `normalize_total(target_sum=1e4)` + `log1p`; "
         "`celltypist.train(adata, labels='label', check_expression=False, n_jobs=2)` (default "
         "logistic regression: one-vs-rest, lbfgs below 50k cells); "
@@ -716,7 +738,21 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
     parser.add_argument("--write-md", action="store_true", help="update RESULTS.md in --quick")
+    parser.add_argument(
+        "--markdown-only",
+        metavar="JSON",
+        help="re-render RESULTS.md from a results JSON of an earlier run; runs nothing",
+    )
     args = parser.parse_args()
+    if args.markdown_only:
+        report = json.loads(Path(args.markdown_only).read_text())
+        for split in report["splits"]:
+            split["summary"] = {
+                r["method"]: summarize(r, split["files"]["n_test"]) for r in split["runs"]
+            }
+        report["verdicts"] = verdicts(report["splits"])
+        print(f"wrote {write_markdown(markdown(report))}")
+        return
     for python in (SCLABEL_PY, CELLTYPIST_PY):
         if not python.exists():
             sys.exit(f"missing interpreter {python}; see the module docstring")
