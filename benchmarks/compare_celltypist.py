@@ -1,7 +1,8 @@
 """Benchmark sclabel's `linear` and `mlp` models against CellTypist on real data.
 
-    .venv/bin/python benchmarks/compare_celltypist.py            # full run (~30-40 min, 2 cores)
-    .venv/bin/python benchmarks/compare_celltypist.py --quick    # 3 small splits, ~3 min
+    .venv/bin/python benchmarks/compare_celltypist.py            # full run (~15-20 min, 2 cores)
+    .venv/bin/python benchmarks/compare_celltypist.py --quick    # 3 small splits, ~2 min
+    .venv/bin/python benchmarks/diagnose_f1_gap.py               # afterwards: seeds, variants
 
 Every (split, method) is fitted in its own fresh subprocess (`_sclabel_worker.py` under
 .venv, `_celltypist_worker.py` under .venv-celltypist) and then predicted again in a second
@@ -435,9 +436,11 @@ def _n(value):
     return "n/a" if value is None else f"{value:,.0f}"
 
 
-def _ratio(a, b, digits=2):
+def _ratio(a, b, digits=None):
     if a is None or b is None or b == 0:
         return "n/a"
+    if digits is None:  # F1 ratios near 1 need three decimals to show a gap
+        digits = 3 if abs(a / b - 1) < 0.1 else 2
     return f"{a / b:.{digits}f}x"
 
 
