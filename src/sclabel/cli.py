@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--report", help="also write an evaluation report of the test split here")
     train.add_argument("--export-split", help="also write the train/val/test split as CSV")
     train.add_argument("--max-epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument(
+        "--batch-size", type=int, help="default: training cells / 20, clipped to [32, 256]"
+    )
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--weight-decay", type=float, default=0.01)
     train.add_argument("--patience", type=int, default=5)

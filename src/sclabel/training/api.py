@@ -90,22 +90,25 @@ def train(
     vocabulary, used_key = genes.Vocabulary.from_var(var, gene_key)
     alignment = genes.align(var, vocabulary, gene_key=used_key, min_coverage=1.0)
     rows = np.flatnonzero(labeled)
-    prepared = sp.vstack(
-        list(
-            iter_prepared(
-                X,
-                kind=values.kind,
-                alignment=alignment,
-                target_sum=data_config.target_sum,
-                rows=rows,
-                progress=train_config.progress,
-            )
-        ),
-        format="csr",
-    )
     y = pd.Categorical(labels[labeled], categories=classes).codes.astype(np.int64)
     part = split.to_numpy()
-    subsets = {name: (prepared[part == name], y[part == name]) for name in ("train", "val", "test")}
+
+    def prepare(name: str) -> tuple[sp.csr_matrix, np.ndarray]:
+        # one part at a time, so peak memory is ~ the normalized data plus one part's chunks
+        chunks = iter_prepared(
+            X,
+            kind=values.kind,
+            alignment=alignment,
+            target_sum=data_config.target_sum,
+            rows=rows[part == name],
+            progress=train_config.progress,
+            desc=f"preparing {name}",
+        )
+        n_genes = len(vocabulary.ids)
+        matrix = sp.vstack([sp.csr_matrix((0, n_genes), dtype=np.float32), *chunks], format="csr")
+        return matrix, y[part == name]
+
+    subsets = {name: prepare(name) for name in ("train", "val", "test")}
     missing = [c for i, c in enumerate(classes) if not (subsets["train"][1] == i).any()]
     if missing:
         log.warning("classes absent from the training split (cannot be learned): %s", missing)
@@ -125,6 +128,7 @@ def train(
             "best_val_macro_f1": result.best_val_macro_f1,
             "epochs_run": result.epochs_run,
             "train_seconds": result.seconds,
+            "batch_size": result.batch_size,
             "history": result.history,
         },
         "n_cells": {name: int(s[1].size) for name, s in subsets.items()},

@@ -16,7 +16,7 @@ import torch
 from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
-from sclabel.config import TrainConfig
+from sclabel.config import TrainConfig, auto_batch_size
 from sclabel.data.loader import Y_KEY, iterate_batches, n_batches
 from sclabel.models.base import Classifier, predict_proba
 
@@ -29,6 +29,7 @@ class FitResult:
     best_val_macro_f1: float | None
     epochs_run: int
     seconds: float
+    batch_size: int
     is_main_process: bool = True  # under DDP only rank 0 should write outputs
     history: list[dict] = field(default_factory=list)
 
@@ -68,10 +69,13 @@ def fit(
             config.max_epochs,
         )
 
-    best = (-1.0, 0, None)  # (val macro-F1, epoch, state)
+    # ranked by (val macro-F1, -val loss): macro-F1 on a few hundred cells plateaus, and the
+    # loss breaks those ties in favour of the better-fitted epoch
+    best = ((-1.0, -np.inf), 0, None)  # (score, epoch, state)
     history: list[dict] = []
     start = time.perf_counter()
-    steps = n_batches(train[0].shape[0], config.batch_size, fabric.world_size)
+    batch_size = config.batch_size or auto_batch_size(train[0].shape[0])
+    steps = n_batches(train[0].shape[0], batch_size, fabric.world_size)
     bar = tqdm(
         range(config.max_epochs),
         desc="training",
@@ -83,7 +87,7 @@ def fit(
         total = torch.zeros((), device=fabric.device)
         batches = iterate_batches(
             *train,
-            batch_size=config.batch_size,
+            batch_size=batch_size,
             shuffle=True,
             seed=config.seed,
             epoch=epoch,
@@ -110,8 +114,12 @@ def fit(
             record["val_macro_f1"] = float(
                 f1_score(val[1], proba.argmax(1).numpy(), average="macro", zero_division=0)
             )
+            record["val_loss"] = _weighted_nll(proba.numpy(), val[1], class_weight)
         history.append(record)
-        score = record.get("val_macro_f1", float(epoch))  # no val: keep the last epoch
+        if has_val:
+            score = (round(record["val_macro_f1"], 10), -record["val_loss"])
+        else:  # no validation: keep the last epoch
+            score = (float(epoch), 0.0)
         if score > best[0]:
             state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             best = (score, epoch, state)
@@ -128,9 +136,17 @@ def fit(
     module.to("cpu")
     return FitResult(
         best_epoch=best[1],
-        best_val_macro_f1=best[0] if has_val else None,
+        best_val_macro_f1=history[best[1]]["val_macro_f1"] if has_val else None,
         epochs_run=len(history),
         seconds=time.perf_counter() - start,
+        batch_size=batch_size,
         is_main_process=fabric.global_rank == 0,
         history=history,
     )
+
+
+def _weighted_nll(proba: np.ndarray, y: np.ndarray, class_weight: np.ndarray) -> float:
+    """The training objective on validation cells: class-weighted mean negative log-likelihood."""
+    weights = class_weight[y].astype(np.float64)
+    nll = -np.log(np.clip(proba[np.arange(y.size), y], 1e-12, None))
+    return float((weights * nll).sum() / max(weights.sum(), 1e-12))
