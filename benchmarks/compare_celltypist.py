@@ -556,9 +556,7 @@ def _sclabel_options(report: dict) -> str:
             if run["method"] != "celltypist" and options and "patience" in options:
                 keys = ("max_epochs", "batch_size", "lr", "weight_decay", "lr_gamma", "patience")
                 auto = "auto (training cells / 20, clipped to 32-256)"
-                text = ", ".join(
-                    f"{k}={auto if options[k] is None else options[k]}" for k in keys
-                )
+                text = ", ".join(f"{k}={auto if options[k] is None else options[k]}" for k in keys)
                 mlp = next(
                     (
                         r["fit"]["train_options"]["model_params"]
