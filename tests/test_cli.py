@@ -114,6 +114,31 @@ def test_predict_to_csv_and_h5ad(workdir):
     assert "sclabel_probabilities" in annotated.obsm
 
 
+def test_predict_in_memory_h5ad_keeps_the_matrix(workdir):
+    result = run(
+        "predict",
+        workdir / "query.h5ad",
+        "--model",
+        workdir / "model",
+        "--out",
+        workdir / "annotated.h5ad",
+        "--key-added",
+        "ct",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    annotated = anndata.read_h5ad(workdir / "annotated.h5ad")
+    original = anndata.read_h5ad(workdir / "query.h5ad")
+    assert (annotated.X != original.X).nnz == 0
+    assert {"ct_label", "ct_confidence", "ct_uncertainty"} <= set(annotated.obs)
+    assert list(annotated.obsm["ct_probabilities"].columns) == [
+        "type_0",
+        "type_1",
+        "type_2",
+        "type_3",
+    ]
+
+
 def test_evaluate_and_info(workdir):
     result = run(
         "evaluate",

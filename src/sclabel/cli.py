@@ -196,8 +196,7 @@ def _run_predict(args) -> None:
             log.info("backed input: %s holds the annotations without X", out)
         prediction.to_adata(adata, key_added=args.key_added)
         with atomic_path(out) as tmp:
-            adata.write_h5ad(tmp.with_suffix(".h5ad"))
-            tmp.with_suffix(".h5ad").rename(tmp)
+            adata.write_h5ad(tmp)
     else:
         prediction.to_table(out)
     counts = prediction.to_frame()["label"].value_counts()
