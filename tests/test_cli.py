@@ -288,3 +288,55 @@ def test_bad_checkpoint_on_the_command_line(workdir, tmp_path, breakage):
     result = run("predict", workdir / "query.h5ad", "--model", broken, "--out", tmp_path / "p.csv")
     assert_one_line_error(result, pattern)
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_evaluate_with_ontology_and_groups(tmp_path):
+    """CL names as labels: a model trained on them is scored flat and ontology-aware."""
+    adata = sclabel.datasets.synthetic(600, 200, 3, 6, seed=1)
+    names = {"type_0": "T cell", "type_1": "CD4-positive, alpha-beta T cell", "type_2": "B cell"}
+    adata.obs["cell_type"] = adata.obs["cell_type"].map(names).astype("category")
+    adata.obs["tissue"] = np.where(np.arange(adata.n_obs) % 2, "blood", "lung")
+    adata.write_h5ad(tmp_path / "cl.h5ad")
+    result = run(
+        "train",
+        tmp_path / "cl.h5ad",
+        "--label-key",
+        "cell_type",
+        "--model",
+        "linear",
+        "--max-epochs",
+        "10",
+        "--out",
+        tmp_path / "model",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    result = run(
+        "evaluate",
+        tmp_path / "cl.h5ad",
+        "--model",
+        tmp_path / "model",
+        "--ontology",
+        "--group-by",
+        "tissue",
+        "--out",
+        tmp_path / "report",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Cell Ontology-aware macro-F1" in result.stdout
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["ontology"]["terms"]["T cell"] == "CL:0000084"
+    assert metrics["ontology"]["macro_f1"] >= metrics["macro_f1"]  # can only forgive errors
+    assert set(metrics["by_group"]) == {"blood", "lung"}
+    result = run(
+        "evaluate",
+        tmp_path / "cl.h5ad",
+        "--model",
+        tmp_path / "model",
+        "--group-by",
+        "organ",
+        "--out",
+        tmp_path / "r2",
+    )
+    assert_one_line_error(result, "obs column 'organ' not found")

@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label-key", help="obs column with true labels (default: training's)")
     evaluate.add_argument("--split", choices=["train", "val", "test"], help="only these cells")
     evaluate.add_argument("--out", default="sclabel-report", help="report folder to write")
+    evaluate.add_argument(
+        "--ontology", action="store_true", help="add Cell Ontology-aware scores (offline CL)"
+    )
+    evaluate.add_argument("--ontology-key", help="obs column with CL ids of the true labels")
+    evaluate.add_argument("--group-by", help="obs column (e.g. tissue) for a per-group table")
     evaluate.add_argument("--unknown-threshold", type=float)
     evaluate.add_argument("--min-gene-coverage", type=float)
 
@@ -214,10 +219,15 @@ def _run_evaluate(args) -> None:
         label_key=args.label_key,
         split=args.split,
         out_dir=args.out,
+        ontology=args.ontology,
+        ontology_key=args.ontology_key,
+        group_by=args.group_by,
         **_predict_options(args),
     )
     m = report.metrics
     print(f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, ECE {m['ece']:.4f}")
+    if "ontology" in m:
+        print(f"Cell Ontology-aware macro-F1 {m['ontology']['macro_f1']:.4f}")
     print(f"report written to {report.path}/report.md")
 
 

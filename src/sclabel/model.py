@@ -133,12 +133,17 @@ class Model:
         split: str | None = None,
         out_dir: str | Path | None = None,
         title: str = "sclabel evaluation",
+        ontology: bool = False,
+        ontology_key: str | None = None,
+        group_by: str | None = None,
         **predict_options: Any,
     ):
         """Predict `adata` and score it against `obs[label_key]` (default: the training key).
 
         `split="test"` (or "val"/"train") keeps only the cells this model's saved split put
         there, matched by cell name, so the demo and the CLI can score held-out cells.
+        `ontology` adds Cell Ontology-aware scores (`ontology_key`: an obs column of CL ids);
+        `group_by` an obs column (e.g. tissue) for a per-group breakdown.
         """
         from sclabel.evaluation.report import evaluate
         from sclabel.training.api import read_labels
@@ -154,8 +159,20 @@ class Model:
                 raise InputError(msg)
             adata = adata[keep]
         truth = read_labels(adata.obs, label_key)
+        for key in (ontology_key, group_by):
+            if key is not None and key not in adata.obs.columns:
+                msg = f"obs column {key!r} not found; available: {list(adata.obs.columns)}"
+                raise InputError(msg)
         prediction = self.predict(adata, **predict_options)
-        return evaluate(prediction, truth.to_numpy(), out_dir=out_dir, title=title)
+        return evaluate(
+            prediction,
+            truth.to_numpy(),
+            out_dir=out_dir,
+            title=title,
+            ontology=ontology or ontology_key is not None,
+            ontology_ids=None if ontology_key is None else adata.obs[ontology_key].to_numpy(),
+            groups=None if group_by is None else adata.obs[group_by].to_numpy(),
+        )
 
     def export_split(self, path: str | Path) -> Path:
         """Write the train/val/test assignment of the training cells as CSV."""

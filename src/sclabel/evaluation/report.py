@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import f1_score
 
 from sclabel._atomic import atomic_dir
 from sclabel.errors import InputError
 from sclabel.evaluation import plots
 from sclabel.evaluation.metrics import compute_metrics
+from sclabel.evaluation.ontology import CellOntology, ontology_adjusted
 from sclabel.predict import Prediction
 
 PLOTS = {
@@ -40,8 +42,16 @@ class Report:
             f"| weighted-F1 | {m['weighted_f1']:.4f} |",
             f"| expected calibration error | {m['ece']:.4f} |",
             f"| cells labelled unknown | {m['n_unknown']} |",
-            "",
         ]
+        onto = m.get("ontology")
+        if onto:
+            lines += [
+                f"| macro-F1, Cell Ontology-aware | {onto['macro_f1']:.4f} |",
+                f"| accuracy, Cell Ontology-aware | {onto['accuracy']:.4f} |",
+            ]
+        lines.append("")
+        if onto and onto["unmapped"]:
+            lines += [f"Labels without a Cell Ontology term (scored flat): {onto['unmapped']}.", ""]
         if m["unseen_labels"]:
             lines += [
                 f"True labels the model was never trained on: {', '.join(m['unseen_labels'])}.",
@@ -50,12 +60,21 @@ class Report:
         lines += [
             "## Per class",
             "",
-            "| class | precision | recall | F1 | support |",
-            "|---|---|---|---|---|",
+            "| class | precision | recall | F1 | support |"
+            + (" F1, ontology-aware |" if onto else ""),
+            "|---|---|---|---|---|" + ("---|" if onto else ""),
         ]
         for label, s in m["per_class"].items():
             scores = " | ".join(f"{s[k]:.3f}" for k in ("precision", "recall", "f1"))
-            lines.append(f"| {label} | {scores} | {s['support']} |")
+            extra = f" {onto['per_class_f1'][label]:.3f} |" if onto else ""
+            lines.append(f"| {label} | {scores} | {s['support']} |{extra}")
+        if "by_group" in m:
+            kinds = ["macro_f1", "accuracy"] + (["macro_f1_ontology"] if onto else [])
+            lines += ["", "## By group", "", "| group | cells | " + " | ".join(kinds) + " |"]
+            lines.append("|---|---|" + "---|" * len(kinds))
+            for group, row in m["by_group"].items():
+                values = " | ".join(f"{row[k]:.3f}" for k in kinds)
+                lines.append(f"| {group} | {row['n_cells']} | {values} |")
         lines += ["", "## Plots", ""]
         lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
         return "\n".join(lines) + "\n"
@@ -67,11 +86,17 @@ def evaluate(
     *,
     out_dir: str | Path | None = None,
     title: str = "sclabel evaluation",
+    ontology: bool = False,
+    ontology_ids=None,
+    groups=None,
 ) -> Report:
     """Score `prediction` against `truth` (one label per predicted cell).
 
-    With `out_dir`, writes metrics.json, report.md and the plots there (atomically: the
-    folder appears complete or not at all).
+    `ontology=True` adds Cell Ontology-aware scores (a more specific prediction counts as
+    right), mapping labels by name/synonym or by `ontology_ids` (one CL id per cell, e.g.
+    `obs["cell_type_ontology_term_id"]`). `groups` (one value per cell, e.g. tissue) adds a
+    per-group breakdown. With `out_dir`, writes metrics.json, report.md and the plots there
+    (atomically: the folder appears complete or not at all).
     """
     truth = np.asarray(truth, dtype=object)
     if truth.shape[0] != prediction.probabilities.shape[0]:
@@ -82,12 +107,16 @@ def evaluate(
     known = np.array([t is not None and t == t for t in truth])  # drop None/NaN labels
     if not known.any():
         raise InputError("no cell has a true label to evaluate against")
-    metrics = compute_metrics(
-        truth[known].astype(str),
-        prediction.labels[known],
-        prediction.confidence[known],
-        prediction.classes,
-    )
+    y_true, y_pred = truth[known].astype(str), prediction.labels[known]
+    metrics = compute_metrics(y_true, y_pred, prediction.confidence[known], prediction.classes)
+    scored = {"flat": y_pred}
+    if ontology:
+        ids = None if ontology_ids is None else np.asarray(ontology_ids, dtype=object)[known]
+        metrics["ontology"], scored["ontology"] = ontology_metrics(
+            y_true, y_pred, prediction.classes, ids
+        )
+    if groups is not None:
+        metrics["by_group"] = group_metrics(y_true, scored, np.asarray(groups)[known])
     report = Report(metrics)
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -98,3 +127,40 @@ def evaluate(
                 draw(metrics, tmp / name)
         report.path = out_dir
     return report
+
+
+def ontology_metrics(y_true, y_pred, classes, ids=None) -> tuple[dict, np.ndarray]:
+    """Ontology-aware accuracy, macro-F1 and per-class F1, plus the adjusted predictions."""
+    cl = CellOntology()
+    labels = list(y_true) + list(classes)
+    paired = None if ids is None else list(ids) + [None] * len(classes)
+    mapping = cl.map_labels(labels, paired)
+    adjusted = ontology_adjusted(y_true, y_pred, mapping, cl)
+    present = sorted(set(y_true))
+    per_class = f1_score(y_true, adjusted, labels=present, average=None, zero_division=0)
+    summary = {
+        "accuracy": float(np.mean(adjusted == y_true)),
+        "macro_f1": float(np.mean(per_class)),
+        "per_class_f1": {c: float(f) for c, f in zip(present, per_class, strict=True)},
+        "terms": {c: mapping[c] for c in sorted(set(labels)) if c in mapping},
+        "unmapped": sorted(set(labels) - set(mapping)),
+    }
+    return summary, adjusted
+
+
+def group_metrics(y_true, scored: dict, groups) -> dict:
+    """Per group (e.g. tissue): cell count, accuracy and macro-F1, flat and ontology-aware."""
+    groups = groups.astype(str)
+    out = {}
+    for group in sorted(set(groups)):
+        mask = groups == group
+        present = sorted(set(y_true[mask]))
+        row = {"n_cells": int(mask.sum())}
+        for kind, pred in scored.items():
+            suffix = "" if kind == "flat" else f"_{kind}"
+            row["accuracy" + suffix] = float(np.mean(pred[mask] == y_true[mask]))
+            row["macro_f1" + suffix] = float(
+                f1_score(y_true[mask], pred[mask], labels=present, average="macro", zero_division=0)
+            )
+        out[group] = row
+    return out
