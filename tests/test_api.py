@@ -14,6 +14,7 @@ def test_public_names_are_explicit():
             "Report",
             "datasets",
             "evaluate",
+            "import_celltypist",
             "predict",
             "read",
             "train",

@@ -12,7 +12,7 @@ import pytest
 
 import sclabel
 
-COMMANDS = ["train", "predict", "evaluate", "info", "demo"]
+COMMANDS = ["train", "predict", "evaluate", "info", "demo", "import-celltypist"]
 
 
 def run(*args, cwd=None):

@@ -7,6 +7,7 @@ report = sclabel.evaluate(prediction, query.obs["cell_type"], out_dir="report")
 """
 
 from sclabel import datasets
+from sclabel.celltypist_import import import_celltypist
 from sclabel.data.io import read
 from sclabel.errors import InputError
 from sclabel.evaluation.report import Report, evaluate
@@ -21,6 +22,7 @@ __all__ = [
     "Report",
     "datasets",
     "evaluate",
+    "import_celltypist",
     "predict",
     "read",
     "train",

@@ -21,6 +21,7 @@ EXAMPLES = {
     "evaluate": "sclabel evaluate atlas.h5ad --model my-model --split test --out report/",
     "info": "sclabel info my-model --export-split split.csv",
     "demo": "sclabel demo --out sclabel-demo",
+    "import-celltypist": "sclabel import-celltypist Immune_All_Low.pkl --out immune-model",
 }
 
 
@@ -107,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="checkpoint directory")
     info.add_argument("--export-split", help="write the training split as CSV")
     info.add_argument("--json", action="store_true", help="print config.json and metrics")
+
+    convert = command(
+        "import-celltypist",
+        "Convert a CellTypist model (.pkl) into a sclabel checkpoint; no pickle code is run.",
+    )
+    convert.add_argument("model", help="CellTypist model file (.pkl)")
+    convert.add_argument("--out", required=True, help="checkpoint directory to write")
 
     demo = command("demo", "Train, evaluate and report on scanpy's PBMC data (no download).")
     demo.add_argument("--out", default="sclabel-demo", help="folder for the model and report")
@@ -250,12 +258,21 @@ def _run_demo(args) -> None:
     run_demo(args.out, model=args.model, max_epochs=args.max_epochs, progress=not args.quiet)
 
 
+def _run_import_celltypist(args) -> None:
+    from sclabel.celltypist_import import import_celltypist
+
+    model = import_celltypist(args.model)
+    model.save(args.out)
+    print(f"{model!r} written to {args.out}")
+
+
 RUNNERS = {
     "train": _run_train,
     "predict": _run_predict,
     "evaluate": _run_evaluate,
     "info": _run_info,
     "demo": _run_demo,
+    "import-celltypist": _run_import_celltypist,
 }
 
 

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 import anndata as ad
 import numpy as np
 import pandas as pd
+import torch
 
 from sclabel._atomic import atomic_path
 from sclabel.data import genes, io
-from sclabel.data.loader import iterate_batches
+from sclabel.data.loader import PRESENT_KEY, iterate_batches
 from sclabel.data.normalize import iter_prepared
 from sclabel.errors import InputError
 from sclabel.models.base import predict_proba
@@ -121,14 +122,16 @@ def predict(
         progress=progress,
         desc="predicting",
     )
+    present = torch.from_numpy(alignment.present)
+
+    def batches(chunk):
+        for batch in iterate_batches(
+            chunk, batch_size=batch_size, sparse=model.module.sparse_input
+        ):
+            yield {**batch, PRESENT_KEY: present}
+
     probabilities = np.concatenate(
-        [
-            predict_proba(
-                model.module,
-                iterate_batches(chunk, batch_size=batch_size, sparse=model.module.sparse_input),
-            ).numpy()
-            for chunk in chunks
-        ]
+        [predict_proba(model.module, batches(chunk)).numpy() for chunk in chunks]
     )
     return Prediction(
         obs_names=pd.Index(adata.obs_names),

@@ -133,6 +133,11 @@ class GeneAlignment:
             return sp.csr_matrix(X, dtype=np.float32)
         return sp.csr_matrix(X @ self.mapping, dtype=np.float32)
 
+    @property
+    def present(self) -> np.ndarray:
+        """One bool per model gene: does any query gene map onto it?"""
+        return np.asarray(self.mapping.sum(axis=0)).ravel() > 0
+
     def describe(self) -> str:
         return (
             f"{self.n_found}/{self.n_model} model genes found in the query "

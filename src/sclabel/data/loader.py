@@ -1,8 +1,10 @@
 """Batches from an in-memory sparse matrix: the batch contract lives here.
 
 A batch is a dict of tensors with fixed keys: `x` (cells x genes, float32, normalized),
-and `y` (class index, int64) when labels are known. Rows are densified per batch only, or
-not at all (`sparse=True`, a torch CSR tensor) for models that declare `sparse_input`.
+`y` (class index, int64) when labels are known, and at prediction time `present` (one bool
+per model gene: was it in the query?) for models that leave missing genes out. Rows are
+densified per batch only, or not at all (`sparse=True`, a torch CSR tensor) for models that
+declare `sparse_input`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 X_KEY = "x"
 Y_KEY = "y"
+PRESENT_KEY = "present"  # (genes,) bool: which model genes the query had; prediction only
 
 
 def n_batches(n_cells: int, batch_size: int, world_size: int = 1) -> int:

@@ -7,12 +7,14 @@ from typing import Any
 
 from sclabel.errors import InputError
 from sclabel.models.base import Classifier, ModelOutput
+from sclabel.models.celltypist import CellTypistClassifier
 from sclabel.models.linear import LinearClassifier
 from sclabel.models.mlp import MLPClassifier
 
 MODELS: dict[str, type[Classifier]] = {
     "linear": LinearClassifier,
     "mlp": MLPClassifier,
+    "celltypist": CellTypistClassifier,  # built by `sclabel import-celltypist`
 }
 
 __all__ = ["MODELS", "Classifier", "ModelOutput", "build", "resolve_params"]
