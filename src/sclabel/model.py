@@ -174,6 +174,12 @@ class Model:
             groups=None if group_by is None else adata.obs[group_by].to_numpy(),
         )
 
+    def explain(self, adata: ad.AnnData, **options: Any):
+        """Per-cell gene importances from TabNet's feature mask; see `sclabel.explain`."""
+        from sclabel.explain import explain
+
+        return explain(self, adata, **options)
+
     def export_split(self, path: str | Path) -> Path:
         """Write the train/val/test assignment of the training cells as CSV."""
         from sclabel._atomic import atomic_path

@@ -104,6 +104,46 @@ def predict(
     """Predict every cell of `adata` (in memory or backed) in chunks of `chunk_size` rows."""
     if unknown_threshold is not None and not 0 <= unknown_threshold <= 1:
         raise InputError("unknown_threshold must be between 0 and 1")
+    alignment, chunks = query_batches(
+        model,
+        adata,
+        layer=layer,
+        gene_key=gene_key,
+        min_gene_coverage=min_gene_coverage,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        sparse=model.module.sparse_input,
+        progress=progress,
+    )
+    probabilities = np.concatenate(
+        [predict_proba(model.module, batches).numpy() for batches in chunks]
+    )
+    return Prediction(
+        obs_names=pd.Index(adata.obs_names),
+        classes=model.classes,
+        probabilities=probabilities,
+        unknown_threshold=unknown_threshold,
+        coverage=alignment.coverage,
+    )
+
+
+def query_batches(
+    model: Model,
+    adata: ad.AnnData,
+    *,
+    layer: str | None,
+    gene_key: str | None,
+    min_gene_coverage: float | None,
+    chunk_size: int,
+    batch_size: int,
+    sparse: bool = False,
+    progress: bool = True,
+):
+    """Check, align and normalize a query the way `model` was trained.
+
+    Returns the gene alignment and, per chunk of rows, an iterator of model-ready batches
+    (each carrying the `present` gene mask), so prediction and explanation share one path.
+    """
     io.check_cells(adata)
     X, var = io.matrix(adata, layer)
     values = io.detect_values(X)
@@ -113,6 +153,7 @@ def predict(
         gene_key=gene_key,
         min_coverage=min_gene_coverage or model.data_config.min_gene_coverage,
     )
+    present = torch.from_numpy(alignment.present)
     chunks = iter_prepared(
         X,
         kind=values.kind,
@@ -122,21 +163,9 @@ def predict(
         progress=progress,
         desc="predicting",
     )
-    present = torch.from_numpy(alignment.present)
 
     def batches(chunk):
-        for batch in iterate_batches(
-            chunk, batch_size=batch_size, sparse=model.module.sparse_input
-        ):
+        for batch in iterate_batches(chunk, batch_size=batch_size, sparse=sparse):
             yield {**batch, PRESENT_KEY: present}
 
-    probabilities = np.concatenate(
-        [predict_proba(model.module, batches(chunk)).numpy() for chunk in chunks]
-    )
-    return Prediction(
-        obs_names=pd.Index(adata.obs_names),
-        classes=model.classes,
-        probabilities=probabilities,
-        unknown_threshold=unknown_threshold,
-        coverage=alignment.coverage,
-    )
+    return alignment, (batches(chunk) for chunk in chunks)

@@ -10,10 +10,12 @@ from sclabel.models.base import Classifier, ModelOutput
 from sclabel.models.celltypist import CellTypistClassifier
 from sclabel.models.linear import LinearClassifier
 from sclabel.models.mlp import MLPClassifier
+from sclabel.models.tabnet import TabNetClassifier
 
 MODELS: dict[str, type[Classifier]] = {
     "linear": LinearClassifier,
     "mlp": MLPClassifier,
+    "tabnet": TabNetClassifier,  # scTab; `Model.explain` reads its feature mask
     "celltypist": CellTypistClassifier,  # built by `sclabel import-celltypist`
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ class Classifier(nn.Module):
 
     Params: type
     sparse_input: bool = False  # forward accepts a torch sparse CSR `x` (prediction only)
+    train_defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig values this family prefers
+    max_batch_size: int = 256  # the cap of the automatic batch size (config.auto_batch_size)
 
     def __init__(self, n_genes: int, n_classes: int, params) -> None:
         super().__init__()

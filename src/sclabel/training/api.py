@@ -20,7 +20,7 @@ from sclabel.data.splits import make_split
 from sclabel.errors import InputError
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.model import Model
-from sclabel.models import build, resolve_params
+from sclabel.models import MODELS, build, resolve_params
 from sclabel.models.base import predict_proba
 from sclabel.training.loop import fit
 
@@ -62,7 +62,8 @@ def train(
         split_fractions=split_fractions,
     )
     model_config = ModelConfig(family=model, params=resolve_params(model, model_params or {}))
-    train_config = TrainConfig.from_dict(train_options)
+    # the family's preferred settings (e.g. TabNet's from the scTab paper), then the user's
+    train_config = TrainConfig.from_dict({**MODELS[model].train_defaults, **train_options})
 
     labels = read_labels(adata.obs, label_key)
     labeled = labels.notna().to_numpy()

@@ -74,7 +74,7 @@ def fit(
     best = ((-1.0, -np.inf), 0, None)  # (score, epoch, state)
     history: list[dict] = []
     start = time.perf_counter()
-    batch_size = config.batch_size or auto_batch_size(train[0].shape[0])
+    batch_size = config.batch_size or auto_batch_size(train[0].shape[0], module.max_batch_size)
     steps = n_batches(train[0].shape[0], batch_size, fabric.world_size)
     bar = tqdm(
         range(config.max_epochs),
