@@ -43,6 +43,17 @@ def test_metrics_match_hand_computation(small_prediction):
     assert m["ece"] == pytest.approx((0.1 + 0.6 + 0.2 + 0.3 + 0.0) / 5)
 
 
+def test_uncertainty_auroc_and_rejection_curve(small_prediction):
+    m = sclabel.evaluate(small_prediction, TRUTH).metrics
+    # the only wrong cell (index 1) has the lowest confidence (0.6): perfectly ranked
+    assert m["uncertainty_auroc"] == pytest.approx(1.0)
+    by_fraction = {r["rejected_fraction"]: r for r in m["rejection"]}
+    assert by_fraction[0.0] == {"rejected_fraction": 0.0, "n_kept": 5, "accuracy": 0.8}
+    assert by_fraction[0.2] == {"rejected_fraction": 0.2, "n_kept": 4, "accuracy": 1.0}
+    all_right = sclabel.evaluate(small_prediction, ["a", "b", "b", "b", "c"]).metrics
+    assert all_right["uncertainty_auroc"] is None
+
+
 def test_ece_is_zero_when_confidence_equals_accuracy():
     confidence = np.full(10, 0.7)
     correct = np.array([1] * 7 + [0] * 3, dtype=bool)

@@ -10,6 +10,7 @@ from sklearn.metrics import (
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
+    roc_auc_score,
 )
 
 from sclabel.evaluation.calibration import expected_calibration_error, reliability_table
@@ -65,6 +66,34 @@ def compute_metrics(
         .astype(object)
         .where(lambda t: t.notna(), None)
         .to_dict(orient="list"),
+        **uncertainty_metrics(np.asarray(confidence), correct),
         "unseen_labels": sorted(set(present) - set(classes)),
         "n_unknown": int((y_pred == "unknown").sum()) if "unknown" not in classes else 0,
     }
+
+
+REJECTED_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def uncertainty_metrics(confidence: np.ndarray, correct: np.ndarray) -> dict:
+    """Does uncertainty (1 - confidence) flag the wrong predictions?
+
+    `uncertainty_auroc`: AUROC of uncertainty for separating wrong from right cells (0.5 is
+    chance; None when every cell is right or every cell is wrong). `rejection`: accuracy on the
+    cells kept after rejecting the most uncertain fraction, as in scTab's evaluation.
+    """
+    uncertainty = 1.0 - confidence
+    wrong = ~correct
+    auroc = float(roc_auc_score(wrong, uncertainty)) if 0 < wrong.sum() < wrong.size else None
+    order = np.argsort(uncertainty, kind="stable")  # most certain first
+    rejection = []
+    for fraction in REJECTED_FRACTIONS:
+        kept = order[: max(1, int(round(correct.size * (1 - fraction))))]
+        rejection.append(
+            {
+                "rejected_fraction": fraction,
+                "n_kept": int(kept.size),
+                "accuracy": float(correct[kept].mean()),
+            }
+        )
+    return {"uncertainty_auroc": auroc, "rejection": rejection}

@@ -42,6 +42,9 @@ class Report:
             f"| weighted-F1 | {m['weighted_f1']:.4f} |",
             f"| expected calibration error | {m['ece']:.4f} |",
             f"| cells labelled unknown | {m['n_unknown']} |",
+            "| AUROC of uncertainty for wrong vs right | "
+            + ("n/a" if m["uncertainty_auroc"] is None else f"{m['uncertainty_auroc']:.4f}")
+            + " |",
         ]
         onto = m.get("ontology")
         if onto:
@@ -75,6 +78,12 @@ class Report:
             for group, row in m["by_group"].items():
                 values = " | ".join(f"{row[k]:.3f}" for k in kinds)
                 lines.append(f"| {group} | {row['n_cells']} | {values} |")
+        lines += ["", "## Accuracy after rejecting the most uncertain cells", ""]
+        lines += ["| rejected | cells kept | accuracy |", "|---|---|---|"]
+        lines += [
+            f"| {r['rejected_fraction']:.0%} | {r['n_kept']} | {r['accuracy']:.4f} |"
+            for r in m["rejection"]
+        ]
         lines += ["", "## Plots", ""]
         lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
         return "\n".join(lines) + "\n"
