@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="model hyperparameter, repeatable (e.g. --param depth=3 --param dropout=0.1)",
     )
+    train.add_argument(
+        "--ensemble", type=int, default=1, help="train N members (seeds seed..seed+N-1), average"
+    )
     train.add_argument("--out", default="sclabel-model", help="checkpoint directory to write")
     train.add_argument("--report", help="also write an evaluation report of the test split here")
     train.add_argument("--export-split", help="also write the train/val/test split as CSV")
@@ -161,6 +164,7 @@ def _run_train(args) -> None:
         model_params=_params(args.param),
         layer=args.layer,
         gene_key=args.gene_key,
+        ensemble=args.ensemble,
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -14,6 +14,7 @@ from sclabel.config import DataConfig, ModelConfig, TrainConfig
 from sclabel.data.genes import Vocabulary
 from sclabel.errors import InputError
 from sclabel.models import Classifier, build
+from sclabel.models.ensemble import Ensemble
 
 
 class Model:
@@ -32,6 +33,7 @@ class Model:
         metrics: dict[str, Any] | None = None,
         split: pd.DataFrame | None = None,
         is_main_process: bool = True,
+        ensemble_size: int = 1,
     ) -> None:
         self.module = module.eval()
         self.vocabulary = vocabulary
@@ -43,6 +45,7 @@ class Model:
         self.metrics = metrics or {}
         self.split = split if split is not None else pd.DataFrame({"split": []})
         self.is_main_process = is_main_process
+        self.ensemble_size = ensemble_size
 
     @property
     def family(self) -> str:
@@ -54,7 +57,9 @@ class Model:
 
     def __repr__(self) -> str:
         return (
-            f"Model(family={self.family!r}, {len(self.genes)} genes, {len(self.classes)} classes, "
+            f"Model(family={self.family!r}, "
+            + (f"ensemble of {self.ensemble_size}, " if self.ensemble_size > 1 else "")
+            + f"{len(self.genes)} genes, {len(self.classes)} classes, "
             f"label_key={self.data_config.label_key!r})"
         )
 
@@ -63,6 +68,7 @@ class Model:
             "sclabel_version": version("sclabel"),
             "family": self.family,
             "hyperparameters": self.model_config.params,
+            "ensemble_size": self.ensemble_size,
             "n_genes": len(self.genes),
             "n_classes": len(self.classes),
             "data": self.data_config.to_dict(),
@@ -97,9 +103,14 @@ class Model:
             classes = [str(c) for c in parts["labels"]]
             if len(vocabulary.ids) != config["n_genes"] or len(classes) != config["n_classes"]:
                 raise ValueError("genes.json/labels.json do not match the sizes in config.json")
-            module = build(
-                config["family"], len(vocabulary.ids), len(classes), config["hyperparameters"]
-            )
+            size = int(config.get("ensemble_size", 1))
+            members = [
+                build(
+                    config["family"], len(vocabulary.ids), len(classes), config["hyperparameters"]
+                )
+                for _ in range(size)
+            ]
+            module = members[0] if size == 1 else Ensemble(members)
             module.load_state_dict(parts["state"], strict=True)
             model_config = ModelConfig(config["family"], config["hyperparameters"])
             data_config = DataConfig.from_dict(config["data"])
@@ -117,6 +128,7 @@ class Model:
             training_input=config["preprocessing"]["training_input"],
             metrics=parts["metrics"],
             split=parts["split"],
+            ensemble_size=size,
         )
 
     def predict(self, adata: ad.AnnData, **options: Any):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ from sclabel.evaluation.metrics import compute_metrics
 from sclabel.model import Model
 from sclabel.models import MODELS, build, resolve_params
 from sclabel.models.base import predict_proba
+from sclabel.models.ensemble import Ensemble
 from sclabel.training.loop import fit
 
 log = logging.getLogger("sclabel")
@@ -46,6 +48,7 @@ def train(
     layer: str | None = None,
     gene_key: str | None = None,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    ensemble: int = 1,
     **train_options: Any,
 ) -> Model:
     """Train a classifier of family `model` on `adata.obs[label_key]`.
@@ -53,7 +56,10 @@ def train(
     Cells are split by `split_by` groups (e.g. donors) or stratified by label; the model is
     early-stopped on validation macro-F1 and scored on the test part. `train_options` are
     TrainConfig fields (max_epochs, batch_size, lr, seed, accelerator, devices, ...).
+    `ensemble=N` trains N members with seeds seed..seed+N-1 and averages their probabilities.
     """
+    if ensemble < 1:
+        raise InputError("ensemble must be at least 1")
     data_config = DataConfig(
         label_key=label_key,
         split_by=split_by,
@@ -114,26 +120,37 @@ def train(
     if missing:
         log.warning("classes absent from the training split (cannot be learned): %s", missing)
 
-    torch.manual_seed(train_config.seed)
-    module = build(model, len(vocabulary.ids), len(classes), model_config.params)
-    result = fit(
-        module,
-        subsets["train"],
-        subsets["val"],
-        class_weight=class_weights(subsets["train"][1], len(classes)),
-        config=train_config,
-    )
+    members, fits = [], []
+    for member in range(ensemble):  # deep ensemble: same split, seeds seed, seed+1, ...
+        member_config = dataclasses.replace(train_config, seed=train_config.seed + member)
+        torch.manual_seed(member_config.seed)
+        module = build(model, len(vocabulary.ids), len(classes), model_config.params)
+        result = fit(
+            module,
+            subsets["train"],
+            subsets["val"],
+            class_weight=class_weights(subsets["train"][1], len(classes)),
+            config=member_config,
+        )
+        members.append(module)
+        fits.append(
+            {
+                "seed": member_config.seed,
+                "best_epoch": result.best_epoch,
+                "best_val_macro_f1": result.best_val_macro_f1,
+                "epochs_run": result.epochs_run,
+                "train_seconds": result.seconds,
+                "batch_size": result.batch_size,
+                "history": result.history,
+            }
+        )
+    module = members[0] if ensemble == 1 else Ensemble(members)
     metrics: dict[str, Any] = {
-        "fit": {
-            "best_epoch": result.best_epoch,
-            "best_val_macro_f1": result.best_val_macro_f1,
-            "epochs_run": result.epochs_run,
-            "train_seconds": result.seconds,
-            "batch_size": result.batch_size,
-            "history": result.history,
-        },
+        "fit": fits[0],
         "n_cells": {name: int(s[1].size) for name, s in subsets.items()},
     }
+    if ensemble > 1:
+        metrics["members"] = fits
     X_test, y_test = subsets["test"]
     if y_test.size:
         proba = predict_proba(module, iterate_batches(X_test, batch_size=4096)).numpy()
@@ -161,4 +178,5 @@ def train(
         metrics=metrics,
         split=split_frame,
         is_main_process=result.is_main_process,
+        ensemble_size=ensemble,
     )
