@@ -340,3 +340,13 @@ def test_evaluate_with_ontology_and_groups(tmp_path):
         tmp_path / "r2",
     )
     assert_one_line_error(result, "obs column 'organ' not found")
+
+
+def test_tabnet_keeps_its_paper_defaults_unless_overridden(workdir, tmp_path):
+    for extra, lr in (([], 0.005), (["--lr", "0.02"], 0.02)):
+        out = tmp_path / f"tabnet-{lr}"
+        result = run("train", workdir / "train.h5ad", "--label-key", "cell_type", "--model",
+                     "tabnet", "--max-epochs", "1", "--out", out, "--quiet", *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        config = json.loads((out / "config.json").read_text())["train"]
+        assert config["lr"] == lr and config["weight_decay"] == 0.05 and config["grad_clip"] == 1.0

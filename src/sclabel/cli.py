@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--batch-size", type=int, help="default: training cells / 20, clipped to [32, 256]"
     )
-    train.add_argument("--lr", type=float, default=3e-3)
-    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--lr", type=float, help="default 3e-3 (tabnet: 0.005, as in scTab)")
+    train.add_argument("--weight-decay", type=float, help="default 0.01 (tabnet: 0.05)")
+    train.add_argument("--grad-clip", type=float, help="max gradient norm (tabnet: 1.0)")
     train.add_argument("--patience", type=int, default=5)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--accelerator", default="cpu", help="cpu, gpu, cuda, mps or auto")
@@ -139,6 +140,11 @@ def _params(pairs: list[str]) -> dict:
     return params
 
 
+def _given(**options):
+    """Only the options the user set, so a model family's own defaults are not overridden."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _devices(value: str):
     return value if value == "auto" else int(value)
 
@@ -165,16 +171,19 @@ def _run_train(args) -> None:
         layer=args.layer,
         gene_key=args.gene_key,
         ensemble=args.ensemble,
-        max_epochs=args.max_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        seed=args.seed,
-        accelerator=args.accelerator,
-        devices=_devices(args.devices),
-        precision=args.precision,
-        progress=not args.quiet,
+        **_given(
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip,
+            patience=args.patience,
+            seed=args.seed,
+            accelerator=args.accelerator,
+            devices=_devices(args.devices),
+            precision=args.precision,
+            progress=not args.quiet,
+        ),
     )
     if not model.is_main_process:
         return
