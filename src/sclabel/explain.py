@@ -50,7 +50,7 @@ def explain(
 ) -> Explanation:
     """Feature-mask importances for every cell. Holds cells x genes floats: subset large data."""
     module = model.module
-    if not hasattr(module, "feature_importance"):
+    if not hasattr(module, "explain_batch"):
         msg = f"{model.family} models have no feature mask; train with model='tabnet' to explain"
         raise InputError(msg)
     _, chunks = query_batches(
@@ -67,8 +67,9 @@ def explain(
     importance, predicted = [], []
     for batches in chunks:
         for batch in batches:
-            importance.append(module.feature_importance(batch[X_KEY]).numpy())
-            predicted.append(module(batch).logits.argmax(dim=1).numpy())
+            weights, logits = module.explain_batch(batch[X_KEY])
+            importance.append(weights.numpy())
+            predicted.append(logits.argmax(dim=1).numpy())
     classes = np.asarray(model.classes, dtype=object)
     return Explanation(
         obs_names=pd.Index(adata.obs_names),

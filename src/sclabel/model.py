@@ -14,7 +14,7 @@ from sclabel.config import DataConfig, ModelConfig, TrainConfig
 from sclabel.data.genes import Vocabulary
 from sclabel.errors import InputError
 from sclabel.models import Classifier, build
-from sclabel.models.ensemble import Ensemble
+from sclabel.models.ensemble import combine, size_of
 
 
 class Model:
@@ -33,7 +33,6 @@ class Model:
         metrics: dict[str, Any] | None = None,
         split: pd.DataFrame | None = None,
         is_main_process: bool = True,
-        ensemble_size: int = 1,
     ) -> None:
         self.module = module.eval()
         self.vocabulary = vocabulary
@@ -45,11 +44,14 @@ class Model:
         self.metrics = metrics or {}
         self.split = split if split is not None else pd.DataFrame({"split": []})
         self.is_main_process = is_main_process
-        self.ensemble_size = ensemble_size
 
     @property
     def family(self) -> str:
         return self.model_config.family
+
+    @property
+    def ensemble_size(self) -> int:
+        return size_of(self.module)
 
     @property
     def genes(self) -> tuple[str, ...]:
@@ -110,7 +112,7 @@ class Model:
                 )
                 for _ in range(size)
             ]
-            module = members[0] if size == 1 else Ensemble(members)
+            module = combine(members)
             module.load_state_dict(parts["state"], strict=True)
             model_config = ModelConfig(config["family"], config["hyperparameters"])
             data_config = DataConfig.from_dict(config["data"])
@@ -128,7 +130,6 @@ class Model:
             training_input=config["preprocessing"]["training_input"],
             metrics=parts["metrics"],
             split=parts["split"],
-            ensemble_size=size,
         )
 
     def predict(self, adata: ad.AnnData, **options: Any):

@@ -13,6 +13,15 @@ from torch import nn
 from sclabel.models.base import Classifier, ModelOutput
 
 
+def combine(members: list[Classifier]) -> Classifier:
+    """One member is just that model; several make an Ensemble."""
+    return members[0] if len(members) == 1 else Ensemble(members)
+
+
+def size_of(module: Classifier) -> int:
+    return len(module.members) if isinstance(module, Ensemble) else 1
+
+
 class Ensemble(Classifier):
     def __init__(self, members: list[Classifier]) -> None:
         first = members[0]

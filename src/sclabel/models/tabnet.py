@@ -146,10 +146,13 @@ class TabNetClassifier(Classifier):
         )
 
     @torch.no_grad()
-    def feature_importance(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-cell gene importances: each step's mask weighted by that step's decision
-        magnitude (as TabNet's explain), normalized to sum to 1 per cell."""
+    def explain_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(importances, logits) from one pass. Importances: each step's mask weighted by that
+        step's decision magnitude (as TabNet's explain), normalized to sum to 1 per cell."""
         total = torch.zeros_like(x)
+        decision = 0.0
         for mask, step_out in self._steps(x):
             total += mask * step_out.sum(dim=1, keepdim=True)
-        return total / total.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            decision = decision + step_out
+        importance = total / total.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return importance, self.head(decision)

@@ -23,7 +23,7 @@ from sclabel.evaluation.metrics import compute_metrics
 from sclabel.model import Model
 from sclabel.models import MODELS, build, resolve_params
 from sclabel.models.base import predict_proba
-from sclabel.models.ensemble import Ensemble
+from sclabel.models.ensemble import combine
 from sclabel.training.loop import fit
 
 log = logging.getLogger("sclabel")
@@ -120,6 +120,7 @@ def train(
     if missing:
         log.warning("classes absent from the training split (cannot be learned): %s", missing)
 
+    weights = class_weights(subsets["train"][1], len(classes))
     members, fits = [], []
     for member in range(ensemble):  # deep ensemble: same split, seeds seed, seed+1, ...
         member_config = dataclasses.replace(train_config, seed=train_config.seed + member)
@@ -129,7 +130,7 @@ def train(
             module,
             subsets["train"],
             subsets["val"],
-            class_weight=class_weights(subsets["train"][1], len(classes)),
+            class_weight=weights,
             config=member_config,
         )
         members.append(module)
@@ -144,7 +145,7 @@ def train(
                 "history": result.history,
             }
         )
-    module = members[0] if ensemble == 1 else Ensemble(members)
+    module = combine(members)
     metrics: dict[str, Any] = {
         "fit": fits[0],
         "n_cells": {name: int(s[1].size) for name, s in subsets.items()},
@@ -178,5 +179,4 @@ def train(
         metrics=metrics,
         split=split_frame,
         is_main_process=result.is_main_process,
-        ensemble_size=ensemble,
     )
