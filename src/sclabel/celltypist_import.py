@@ -18,7 +18,7 @@ from sclabel.config import DataConfig, ModelConfig, TrainConfig
 from sclabel.data.genes import Vocabulary
 from sclabel.errors import InputError
 from sclabel.model import Model
-from sclabel.models import build
+from sclabel.models import build, resolve_params
 
 SKLEARN_CLASSES = (
     "sklearn.linear_model._logistic.LogisticRegression",
@@ -68,7 +68,7 @@ def import_celltypist(path: str | Path) -> Model:
         vocabulary=Vocabulary(tuple(genes)),
         classes=classes,
         data_config=DataConfig(label_key="cell_type", gene_key="var_names"),
-        model_config=ModelConfig("celltypist", {**params, "clip": 10.0}),
+        model_config=ModelConfig("celltypist", resolve_params("celltypist", params)),
         train_config=TrainConfig(),
         training_input="log1p",
         metrics={"imported_from": {"file": path.name, "celltypist": description}},

@@ -7,6 +7,8 @@ genes.json         the gene vocabulary
 labels.json        class names, in output order
 metrics.json       validation history and test metrics
 split.csv          cell -> train/val/test (and group), to reproduce or export the split
+*.safetensors      optional extra tensors (e.g. augmentation.safetensors: donor-difference
+                   vectors), listed with their SHA-256 under "extra_files" in config.json
 """
 
 from __future__ import annotations
@@ -64,14 +66,23 @@ def save(
     labels: list[str],
     metrics: dict[str, Any],
     split: pd.DataFrame,
+    extras: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically; an existing checkpoint there is replaced."""
+    """Write a checkpoint directory atomically; an existing checkpoint there is replaced.
+
+    `extras` maps a file stem (e.g. "augmentation") to more tensors saved beside the weights.
+    """
     directory = Path(directory)
     with atomic_dir(directory, marker="config.json", what="checkpoint") as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, str(tmp / "model.safetensors"))
         config = dict(config, format_version=FORMAT_VERSION)
         config["weights_sha256"] = _sha256(tmp / "model.safetensors")
+        config["extra_files"] = {}
+        for stem, extra in (extras or {}).items():
+            name = f"{stem}.safetensors"
+            save_file({k: v.contiguous() for k, v in extra.items()}, str(tmp / name))
+            config["extra_files"][name] = _sha256(tmp / name)
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "genes.json", genes)
         _write_json(tmp / "labels.json", labels)
@@ -105,16 +116,25 @@ def load(directory: str | Path) -> dict[str, Any]:
             f"({FORMAT_VERSION}); upgrade sclabel (saved by {config.get('sclabel_version')})"
         )
         raise InputError(msg)
-    weights = directory / "model.safetensors"
-    if _sha256(weights) != config.get("weights_sha256"):
+    parts["state"] = _load_verified(directory / "model.safetensors", config.get("weights_sha256"))
+    parts["extras"] = {
+        name.removesuffix(".safetensors"): _load_verified(directory / name, digest)
+        for name, digest in config.get("extra_files", {}).items()
+    }
+    parts["split"] = pd.read_csv(directory / "split.csv", index_col="cell", dtype={"cell": str})
+    return parts
+
+
+def _load_verified(path: Path, digest: str | None) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise InputError(f"incomplete checkpoint: {path} is missing; restore the checkpoint")
+    if _sha256(path) != digest:
         msg = (
-            f"{weights} does not match the checksum in config.json: the weights were modified or "
+            f"{path} does not match the checksum in config.json: the file was modified or "
             "damaged; restore the original checkpoint"
         )
         raise InputError(msg)
     try:
-        parts["state"] = load_file(str(weights))
+        return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise InputError(f"cannot read {weights}: {err}") from err
-    parts["split"] = pd.read_csv(directory / "split.csv", index_col="cell", dtype={"cell": str})
-    return parts
+        raise InputError(f"cannot read {path}: {err}") from err

@@ -34,6 +34,7 @@ class DataConfig(_JSONConfig):
 
     label_key: str
     split_by: str | None = None
+    split_key: str | None = None  # an obs column of train/val/test (e.g. from sclabel prepare)
     layer: str | None = None
     gene_key: str | None = None
     target_sum: float = 1e4

@@ -11,6 +11,7 @@ import pandas as pd
 
 from sclabel import checkpoint
 from sclabel.config import DataConfig, ModelConfig, TrainConfig
+from sclabel.data.augment import DonorAugmentation
 from sclabel.data.genes import Vocabulary
 from sclabel.errors import InputError
 from sclabel.models import Classifier, build
@@ -33,6 +34,7 @@ class Model:
         metrics: dict[str, Any] | None = None,
         split: pd.DataFrame | None = None,
         is_main_process: bool = True,
+        augmentation: DonorAugmentation | None = None,
     ) -> None:
         self.module = module.eval()
         self.vocabulary = vocabulary
@@ -44,6 +46,7 @@ class Model:
         self.metrics = metrics or {}
         self.split = split if split is not None else pd.DataFrame({"split": []})
         self.is_main_process = is_main_process
+        self.augmentation = augmentation  # donor-difference vectors it was trained with
 
     @property
     def family(self) -> str:
@@ -66,7 +69,7 @@ class Model:
         )
 
     def config_dict(self) -> dict[str, Any]:
-        return {
+        config = {
             "sclabel_version": version("sclabel"),
             "family": self.family,
             "hyperparameters": self.model_config.params,
@@ -82,6 +85,12 @@ class Model:
                 "gene_key": self.data_config.gene_key,
             },
         }
+        if self.augmentation is not None:
+            config["augmentation"] = {
+                "config": self.augmentation.config.to_dict(),
+                "info": self.augmentation.info,
+            }
+        return config
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint directory (see `sclabel.checkpoint`)."""
@@ -93,6 +102,9 @@ class Model:
             labels=self.classes,
             metrics=self.metrics,
             split=self.split,
+            extras=None
+            if self.augmentation is None
+            else {"augmentation": self.augmentation.tensors()},
         )
 
     @classmethod
@@ -117,6 +129,11 @@ class Model:
             model_config = ModelConfig(config["family"], config["hyperparameters"])
             data_config = DataConfig.from_dict(config["data"])
             train_config = TrainConfig.from_dict(config["train"])
+            augmentation = None
+            if "augmentation" in parts["extras"]:
+                augmentation = DonorAugmentation.from_tensors(
+                    parts["extras"]["augmentation"], **config["augmentation"]
+                )
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             msg = f"inconsistent checkpoint {path}: {err}; re-save or re-train the model"
             raise InputError(msg) from err
@@ -130,6 +147,7 @@ class Model:
             training_input=config["preprocessing"]["training_input"],
             metrics=parts["metrics"],
             split=parts["split"],
+            augmentation=augmentation,
         )
 
     def predict(self, adata: ad.AnnData, **options: Any):

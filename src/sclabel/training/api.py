@@ -1,9 +1,15 @@
-"""`sclabel.train`: from an AnnData and a label column to a trained, tested Model."""
+"""`sclabel.train`: from an AnnData and a label column to a trained, tested Model.
+
+Two steps that the benchmark and scaling harnesses reuse: `load_training_data` (labels,
+split, genes, normalized train/val/test matrices) and `fit_members` (one model or a deep
+ensemble, optionally with donor augmentation).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
@@ -14,28 +20,208 @@ import torch
 
 from sclabel.config import DataConfig, ModelConfig, TrainConfig
 from sclabel.data import genes, io
+from sclabel.data.augment import (
+    AugmentConfig,
+    DonorAugmentation,
+    augmentation_r2,
+    config_from,
+    fit_augmentation,
+)
 from sclabel.data.loader import iterate_batches
 from sclabel.data.normalize import iter_prepared
 from sclabel.data.sampling import class_weights
-from sclabel.data.splits import make_split
+from sclabel.data.splits import PARTS, make_split
 from sclabel.errors import InputError
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.model import Model
-from sclabel.models import MODELS, build, resolve_params
+from sclabel.models import MODELS, Classifier, build, resolve_params
 from sclabel.models.base import predict_proba
 from sclabel.models.ensemble import combine
-from sclabel.training.loop import fit
+from sclabel.training.loop import FitResult, fit
 
 log = logging.getLogger("sclabel")
+Subset = tuple[sp.csr_matrix, np.ndarray]
 
 
 def read_labels(obs: pd.DataFrame, label_key: str) -> pd.Series:
     """The label column as strings, NaN where a cell is unlabeled."""
-    if label_key not in obs.columns:
-        msg = f"label column {label_key!r} not found in obs; available: {list(obs.columns)}"
-        raise InputError(msg)
+    _require_column(obs, label_key, "label")
     labels = obs[label_key]
     return labels.astype(object).where(labels.notna()).map(lambda v: v if pd.isna(v) else str(v))
+
+
+def _require_column(obs: pd.DataFrame, key: str, what: str) -> None:
+    if key not in obs.columns:
+        raise InputError(f"{what} column {key!r} not found in obs; available: {list(obs.columns)}")
+
+
+@dataclass
+class TrainingData:
+    """Normalized, gene-aligned train/val/test matrices with class codes and donors."""
+
+    classes: list[str]
+    vocabulary: genes.Vocabulary
+    gene_key: str | None
+    input_kind: str
+    subsets: dict[str, Subset]
+    split: pd.Series  # train/val/test per labeled cell (indexed by cell name)
+    groups: pd.Series | None  # the split_by column, per labeled cell
+    donors: dict[str, np.ndarray] | None  # per part, for donor augmentation
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.vocabulary.ids)
+
+
+def _given_split(obs: pd.DataFrame, split_key: str) -> pd.Series:
+    _require_column(obs, split_key, "split")
+    values = obs[split_key].astype(object)
+    unknown = sorted(set(values.dropna().astype(str)) - set(PARTS))
+    if unknown:
+        msg = f"split column {split_key!r} has values {unknown[:5]}; expected train, val or test"
+        raise InputError(msg)
+    if not (values == "train").any():
+        raise InputError(f"split column {split_key!r} marks no cell as 'train'")
+    return pd.Series(pd.Categorical(values, categories=PARTS), index=obs.index, name="split")
+
+
+def load_training_data(
+    adata: ad.AnnData,
+    data_config: DataConfig,
+    *,
+    seed: int = 0,
+    donor_key: str | None = None,
+    progress: bool = True,
+) -> TrainingData:
+    """Labels, split (from `split_key`, by `split_by` groups, or stratified) and normalized
+    matrices, one part at a time so peak memory is about the normalized data."""
+    labels = read_labels(adata.obs, data_config.label_key)
+    keep = labels.notna().to_numpy()
+    if data_config.split_key is not None:
+        split = _given_split(adata.obs, data_config.split_key)
+        keep &= split.notna().to_numpy()
+    if not keep.all():
+        log.info("%d unlabeled or unassigned cells are left out of training", int((~keep).sum()))
+    classes = sorted(pd.unique(labels[keep]))
+    if len(classes) < 2:
+        msg = f"label column {data_config.label_key!r} has {len(classes)} class(es); need >= 2"
+        raise InputError(msg)
+    groups = None
+    if data_config.split_by is not None:
+        _require_column(adata.obs, data_config.split_by, "split")
+        groups = adata.obs[data_config.split_by][keep]
+    if data_config.split_key is None:
+        split = make_split(
+            labels[keep], groups=groups, fractions=data_config.split_fractions, seed=seed
+        )
+    else:
+        split = split[keep]
+    donor_key = donor_key or data_config.split_by
+    donor_values = None
+    if donor_key is not None:
+        _require_column(adata.obs, donor_key, "donor")
+        donor_values = adata.obs[donor_key][keep].astype(str).to_numpy()
+
+    X, var = io.matrix(adata, data_config.layer)
+    values = io.detect_values(X)
+    log.info("input: %s", values.detail)
+    vocabulary, used_key = genes.Vocabulary.from_var(var, data_config.gene_key)
+    alignment = genes.align(var, vocabulary, gene_key=used_key, min_coverage=1.0)
+    rows = np.flatnonzero(keep)
+    y = pd.Categorical(labels[keep], categories=classes).codes.astype(np.int64)
+    part = split.to_numpy()
+
+    def prepare(name: str) -> Subset:
+        chunks = iter_prepared(
+            X,
+            kind=values.kind,
+            alignment=alignment,
+            target_sum=data_config.target_sum,
+            rows=rows[part == name],
+            progress=progress,
+            desc=f"preparing {name}",
+        )
+        empty = sp.csr_matrix((0, len(vocabulary.ids)), dtype=np.float32)
+        return sp.vstack([empty, *chunks], format="csr"), y[part == name]
+
+    subsets = {name: prepare(name) for name in PARTS}
+    missing = [c for i, c in enumerate(classes) if not (subsets["train"][1] == i).any()]
+    if missing:
+        log.warning("classes absent from the training split (cannot be learned): %s", missing)
+    return TrainingData(
+        classes=classes,
+        vocabulary=vocabulary,
+        gene_key=used_key,
+        input_kind=values.kind,
+        subsets=subsets,
+        split=split,
+        groups=groups,
+        donors=None if donor_values is None else {p: donor_values[part == p] for p in PARTS},
+    )
+
+
+def make_augmentation(
+    data: TrainingData, config: AugmentConfig, seed: int
+) -> tuple[DonorAugmentation, dict]:
+    """Fit donor-difference vectors on the training part; R^2 before/after for the report."""
+    if data.donors is None:
+        raise InputError("donor augmentation needs donors: pass --split-by or --donor-key")
+    X, y = data.subsets["train"]
+    cell_type = np.asarray(data.classes, dtype=object)[y]
+    augmentation = fit_augmentation(X, cell_type, data.donors["train"], config, seed=seed)
+    r2 = augmentation_r2(X, cell_type, data.donors["train"], augmentation, seed=seed)
+    log.info(
+        "variance explained by donor: %.3f before, %.3f after augmentation (cell type %.3f/%.3f)",
+        r2["before"]["r2_donor"],
+        r2["after"]["r2_donor"],
+        r2["before"]["r2_cell_type"],
+        r2["after"]["r2_cell_type"],
+    )
+    return augmentation, {**augmentation.info, "variance_explained": r2}
+
+
+def fit_members(
+    data: TrainingData,
+    family: str,
+    params: dict[str, Any],
+    config: TrainConfig,
+    *,
+    ensemble: int = 1,
+    augmentation: DonorAugmentation | None = None,
+) -> tuple[Classifier, list[FitResult]]:
+    """Train one model, or `ensemble` members on the same split with seeds seed, seed+1, ..."""
+    weights = class_weights(data.subsets["train"][1], len(data.classes))
+    members, results = [], []
+    for member in range(ensemble):
+        member_config = dataclasses.replace(config, seed=config.seed + member)
+        torch.manual_seed(member_config.seed)
+        module = build(family, data.n_genes, len(data.classes), params)
+        fit_direct = getattr(module, "fit_direct", None)  # convex families use their solver
+        if fit_direct is not None and augmentation is not None:
+            raise InputError(f"donor augmentation needs a gradient-trained family, not {family}")
+        train, val = data.subsets["train"], data.subsets["val"]
+        if fit_direct is not None:
+            result = fit_direct(train, val, class_weight=weights, config=member_config)
+        else:
+            augment = None if augmentation is None else augmentation.apply
+            result = fit(
+                module, train, val, class_weight=weights, config=member_config, augment=augment
+            )
+        members.append(module)
+        results.append(result)
+    return combine(members), results
+
+
+def _fit_record(result: FitResult, seed: int) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "best_epoch": result.best_epoch,
+        "best_val_macro_f1": result.best_val_macro_f1,
+        "epochs_run": result.epochs_run,
+        "train_seconds": result.seconds,
+        "batch_size": result.batch_size,
+        "history": result.history,
+    }
 
 
 def train(
@@ -43,26 +229,33 @@ def train(
     *,
     label_key: str,
     split_by: str | None = None,
+    split_key: str | None = None,
     model: str = "mlp",
     model_params: dict[str, Any] | None = None,
     layer: str | None = None,
     gene_key: str | None = None,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     ensemble: int = 1,
+    augment: bool | dict | AugmentConfig | None = None,
+    donor_key: str | None = None,
     **train_options: Any,
 ) -> Model:
     """Train a classifier of family `model` on `adata.obs[label_key]`.
 
-    Cells are split by `split_by` groups (e.g. donors) or stratified by label; the model is
+    Cells are split by `split_key` (an obs column of train/val/test, e.g. from `sclabel
+    prepare`), by `split_by` groups (e.g. donors), or stratified by label; the model is
     early-stopped on validation macro-F1 and scored on the test part. `train_options` are
     TrainConfig fields (max_epochs, batch_size, lr, seed, accelerator, devices, ...).
     `ensemble=N` trains N members with seeds seed..seed+N-1 and averages their probabilities.
+    `augment=True` (or a dict of AugmentConfig fields) adds scTab's donor-difference
+    augmentation, with donors from `donor_key` (default: `split_by`).
     """
     if ensemble < 1:
         raise InputError("ensemble must be at least 1")
     data_config = DataConfig(
         label_key=label_key,
         split_by=split_by,
+        split_key=split_key,
         layer=layer,
         gene_key=gene_key,
         split_fractions=split_fractions,
@@ -70,94 +263,38 @@ def train(
     model_config = ModelConfig(family=model, params=resolve_params(model, model_params or {}))
     # the family's preferred settings (e.g. TabNet's from the scTab paper), then the user's
     train_config = TrainConfig.from_dict({**MODELS[model].train_defaults, **train_options})
-
-    labels = read_labels(adata.obs, label_key)
-    labeled = labels.notna().to_numpy()
-    if not labeled.all():
-        log.info("%d unlabeled cells are left out of training", int((~labeled).sum()))
-    classes = sorted(pd.unique(labels[labeled]))
-    if len(classes) < 2:
-        msg = f"label column {label_key!r} has {len(classes)} class(es); need at least 2 to train"
-        raise InputError(msg)
-    groups = None
-    if split_by is not None:
-        if split_by not in adata.obs.columns:
-            msg = (
-                f"split column {split_by!r} not found in obs; available: {list(adata.obs.columns)}"
-            )
-            raise InputError(msg)
-        groups = adata.obs[split_by][labeled]
-    split = make_split(
-        labels[labeled], groups=groups, fractions=split_fractions, seed=train_config.seed
+    augment_config = config_from(augment)
+    data = load_training_data(
+        adata,
+        data_config,
+        seed=train_config.seed,
+        donor_key=donor_key,
+        progress=train_config.progress,
     )
-
-    X, var = io.matrix(adata, layer)
-    values = io.detect_values(X)
-    log.info("input: %s", values.detail)
-    vocabulary, used_key = genes.Vocabulary.from_var(var, gene_key)
-    alignment = genes.align(var, vocabulary, gene_key=used_key, min_coverage=1.0)
-    rows = np.flatnonzero(labeled)
-    y = pd.Categorical(labels[labeled], categories=classes).codes.astype(np.int64)
-    part = split.to_numpy()
-
-    def prepare(name: str) -> tuple[sp.csr_matrix, np.ndarray]:
-        # one part at a time, so peak memory is ~ the normalized data plus one part's chunks
-        chunks = iter_prepared(
-            X,
-            kind=values.kind,
-            alignment=alignment,
-            target_sum=data_config.target_sum,
-            rows=rows[part == name],
-            progress=train_config.progress,
-            desc=f"preparing {name}",
+    metrics: dict[str, Any] = {"n_cells": {p: int(s[1].size) for p, s in data.subsets.items()}}
+    augmentation = None
+    if augment_config is not None:
+        augmentation, metrics["augmentation"] = make_augmentation(
+            data, augment_config, train_config.seed
         )
-        n_genes = len(vocabulary.ids)
-        matrix = sp.vstack([sp.csr_matrix((0, n_genes), dtype=np.float32), *chunks], format="csr")
-        return matrix, y[part == name]
-
-    subsets = {name: prepare(name) for name in ("train", "val", "test")}
-    missing = [c for i, c in enumerate(classes) if not (subsets["train"][1] == i).any()]
-    if missing:
-        log.warning("classes absent from the training split (cannot be learned): %s", missing)
-
-    weights = class_weights(subsets["train"][1], len(classes))
-    members, fits = [], []
-    for member in range(ensemble):  # deep ensemble: same split, seeds seed, seed+1, ...
-        member_config = dataclasses.replace(train_config, seed=train_config.seed + member)
-        torch.manual_seed(member_config.seed)
-        module = build(model, len(vocabulary.ids), len(classes), model_config.params)
-        result = fit(
-            module,
-            subsets["train"],
-            subsets["val"],
-            class_weight=weights,
-            config=member_config,
-        )
-        members.append(module)
-        fits.append(
-            {
-                "seed": member_config.seed,
-                "best_epoch": result.best_epoch,
-                "best_val_macro_f1": result.best_val_macro_f1,
-                "epochs_run": result.epochs_run,
-                "train_seconds": result.seconds,
-                "batch_size": result.batch_size,
-                "history": result.history,
-            }
-        )
-    module = combine(members)
-    metrics: dict[str, Any] = {
-        "fit": fits[0],
-        "n_cells": {name: int(s[1].size) for name, s in subsets.items()},
-    }
+    module, results = fit_members(
+        data,
+        model,
+        model_config.params,
+        train_config,
+        ensemble=ensemble,
+        augmentation=augmentation,
+    )
+    fits = [_fit_record(r, train_config.seed + i) for i, r in enumerate(results)]
+    metrics["fit"] = fits[0]
     if ensemble > 1:
         metrics["members"] = fits
-    X_test, y_test = subsets["test"]
+    X_test, y_test = data.subsets["test"]
     if y_test.size:
         proba = predict_proba(module, iterate_batches(X_test, batch_size=4096)).numpy()
-        names = np.asarray(classes, dtype=object)
+        names = np.asarray(data.classes, dtype=object)
         metrics["test"] = compute_metrics(
-            names[y_test], names[proba.argmax(1)], proba.max(1), classes
+            names[y_test], names[proba.argmax(1)], proba.max(1), data.classes
         )
         log.info(
             "test: macro-F1 %.3f, accuracy %.3f on %d cells",
@@ -165,18 +302,19 @@ def train(
             metrics["test"]["accuracy"],
             y_test.size,
         )
-    split_frame = pd.DataFrame({"split": split.astype(str)})
-    if groups is not None:
-        split_frame["group"] = groups.astype(str).to_numpy()
+    split_frame = pd.DataFrame({"split": data.split.astype(str)})
+    if data.groups is not None:
+        split_frame["group"] = data.groups.astype(str).to_numpy()
     return Model(
         module,
-        vocabulary=vocabulary,
-        classes=classes,
-        data_config=DataConfig(**{**data_config.to_dict(), "gene_key": used_key}),
+        vocabulary=data.vocabulary,
+        classes=data.classes,
+        data_config=dataclasses.replace(data_config, gene_key=data.gene_key),
         model_config=model_config,
         train_config=train_config,
-        training_input=values.kind,
+        training_input=data.input_kind,
         metrics=metrics,
         split=split_frame,
-        is_main_process=result.is_main_process,
+        is_main_process=results[-1].is_main_process,
+        augmentation=augmentation,
     )

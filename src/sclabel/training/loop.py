@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
 from sclabel.config import TrainConfig, auto_batch_size
-from sclabel.data.loader import Y_KEY, iterate_batches, n_batches
+from sclabel.data.loader import X_KEY, Y_KEY, iterate_batches, n_batches
 from sclabel.models.base import Classifier, predict_proba
 
 log = logging.getLogger("sclabel")
@@ -51,8 +52,11 @@ def fit(
     *,
     class_weight: np.ndarray,
     config: TrainConfig,
+    augment: Callable[[torch.Tensor, np.random.Generator], torch.Tensor] | None = None,
 ) -> FitResult:
-    """Train `module` in place; returns the history and the epoch whose weights were kept."""
+    """Train `module` in place; returns the history and the epoch whose weights were kept.
+
+    `augment(x, rng)` transforms each training batch's dense input (donor augmentation)."""
     fabric = make_fabric(config)
     fabric.seed_everything(config.seed, verbose=False)
     optimizer = torch.optim.AdamW(
@@ -94,7 +98,10 @@ def fit(
             rank=fabric.global_rank,
             world_size=fabric.world_size,
         )
+        rng = np.random.default_rng([config.seed, epoch, fabric.global_rank])
         for batch in batches:
+            if augment is not None:
+                batch[X_KEY] = augment(batch[X_KEY], rng)
             batch = fabric.to_device(batch)
             out = model(batch)
             loss = loss_fn(out.logits.float(), batch[Y_KEY])
