@@ -132,3 +132,16 @@ def test_batch_size_defaults_to_about_20_steps_per_epoch(synthetic):
     assert auto.metrics["fit"]["batch_size"] == auto_batch_size(n_train)
     fixed = sclabel.train(synthetic, label_key="cell_type", model="linear", **FAST)
     assert fixed.metrics["fit"]["batch_size"] == FAST["batch_size"]
+
+
+def test_a_given_split_column_is_used_as_is(synthetic):
+    donors = synthetic.obs["donor"].astype(str)
+    part = donors.map({"donor_0": "val", "donor_1": "test"}).fillna("train")
+    part[:5] = np.nan  # unassigned cells are left out
+    synthetic.obs["part"] = part
+    model = sclabel.train(synthetic, label_key="cell_type", split_key="part", **FAST)
+    expected = part.dropna()
+    assert model.split["split"].to_dict() == expected.to_dict()
+    synthetic.obs["bad"] = "holdout"
+    with pytest.raises(InputError, match="expected train, val or test"):
+        sclabel.train(synthetic, label_key="cell_type", split_key="bad", **FAST)

@@ -20,6 +20,12 @@ EXAMPLES = {
     "predict": "sclabel predict query.h5ad --model my-model --out labels.csv",
     "evaluate": "sclabel evaluate atlas.h5ad --model my-model --split test --out report/",
     "info": "sclabel info my-model --export-split split.csv",
+    "benchmark": "sclabel benchmark atlas.h5ad --label-key cell_type --split-by donor "
+    "--models linear,mlp,tabnet,tabnet+aug,tabnet*5,celltypist,xgboost --out bench/",
+    "scaling": "sclabel scaling atlas.h5ad --label-key cell_type --split-by donor --model tabnet "
+    "--fractions 0.15,0.3,0.5,0.7,1 --widths 32,64,128 --out curve/",
+    "prepare": "sclabel prepare atlas.h5ad --label-key cell_type --donor-key donor_id "
+    '--assays "10x 3\' v3" --out prepared.h5ad',
     "demo": "sclabel demo --out sclabel-demo",
     "import-celltypist": "sclabel import-celltypist Immune_All_Low.pkl --out immune-model",
 }
@@ -54,11 +60,27 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--gene-key", help="var column with gene ids ('var_names' for the index)")
         p.add_argument("--backed", action="store_true", help="stream an .h5ad from disk")
 
+    def split_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--label-key", required=True, help="obs column with the labels")
+        p.add_argument("--split-by", help="obs column with donors/samples for a grouped split")
+        p.add_argument("--split-key", help="obs column of train/val/test (from sclabel prepare)")
+        p.add_argument(
+            "--donor-key", help="obs column with donors for --augment (default: split-by)"
+        )
+
+    def harness_options(p: argparse.ArgumentParser, out: str) -> None:
+        p.add_argument("--param", action="append", default=[], metavar="FAMILY.NAME=VALUE")
+        p.add_argument("--max-epochs", type=int, help="default: 30")
+        p.add_argument("--patience", type=int, help="default: 5")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", default=out, help="folder for the table (.csv/.md/.json) and plot")
+
     train = command("train", "Train a classifier on a labelled dataset.")
     input_options(train)
-    train.add_argument("--label-key", required=True, help="obs column with the labels")
-    train.add_argument("--split-by", help="obs column with donors/samples for a grouped split")
-    train.add_argument("--model", default="mlp", help="model family: linear or mlp")
+    split_options(train)
+    train.add_argument(
+        "--model", default="mlp", help="model family: linear, mlp, tabnet or celltypist"
+    )
     train.add_argument(
         "--param",
         action="append",
@@ -69,18 +91,21 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--ensemble", type=int, default=1, help="train N members (seeds seed..seed+N-1), average"
     )
+    train.add_argument(
+        "--augment", action="store_true", help="scTab's donor-difference augmentation"
+    )
     train.add_argument("--out", default="sclabel-model", help="checkpoint directory to write")
     train.add_argument("--report", help="also write an evaluation report of the test split here")
     train.add_argument("--export-split", help="also write the train/val/test split as CSV")
     train.add_argument("--max-epochs", type=int, default=30)
+    train.add_argument("--patience", type=int, default=5)
+    train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--batch-size", type=int, help="default: training cells / 20, clipped to [32, 256]"
     )
     train.add_argument("--lr", type=float, help="default 3e-3 (tabnet: 0.005, as in scTab)")
     train.add_argument("--weight-decay", type=float, help="default 0.01 (tabnet: 0.05)")
     train.add_argument("--grad-clip", type=float, help="max gradient norm (tabnet: 1.0)")
-    train.add_argument("--patience", type=int, default=5)
-    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--accelerator", default="cpu", help="cpu, gpu, cuda, mps or auto")
     train.add_argument("--devices", default="1", help="number of devices or 'auto'")
     train.add_argument("--precision", default="32-true", help="e.g. 32-true, bf16-mixed, 16-mixed")
@@ -108,6 +133,27 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--unknown-threshold", type=float)
     evaluate.add_argument("--min-gene-coverage", type=float)
 
+    bench = command("benchmark", "Train several model families on one split; one table + plot.")
+    input_options(bench)
+    split_options(bench)
+    bench.add_argument(
+        "--models",
+        default="linear,mlp,tabnet,celltypist,xgboost",
+        help="comma-separated FAMILY[+aug][*N]: +aug donor augmentation, *N an N-member ensemble",
+    )
+    bench.add_argument("--ontology", action="store_true", help="add ontology-aware macro-F1")
+    bench.add_argument("--ontology-key", help="obs column with CL ids of the true labels")
+    harness_options(bench, "sclabel-benchmark")
+
+    scaling = command("scaling", "Learning curves: nested training subsamples x model widths.")
+    input_options(scaling)
+    split_options(scaling)
+    scaling.add_argument("--model", default="tabnet", help="family, e.g. tabnet or mlp+aug")
+    scaling.add_argument("--fractions", default="0.15,0.3,0.5,0.7,1", help="of the training part")
+    scaling.add_argument("--by", choices=["donor", "cell"], default="donor", help="subsample unit")
+    scaling.add_argument("--widths", help="comma-separated widths (tabnet n_d, mlp width)")
+    harness_options(scaling, "sclabel-scaling")
+
     info = command("info", "Describe a saved model.")
     info.add_argument("model", help="checkpoint directory")
     info.add_argument("--export-split", help="write the training split as CSV")
@@ -119,6 +165,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("model", help="CellTypist model file (.pkl)")
     convert.add_argument("--out", required=True, help="checkpoint directory to write")
+
+    prepare = command(
+        "prepare", "Filter a labelled corpus as scTab did and add a donor-grouped split."
+    )
+    prepare.add_argument("input", help=".h5ad (or any format `sclabel train` reads)")
+    prepare.add_argument("--backed", action="store_true", help="open an .h5ad without loading X")
+    prepare.add_argument("--out", required=True, help=".h5ad to write (+ .prepare.json/.md)")
+    prepare.add_argument("--label-key", required=True, help="obs column with cell types")
+    prepare.add_argument("--donor-key", required=True, help="obs column with donors")
+    prepare.add_argument("--primary-key", default="is_primary_data", help="obs column, True/False")
+    prepare.add_argument(
+        "--no-primary-filter", action="store_true", help="keep non-primary (duplicate) cells"
+    )
+    prepare.add_argument(
+        "--assays", action="append", help="keep only this assay; repeat for several; none: all"
+    )
+    prepare.add_argument("--assay-key", default="assay", help="obs column with the assay")
+    prepare.add_argument("--min-cells", type=int, default=5000, help="cells per cell type")
+    prepare.add_argument("--min-donors", type=int, default=30, help="donors per cell type")
+    prepare.add_argument(
+        "--min-ancestors", type=int, default=7, help="Cell Ontology ancestors per type; 0: off"
+    )
+    prepare.add_argument("--ontology-key", help="obs column with CL ids of the labels")
+    prepare.add_argument(
+        "--split-fractions",
+        type=float,
+        nargs=3,
+        default=[0.7, 0.15, 0.15],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="donor fractions",
+    )
+    prepare.add_argument("--split-column", default="split", help="obs column to write")
+    prepare.add_argument("--seed", type=int, default=0)
 
     demo = command("demo", "Train, evaluate and report on scanpy's PBMC data (no download).")
     demo.add_argument("--out", default="sclabel-demo", help="folder for the model and report")
@@ -166,6 +245,9 @@ def _run_train(args) -> None:
         read(args.input, backed=args.backed),
         label_key=args.label_key,
         split_by=args.split_by,
+        split_key=args.split_key,
+        donor_key=args.donor_key,
+        augment=args.augment,
         model=args.model,
         model_params=_params(args.param),
         layer=args.layer,
@@ -252,6 +334,83 @@ def _run_evaluate(args) -> None:
     print(f"report written to {report.path}/report.md")
 
 
+def _harness_data(args):
+    """Normalized train/val/test matrices for the benchmark and scaling commands."""
+    from sclabel import read
+    from sclabel.config import DataConfig
+    from sclabel.training.api import load_training_data
+
+    adata = read(args.input, backed=args.backed)
+    config = DataConfig(
+        label_key=args.label_key,
+        split_by=args.split_by,
+        split_key=args.split_key,
+        layer=args.layer,
+        gene_key=args.gene_key,
+    )
+    data = load_training_data(
+        adata, config, seed=args.seed, donor_key=args.donor_key, progress=not args.quiet
+    )
+    options = _given(
+        max_epochs=args.max_epochs, patience=args.patience, seed=args.seed, progress=not args.quiet
+    )
+    params: dict[str, dict] = {}
+    for name, value in _params(args.param).items():
+        family, dot, key = name.partition(".")
+        if not dot:
+            raise InputError(f"--param here expects FAMILY.NAME=VALUE, got {name!r}")
+        params.setdefault(family, {})[key] = value
+    return adata, data, options, params
+
+
+def _run_benchmark(args) -> None:
+    from sclabel.benchmark import plot_benchmark, run_benchmark, write_table
+
+    adata, data, options, params = _harness_data(args)
+    ids = None
+    if args.ontology_key is not None:
+        if args.ontology_key not in adata.obs.columns:
+            raise InputError(f"obs column {args.ontology_key!r} not found")
+        test_cells = data.split.index[data.split.to_numpy() == "test"]
+        ids = adata.obs.loc[test_cells, args.ontology_key].astype(object).to_numpy()
+    table = run_benchmark(
+        data,
+        [v for v in args.models.split(",") if v.strip()],
+        train_options=options,
+        params=params,
+        ontology=args.ontology or ids is not None,
+        ontology_ids=ids,
+    )
+    out = write_table(table, args.out, "benchmark", plot_benchmark, f"benchmark: {args.input}")
+    print((out / "benchmark.md").read_text())
+    print(f"written to {out}/benchmark.csv, .md, .json and .png")
+
+
+def _run_scaling(args) -> None:
+    from sclabel.benchmark import write_table
+    from sclabel.scaling import plot_learning_curve, run_scaling
+
+    _, data, options, params = _harness_data(args)
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+        widths = [int(w) for w in args.widths.split(",")] if args.widths else None
+    except ValueError as err:
+        raise InputError(f"--fractions/--widths must be comma-separated numbers: {err}") from err
+    table = run_scaling(
+        data,
+        args.model,
+        fractions=fractions,
+        by=args.by,
+        widths=widths,
+        params=params.get(args.model.split("+")[0].split("*")[0]),
+        train_options=options,
+    )
+    title = f"learning curve: {args.input}"
+    out = write_table(table, args.out, "learning_curve", plot_learning_curve, title)
+    print((out / "learning_curve.md").read_text())
+    print(f"written to {out}/learning_curve.csv, .md, .json and .png")
+
+
 def _run_info(args) -> None:
     from sclabel import Model
 
@@ -263,6 +422,34 @@ def _run_info(args) -> None:
     if args.export_split:
         model.export_split(args.export_split)
         print(f"split written to {args.export_split}")
+
+
+def _run_prepare(args) -> None:
+    from sclabel import read
+    from sclabel.prepare import check_out, prepare, write
+
+    check_out(args.out)  # before the (possibly long) read
+    adata, report = prepare(
+        read(args.input, backed=args.backed),
+        label_key=args.label_key,
+        donor_key=args.donor_key,
+        primary_key=args.primary_key,
+        primary_filter=not args.no_primary_filter,
+        assays=args.assays,
+        assay_key=args.assay_key,
+        min_cells=args.min_cells,
+        min_donors=args.min_donors,
+        min_ancestors=args.min_ancestors,
+        ontology_key=args.ontology_key,
+        split_fractions=tuple(args.split_fractions),
+        seed=args.seed,
+        split_column=args.split_column,
+    )
+    paths = write(adata, report, args.out)
+    if not args.quiet:
+        print(report.to_markdown())
+    print(f"{adata.n_obs} cells of {report.steps[-1]['types_after']} cell types kept")
+    print("written to " + ", ".join(map(str, paths)))
 
 
 def _run_demo(args) -> None:
@@ -284,6 +471,9 @@ RUNNERS = {
     "predict": _run_predict,
     "evaluate": _run_evaluate,
     "info": _run_info,
+    "benchmark": _run_benchmark,
+    "scaling": _run_scaling,
+    "prepare": _run_prepare,
     "demo": _run_demo,
     "import-celltypist": _run_import_celltypist,
 }

@@ -104,7 +104,9 @@ def load_training_data(
         log.info("%d unlabeled or unassigned cells are left out of training", int((~keep).sum()))
     classes = sorted(pd.unique(labels[keep]))
     if len(classes) < 2:
-        msg = f"label column {data_config.label_key!r} has {len(classes)} class(es); need >= 2"
+        msg = (
+            f"label column {data_config.label_key!r} has {len(classes)} class(es); need at least 2"
+        )
         raise InputError(msg)
     groups = None
     if data_config.split_by is not None:
