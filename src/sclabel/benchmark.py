@@ -196,6 +196,10 @@ def run_benchmark(
 ) -> pd.DataFrame:
     """One row per variant, all on the same `data` (from `load_training_data`)."""
     parsed = [Variant.parse(v) for v in variants]
+    if any(v.family == "xgboost" for v in parsed):
+        from sclabel.baselines import _import_xgboost
+
+        _import_xgboost()  # a missing package fails before anything is trained
     train_options = train_options or {}
     augmentation = None
     if any(v.augment for v in parsed):

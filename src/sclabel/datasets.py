@@ -20,6 +20,9 @@ def synthetic(
     dispersion: float = 0.5,
     mean_library_size: float = 2000.0,
     n_conditions: int = 2,
+    n_lineages: int | None = None,
+    subtype_markers: int = 5,
+    subtype_fold: float = 1.5,
     seed: int = 0,
     cell_seed: int | None = None,
 ) -> ad.AnnData:
@@ -32,6 +35,10 @@ def synthetic(
     `obs` with cell_type, donor and condition, Ensembl-like `var_names` and
     `var["gene_symbols"]`.
 
+    With `n_lineages`, types are hard to tell apart: type t shares the marker program of
+    lineage t % n_lineages with its sibling types and has only `subtype_markers` weak
+    markers (`subtype_fold`) of its own, like subtypes of one cell type.
+
     `seed` fixes the biology (gene rates, marker programs, donor effects); `cell_seed` draws
     other cells from that same biology, e.g. a query set for a model trained on `seed`.
     """
@@ -41,6 +48,11 @@ def synthetic(
     for t in range(n_types):
         markers = rng.choice(n_genes, size=min(markers_per_type, n_genes), replace=False)
         programs[t, markers] *= marker_fold
+    if n_lineages is not None:
+        programs = programs[np.arange(n_types) % n_lineages]  # siblings share markers
+        for t in range(n_types):
+            own = rng.choice(n_genes, size=min(subtype_markers, n_genes), replace=False)
+            programs[t, own] *= subtype_fold
     donor_effect = rng.lognormal(mean=0.0, sigma=donor_sd, size=(n_donors, n_genes))
     if cell_seed is not None:
         rng = np.random.default_rng([seed, cell_seed])

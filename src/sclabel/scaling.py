@@ -105,7 +105,7 @@ def plot_learning_curve(table: pd.DataFrame, path: Path) -> None:
     from sclabel.evaluation.plots import plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for width, group in table.groupby(table["width"].fillna(-1), sort=True):
+    for width, group in table.groupby(pd.to_numeric(table["width"]).fillna(-1), sort=True):
         label = "default width" if width == -1 else f"width {int(width)}"
         ax.plot(group["n_train"], group["macro_f1"], marker="o", label=label)
     ax.set_xscale("log")
