@@ -71,15 +71,19 @@ def cellbench_xprotocol():
 
 
 def synthetic_hard(n_cells: int):
-    """Donor-structured counts with 20 similar types: 8 weak markers each, strong donor effects."""
+    """40 donors, 20 types in 5 lineages: siblings share their lineage's markers and differ
+    by 8 weak (1.8-fold) markers of their own out of 1,000 genes; donors shift every gene."""
     return sclabel.datasets.synthetic(
         n_cells,
-        2000,
+        1000,
         20,
         40,
-        markers_per_type=8,
-        marker_fold=1.6,
-        donor_sd=0.5,
+        n_lineages=5,
+        markers_per_type=20,
+        marker_fold=3.0,
+        subtype_markers=8,
+        subtype_fold=1.8,
+        donor_sd=0.3,
         seed=7,
     )
 
@@ -125,6 +129,8 @@ def run(name: str, spec: dict, options: dict) -> dict:
     start = time.perf_counter()
     table = run_benchmark(data, spec["variants"], train_options=options)
     return {
+        "options": options,
+        "command": "python benchmarks/sctab_comparison.py " + " ".join(sys.argv[1:]),
         "n_cells": {p: int(s[1].size) for p, s in data.subsets.items()},
         "n_genes": data.n_genes,
         "n_classes": len(data.classes),
@@ -148,6 +154,8 @@ def markdown(result: dict) -> str:
             f"### {name}: {n['train']} train / {n['val']} val / {n['test']} test cells, "
             f"{entry['n_genes']} genes, {entry['n_classes']} classes"
             + (f" (CellTypist 1.7.1 macro-F1 {ref})" if ref else ""),
+            "",
+            f"`{entry['command']}`, max_epochs {entry['options']['max_epochs']}",
             "",
             "| variant | macro-F1 | accuracy | unc. AUROC | ECE | train s | epochs "
             "| predict cells/s | peak MB |",

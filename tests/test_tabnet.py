@@ -96,3 +96,24 @@ def test_explain_finds_the_marker_genes(tabnet, marker_data):
 def test_explain_needs_a_feature_mask(trained_model, marker_data):
     with pytest.raises(InputError, match="no feature mask.*tabnet"):
         trained_model.explain(marker_data[:10].copy(), progress=False)
+
+
+def test_batch_norm_statistics_are_recomputed_from_training_batches():
+    from sclabel.training.loop import recalibrate_batch_norm
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(3, momentum=0.02)
+
+        def forward(self, batch):
+            return self.bn(batch["x"])
+
+    module = Tiny().eval()
+    batches = [{"x": torch.randn(16, 3) * 2 + 5, "y": torch.zeros(16)} for _ in range(4)]
+    recalibrate_batch_norm(module, batches, "cpu")
+    means = torch.stack([b["x"].mean(0) for b in batches]).mean(0)
+    variances = torch.stack([b["x"].var(0) for b in batches]).mean(0)
+    assert torch.allclose(module.bn.running_mean, means, atol=1e-5)
+    assert torch.allclose(module.bn.running_var, variances, atol=1e-4)
+    assert module.bn.momentum == 0.02 and not module.training
