@@ -12,7 +12,17 @@ import pytest
 
 import sclabel
 
-COMMANDS = ["train", "predict", "evaluate", "info", "demo", "import-celltypist"]
+COMMANDS = [
+    "train",
+    "predict",
+    "evaluate",
+    "info",
+    "demo",
+    "import-celltypist",
+    "prepare",
+    "benchmark",
+    "scaling",
+]
 
 
 def run(*args, cwd=None):
@@ -350,3 +360,32 @@ def test_tabnet_keeps_its_paper_defaults_unless_overridden(workdir, tmp_path):
         assert result.returncode == 0, result.stderr
         config = json.loads((out / "config.json").read_text())["train"]
         assert config["lr"] == lr and config["weight_decay"] == 0.05 and config["grad_clip"] == 1.0
+
+
+def test_prepare_then_train_on_its_split_with_augmentation(workdir, tmp_path):
+    prepared = tmp_path / "prepared.h5ad"
+    result = run(
+        "prepare", workdir / "train.h5ad", "--label-key", "cell_type", "--donor-key", "donor",
+        "--min-cells", "20", "--min-donors", "3", "--min-ancestors", "0",
+        "--out", prepared, "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    result = run(
+        "train", prepared, "--label-key", "cell_type", "--split-key", "split",
+        "--donor-key", "donor", "--augment", "--model", "mlp", "--max-epochs", "3",
+        "--out", tmp_path / "model", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["data"]["split_key"] == "split"
+    assert config["augmentation"]["info"]["kept_vectors"] > 0
+    assert "augmentation.safetensors" in config["extra_files"]
+    split = pd.read_csv(tmp_path / "model" / "split.csv", index_col="cell")
+    given = anndata.read_h5ad(prepared).obs["split"].astype(str)
+    assert split["split"].to_dict() == given.to_dict()
+    result = run(
+        "train", prepared, "--label-key", "cell_type", "--split-key", "split", "--augment",
+        "--out", tmp_path / "none", "--quiet",
+    )  # fmt: skip
+    assert_one_line_error(result, "needs donors")
+    assert not (tmp_path / "none").exists()

@@ -230,6 +230,8 @@ class Model:
             f"split: {self.split['split'].value_counts().to_dict() if len(self.split) else 'none'}",
             f"classes: {', '.join(self.classes)}",
         ]
+        if self.augmentation is not None:
+            lines.append(f"donor augmentation: {len(self.augmentation)} difference vectors")
         if fit:
             lines.append(
                 f"best epoch {fit.get('best_epoch')} of {fit.get('epochs_run')}, "
