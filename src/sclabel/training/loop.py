@@ -91,10 +91,10 @@ def fit(
         unit="epoch",
         disable=not config.progress or fabric.global_rank != 0,
     )
-    for epoch in bar:
-        model.train()
-        total = torch.zeros((), device=fabric.device)
-        batches = iterate_batches(
+
+    def epoch_batches(epoch: int):
+        """This rank's shuffled training batches of one epoch."""
+        return iterate_batches(
             *train,
             batch_size=batch_size,
             shuffle=True,
@@ -103,8 +103,12 @@ def fit(
             rank=fabric.global_rank,
             world_size=fabric.world_size,
         )
+
+    for epoch in bar:
+        model.train()
+        total = torch.zeros((), device=fabric.device)
         rng = np.random.default_rng([config.seed, epoch, fabric.global_rank])
-        for batch in batches:
+        for batch in epoch_batches(epoch):
             if augment is not None:
                 batch[X_KEY] = augment(batch[X_KEY], rng)
             batch = fabric.to_device(batch)
@@ -119,16 +123,7 @@ def fit(
             total += loss.detach()
         scheduler.step()
         if steps < BN_RECALIBRATE_BELOW:
-            train_batches = iterate_batches(
-                train[0],
-                batch_size=batch_size,
-                shuffle=True,
-                seed=config.seed,
-                epoch=epoch,
-                rank=fabric.global_rank,
-                world_size=fabric.world_size,
-            )
-            recalibrate_batch_norm(module, train_batches, fabric.device)
+            recalibrate_batch_norm(module, epoch_batches(epoch), fabric.device)
         record = {"epoch": epoch, "loss": float(total) / max(steps, 1)}
         if has_val:
             proba = predict_proba(
