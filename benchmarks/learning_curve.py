@@ -33,7 +33,7 @@ FRACTIONS = (0.15, 0.3, 0.5, 0.7, 1.0)
 RUNS = {  # name: (family, subsample unit, widths, max_epochs)
     "mlp_by_donor": ("mlp", "donor", [64, 256, 1024], 15),
     "mlp_by_cell": ("mlp", "cell", [256], 15),
-    "tabnet_by_donor": ("tabnet", "donor", [32, 128], 10),
+    "tabnet_by_donor": ("tabnet", "donor", [32, 128], 8),
 }
 
 
