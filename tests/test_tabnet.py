@@ -117,3 +117,16 @@ def test_batch_norm_statistics_are_recomputed_from_training_batches():
     assert torch.allclose(module.bn.running_mean, means, atol=1e-5)
     assert torch.allclose(module.bn.running_var, variances, atol=1e-4)
     assert module.bn.momentum == 0.02 and not module.training
+
+
+def test_partial_sort_entmax_on_many_genes_is_exact():
+    from entmax import entmax15
+
+    from sclabel.models.tabnet import ENTMAX_FULL_SORT_MAX, AttentiveTransformer, TabNetParams
+
+    n_genes = ENTMAX_FULL_SORT_MAX + 500
+    layer = AttentiveTransformer(8, n_genes, TabNetParams()).eval()
+    assert layer.top_k is not None
+    a, prior = torch.randn(64, 8), torch.ones(64, n_genes)
+    expected = entmax15(layer.bn(layer.fc(a)) * prior, dim=-1)
+    torch.testing.assert_close(layer(a, prior), expected)
