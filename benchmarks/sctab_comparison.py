@@ -169,7 +169,7 @@ def markdown(result: dict) -> str:
                 f"| {r['predict_cells_per_s']:,.0f} | {r['peak_memory_mb']:.0f} |"
             )
         aug = entry.get("augmentation")
-        if aug:
+        if aug and "variance_explained" in aug:
             r2 = aug["variance_explained"]
             lines += [
                 "",

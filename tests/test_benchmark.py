@@ -43,6 +43,7 @@ def test_every_variant_on_the_same_split(data):
     assert table["peak_memory_mb"].notna().all()
     assert table.loc[table.variant == "tabnet*2", "ensemble"].item() == 2
     assert "kept_vectors" in table.attrs["augmentation"]
+    assert "r2_donor" in table.attrs["augmentation"]["variance_explained"]["after"]
 
 
 def test_ontology_column_on_cl_names():
