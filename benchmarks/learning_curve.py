@@ -1,6 +1,6 @@
 """Scaling runs: nested training subsamples by donor (and by cell) across model widths.
 
-    .venv/bin/python benchmarks/learning_curve.py            # 100k hard synthetic cells
+    .venv/bin/python benchmarks/learning_curve.py            # 30k hard synthetic cells
     .venv/bin/python benchmarks/learning_curve.py --quick    # 10k cells, 2 epochs
 
 Uses `sclabel.scaling.run_scaling` on the same donor-structured synthetic data as
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n_cells = 10_000 if args.quick else 100_000
+    n_cells = 10_000 if args.quick else 30_000
     adata = synthetic_hard(n_cells)
     config = DataConfig(label_key="cell_type", split_by="donor")
     data = load_training_data(adata, config, progress=False)
