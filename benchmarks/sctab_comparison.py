@@ -132,8 +132,9 @@ def datasets(quick: bool) -> dict[str, dict]:
     }
 
 
-def run(name: str, spec: dict, options: dict, save) -> dict:
-    """One dataset, variant by variant; `save(entry)` after each so a cut-off run keeps rows."""
+def run(name: str, spec: dict, options: dict, save, previous: dict | None = None) -> dict:
+    """One dataset, variant by variant; `save(entry)` after each so a cut-off run keeps rows.
+    With `previous` (an entry of an earlier run), its rows are kept unless run again."""
     adata = spec["load"]()
     split_by = spec.get("split_by")
     config = DataConfig(
@@ -149,6 +150,10 @@ def run(name: str, spec: dict, options: dict, save) -> dict:
         "celltypist_1_7_1_macro_f1": CELLTYPIST_REFERENCE.get(name),
         "rows": [],
     }
+    if previous:
+        again = set(spec["variants"])
+        entry["rows"] = [r for r in previous["rows"] if r["variant"] not in again]
+        entry["augmentation"] = previous.get("augmentation")
     start = time.perf_counter()
     for variant in spec["variants"]:
         table = run_benchmark(data, [variant], train_options=options)
@@ -226,11 +231,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", action="append", help="dataset name(s) to (re)run")
     parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--variants", help="run only these (comma-separated), keep other rows")
+    parser.add_argument("--result", type=Path, default=RESULT, help="JSON file to update")
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"real data not found in {DATA}; see ../shared/data/README.md")
     options = {"max_epochs": 3 if args.quick else args.max_epochs, "progress": False}
-    result = json.loads(RESULT.read_text()) if RESULT.exists() and args.only else {}
+    result = json.loads(args.result.read_text()) if args.result.exists() and args.only else {}
     result.update(
         machine=f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
         command="python benchmarks/sctab_comparison.py " + " ".join(sys.argv[1:]),
@@ -245,9 +252,13 @@ def main() -> None:
 
         def save(entry, name=name):
             result["datasets"][name] = entry
-            RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
+            args.result.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
-        run(name, spec, options, save)
+        previous = None
+        if args.variants:
+            spec = {**spec, "variants": args.variants.split(",")}
+            previous = result["datasets"].get(name)
+        run(name, spec, options, save, previous)
     write_markdown(result)
 
 
