@@ -21,7 +21,7 @@ EXAMPLES = {
     "evaluate": "sclabel evaluate atlas.h5ad --model my-model --split test --out report/",
     "info": "sclabel info my-model --export-split split.csv",
     "benchmark": "sclabel benchmark atlas.h5ad --label-key cell_type --split-by donor "
-    "--models linear,mlp,tabnet,tabnet+aug,tabnet*5,celltypist,xgboost --out bench/",
+    "--models 'linear,mlp,tabnet,tabnet+aug,tabnet*5,celltypist,xgboost' --out bench/",
     "scaling": "sclabel scaling atlas.h5ad --label-key cell_type --split-by donor --model tabnet "
     "--fractions 0.15,0.3,0.5,0.7,1 --widths 32,64,128 --out curve/",
     "prepare": "sclabel prepare atlas.h5ad --label-key cell_type --donor-key donor_id "
