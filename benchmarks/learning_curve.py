@@ -64,6 +64,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", help="comma-separated run names; other runs' rows are kept")
     args = parser.parse_args()
     n_cells = 10_000 if args.quick else 30_000
     adata = synthetic_hard(n_cells)
@@ -76,7 +77,11 @@ def main() -> None:
         "data": f"synthetic_hard({n_cells}) of sctab_comparison.py, donor split 70/15/15",
         "runs": {},
     }
+    if args.runs and RESULT.exists():
+        result["runs"] = json.loads(RESULT.read_text())["runs"]
     for name, (family, by, widths, epochs) in RUNS.items():
+        if args.runs and name not in args.runs.split(","):
+            continue
         options = {"max_epochs": 2 if args.quick else epochs, "progress": False}
         table = run_scaling(
             data, family, fractions=FRACTIONS, by=by, widths=widths, train_options=options
