@@ -154,19 +154,22 @@ def run(name: str, spec: dict, options: dict, save, previous: dict | None = None
         again = set(spec["variants"])
         entry["rows"] = [r for r in previous["rows"] if r["variant"] not in again]
         entry["augmentation"] = previous.get("augmentation")
+    kept = list(entry["rows"])
     start = time.perf_counter()
-    for variant in spec["variants"]:
-        table = run_benchmark(data, [variant], train_options=options)
-        entry["rows"] += table.to_dict(orient="records")
-        if "augmentation" in table.attrs:  # the same vectors for every +aug variant (seeded)
+
+    def record(table: pd.DataFrame) -> None:  # after every variant, so a cut-off run keeps rows
+        entry["rows"] = kept + table.to_dict(orient="records")
+        if "augmentation" in table.attrs:
             entry["augmentation"] = table.attrs["augmentation"]
         entry["seconds"] = time.perf_counter() - start
         save(entry)
         row = entry["rows"][-1]
         print(
-            f"  {variant:>14}  macro-F1 {row['macro_f1']:.3f}  {row['train_seconds']:.1f} s",
+            f"  {row['variant']:>14}  macro-F1 {row['macro_f1']:.3f}  {row['train_seconds']:.1f} s",
             flush=True,
         )
+
+    run_benchmark(data, spec["variants"], train_options=options, on_row=record)
     return entry
 
 

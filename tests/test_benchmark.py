@@ -28,14 +28,18 @@ def data():
 def test_variant_names_parse():
     assert Variant.parse("tabnet+aug*5") == Variant("tabnet", True, 5)
     assert Variant.parse("linear").name == "linear"
-    for bad in ("resnet", "xgboost*3", "mlp+aug*0", "mlp*"):
+    for bad in ("resnet", "xgboost*3", "mlp+aug*0", "mlp*", "celltypist+aug"):
         with pytest.raises(sclabel.InputError):
             Variant.parse(bad)
 
 
 def test_every_variant_on_the_same_split(data):
     variants = ["linear", "mlp+aug", "tabnet*2", "celltypist", "xgboost"]
-    table = run_benchmark(data, variants, train_options=OPTIONS)
+    seen = []
+    table = run_benchmark(
+        data, variants, train_options=OPTIONS, on_row=lambda t: seen.append(len(t))
+    )
+    assert seen == [1, 2, 3, 4, 5]
     assert table["variant"].tolist() == variants
     assert (table["n_test"] == data.subsets["test"][1].size).all()
     assert table["macro_f1"].between(0, 1).all() and (table["macro_f1"] > 0.5).all()

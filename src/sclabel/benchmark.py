@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from sclabel.data.loader import iterate_batches
 from sclabel.errors import InputError
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.evaluation.report import ontology_metrics
-from sclabel.models import MODELS, resolve_params
+from sclabel.models import MODELS, check_augmentable, resolve_params
 from sclabel.models.base import predict_proba
 from sclabel.training.api import TrainingData, fit_members, make_augmentation
 
@@ -70,6 +72,8 @@ class Variant:
             raise InputError(f"{text!r}: the ensemble size must be at least 1")
         if variant.family in BASELINES and (variant.augment or variant.ensemble > 1):
             raise InputError(f"{text!r}: {variant.family} takes neither +aug nor *N")
+        if variant.augment:
+            check_augmentable(variant.family)  # fail before any variant trains
         return variant
 
 
@@ -102,8 +106,6 @@ def _rss_mb() -> float:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, IndexError, ValueError):  # not Linux: no cheap sampling
         return float("nan")
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -193,8 +195,12 @@ def run_benchmark(
     augment: AugmentConfig | None = None,
     ontology: bool = False,
     ontology_ids: np.ndarray | None = None,
+    on_row: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per variant, all on the same `data` (from `load_training_data`)."""
+    """One row per variant, all on the same `data` (from `load_training_data`).
+
+    `on_row(table so far)` is called after each variant, e.g. to save a long run as it goes.
+    """
     parsed = [Variant.parse(v) for v in variants]
     if any(v.family == "xgboost" for v in parsed):
         from sclabel.baselines import _import_xgboost
@@ -206,21 +212,24 @@ def run_benchmark(
         seed = int(train_options.get("seed", 0))
         augmentation, info = make_augmentation(data, augment or AugmentConfig(), seed)
         log.info("augmentation R^2: %s", json.dumps(info["variance_explained"]))
-    rows = [
-        run_variant(
-            data,
-            variant,
-            train_options,
-            params=(params or {}).get(variant.family),
-            augmentation=augmentation,
-            ontology=ontology,
-            ontology_ids=ontology_ids,
+    rows = []
+    for variant in parsed:
+        rows.append(
+            run_variant(
+                data,
+                variant,
+                train_options,
+                params=(params or {}).get(variant.family),
+                augmentation=augmentation,
+                ontology=ontology,
+                ontology_ids=ontology_ids,
+            )
         )
-        for variant in parsed
-    ]
-    table = pd.DataFrame(rows)
-    if info is not None:
-        table.attrs["augmentation"] = info  # vectors kept, cluster sizes, R^2 before/after
+        table = pd.DataFrame(rows)
+        if info is not None:
+            table.attrs["augmentation"] = info  # vectors kept, cluster sizes, R^2 before/after
+        if on_row is not None:
+            on_row(table)
     return table
 
 

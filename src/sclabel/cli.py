@@ -387,7 +387,7 @@ def _run_benchmark(args) -> None:
 
 
 def _run_scaling(args) -> None:
-    from sclabel.benchmark import write_table
+    from sclabel.benchmark import Variant, write_table
     from sclabel.scaling import plot_learning_curve, run_scaling
 
     _, data, options, params = _harness_data(args)
@@ -402,7 +402,7 @@ def _run_scaling(args) -> None:
         fractions=fractions,
         by=args.by,
         widths=widths,
-        params=params.get(args.model.split("+")[0].split("*")[0]),
+        params=params.get(Variant.parse(args.model).family),
         train_options=options,
     )
     title = f"learning curve: {args.input}"

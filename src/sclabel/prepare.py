@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from sclabel._atomic import atomic_path
+from sclabel.data.io import as_strings
 from sclabel.data.splits import PARTS, make_split
 from sclabel.errors import InputError
 
@@ -103,7 +104,10 @@ def prepare(
         _require(obs, assay=assay_key)
     if split_column in (label_key, donor_key):
         raise InputError(f"--split-column {split_column!r} would overwrite an input column")
-    s = _Steps(PrepareReport(settings=settings), _strings(obs[label_key]), _strings(obs[donor_key]))
+    s = _Steps(
+        PrepareReport(settings=settings),
+        *(as_strings(obs[k]).reset_index(drop=True) for k in (label_key, donor_key)),
+    )
     s.apply("has label and donor", "both set", s.labels.notna() & s.donors.notna())
     _primary(s, obs, primary_key, primary_filter)
     _assays(s, obs, assays, assay_key)
@@ -157,12 +161,6 @@ def _require(obs: pd.DataFrame, **keys: str | None) -> None:
         if key is not None and key not in obs.columns:
             msg = f"--{option}-key {key!r} is not an obs column; choose one of {list(obs.columns)}"
             raise InputError(msg)
-
-
-def _strings(values: pd.Series) -> pd.Series:
-    """Values as str (categories and numbers alike), NaN kept; indexed 0..n-1."""
-    values = values.reset_index(drop=True).astype(object)
-    return values.where(values.isna(), values.astype(str))
 
 
 def _tally(labels, donors) -> dict:

@@ -138,6 +138,12 @@ def _read_table(path: Path) -> ad.AnnData:
     )
 
 
+def as_strings(values: pd.Series) -> pd.Series:
+    """An obs column as str values (categories and numbers alike), missing values kept as NaN."""
+    values = values.astype(object)
+    return values.where(values.isna(), values.astype(str))
+
+
 def check_cells(adata: ad.AnnData) -> None:
     """Refuse an AnnData with no cells/genes or with duplicate cell names."""
     if adata.n_obs == 0 or adata.n_vars == 0:

@@ -19,7 +19,7 @@ MODELS: dict[str, type[Classifier]] = {
     "celltypist": CellTypistClassifier,  # built by `sclabel import-celltypist`
 }
 
-__all__ = ["MODELS", "Classifier", "ModelOutput", "build", "resolve_params"]
+__all__ = ["MODELS", "Classifier", "ModelOutput", "build", "check_augmentable", "resolve_params"]
 
 
 def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +33,13 @@ def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
         msg = f"{family}: unknown hyperparameter(s) {unknown}; known: {sorted(known)}"
         raise InputError(msg)
     return dataclasses.asdict(params_cls(**params))
+
+
+def check_augmentable(family: str) -> None:
+    """Donor augmentation shifts batches in the gradient loop; a family fitted by its own
+    solver (`fit_direct`, e.g. celltypist) never sees those batches."""
+    if hasattr(MODELS[family], "fit_direct"):
+        raise InputError(f"donor augmentation needs a gradient-trained family, not {family}")
 
 
 def build(family: str, n_genes: int, n_classes: int, params: dict[str, Any]) -> Classifier:

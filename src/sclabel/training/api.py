@@ -34,7 +34,7 @@ from sclabel.data.splits import PARTS, make_split
 from sclabel.errors import InputError
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.model import Model
-from sclabel.models import MODELS, Classifier, build, resolve_params
+from sclabel.models import MODELS, Classifier, build, check_augmentable, resolve_params
 from sclabel.models.base import predict_proba
 from sclabel.models.ensemble import combine
 from sclabel.training.loop import FitResult, fit
@@ -46,8 +46,7 @@ Subset = tuple[sp.csr_matrix, np.ndarray]
 def read_labels(obs: pd.DataFrame, label_key: str) -> pd.Series:
     """The label column as strings, NaN where a cell is unlabeled."""
     _require_column(obs, label_key, "label")
-    labels = obs[label_key]
-    return labels.astype(object).where(labels.notna()).map(lambda v: v if pd.isna(v) else str(v))
+    return io.as_strings(obs[label_key])
 
 
 def _require_column(obs: pd.DataFrame, key: str, what: str) -> None:
@@ -192,6 +191,8 @@ def fit_members(
     augmentation: DonorAugmentation | None = None,
 ) -> tuple[Classifier, list[FitResult]]:
     """Train one model, or `ensemble` members on the same split with seeds seed, seed+1, ..."""
+    if augmentation is not None:
+        check_augmentable(family)
     weights = class_weights(data.subsets["train"][1], len(data.classes))
     members, results = [], []
     for member in range(ensemble):
@@ -199,8 +200,6 @@ def fit_members(
         torch.manual_seed(member_config.seed)
         module = build(family, data.n_genes, len(data.classes), params)
         fit_direct = getattr(module, "fit_direct", None)  # convex families use their solver
-        if fit_direct is not None and augmentation is not None:
-            raise InputError(f"donor augmentation needs a gradient-trained family, not {family}")
         train, val = data.subsets["train"], data.subsets["val"]
         if fit_direct is not None:
             result = fit_direct(train, val, class_weight=weights, config=member_config)
@@ -266,6 +265,8 @@ def train(
     # the family's preferred settings (e.g. TabNet's from the scTab paper), then the user's
     train_config = TrainConfig.from_dict({**MODELS[model].train_defaults, **train_options})
     augment_config = config_from(augment)
+    if augment_config is not None:
+        check_augmentable(model)  # before any data is read
     data = load_training_data(
         adata,
         data_config,
