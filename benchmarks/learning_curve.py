@@ -45,8 +45,11 @@ def markdown(result: dict) -> str:
         "",
     ]
     for name, rows in result["runs"].items():
+        command = result.get("commands", {}).get(name, result["command"])
         lines += [
             f"#### {name} (`learning_curve_{name}.png`)",
+            "",
+            f"`{command}`",
             "",
             "| width | fraction | train cells | train donors | macro-F1 | accuracy | train s |",
             "|---|---|---|---|---|---|---|",
@@ -78,7 +81,9 @@ def main() -> None:
         "runs": {},
     }
     if args.runs and RESULT.exists():
-        result["runs"] = json.loads(RESULT.read_text())["runs"]
+        earlier = json.loads(RESULT.read_text())
+        result["runs"] = earlier["runs"]
+        result["commands"] = earlier.get("commands", {})
     for name, (family, by, widths, epochs) in RUNS.items():
         if args.runs and name not in args.runs.split(","):
             continue
@@ -87,6 +92,7 @@ def main() -> None:
             data, family, fractions=FRACTIONS, by=by, widths=widths, train_options=options
         )
         result["runs"][name] = table.to_dict(orient="records")
+        result.setdefault("commands", {})[name] = result["command"]
         plot_learning_curve(table, HERE / "results" / f"learning_curve_{name}.png")
         RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(table[["width", "fraction", "n_train", "macro_f1", "train_seconds"]], flush=True)
