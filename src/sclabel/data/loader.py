@@ -22,12 +22,44 @@ PRESENT_KEY = "present"  # (genes,) bool: which model genes the query had; predi
 
 
 def n_batches(n_cells: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch on every rank (the largest shard decides)."""
     per_rank = -(-n_cells // world_size)
     return -(-per_rank // batch_size)
 
 
+def plan_epoch(
+    n: int,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    block_size: int = 1,
+) -> list[np.ndarray]:
+    """This rank's batches for one epoch, as positions 0..n-1.
+
+    Shuffling permutes blocks of `block_size` consecutive cells (1: every cell). Under DDP the
+    order is cut into `world_size` slices that differ by at most one cell, and every rank
+    splits its slice into the same number of nearly equal batches (at most `batch_size`):
+    ranks stay in step and no cell is seen twice per epoch (torch's DistributedSampler
+    repeats cells instead).
+    """
+    if shuffle:
+        rng = np.random.default_rng([seed, epoch])
+        blocks = rng.permutation(-(-n // block_size))
+        order = (blocks[:, None] * block_size + np.arange(block_size)).ravel()
+        order = order[order < n]
+    else:
+        order = np.arange(n)
+    shard = np.array_split(order, world_size)[rank]
+    steps = n_batches(n, batch_size, world_size)
+    return [b for b in np.array_split(shard, steps) if b.size] if steps else []
+
+
 def iterate_batches(
-    X: sp.csr_matrix,
+    X,
     y: np.ndarray | None = None,
     *,
     batch_size: int,
@@ -38,26 +70,21 @@ def iterate_batches(
     world_size: int = 1,
     sparse: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield batches; under DDP each rank takes every `world_size`-th cell of one permutation.
-
-    Shards are padded by wrapping around so every rank runs the same number of steps (as
-    torch's DistributedSampler does); with one process nothing is repeated.
-    """
-    n = X.shape[0]
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    if world_size > 1:
-        per_rank = -(-n // world_size)
-        order = np.resize(order, per_rank * world_size)[rank::world_size]
-    for start in range(0, order.size, batch_size):
-        index = order[start : start + batch_size]
+    """Yield batches of X (an in-memory CSR, or `StoreRows` streamed from a store)."""
+    options = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+    options.update(rank=rank, world_size=world_size)
+    if hasattr(X, "batches"):  # StoreRows: block shuffle, reads in background threads
+        yield from X.batches(y, sparse=sparse, **options)
+        return
+    for index in plan_epoch(X.shape[0], **options):
         rows = X[index]
-        batch = {X_KEY: _torch_csr(rows) if sparse else torch.from_numpy(rows.toarray())}
+        batch = {X_KEY: torch_csr(rows) if sparse else torch.from_numpy(rows.toarray())}
         if y is not None:
             batch[Y_KEY] = torch.from_numpy(y[index])
         yield batch
 
 
-def _torch_csr(rows: sp.csr_matrix) -> torch.Tensor:
+def torch_csr(rows: sp.csr_matrix) -> torch.Tensor:
     with warnings.catch_warnings():  # torch flags sparse CSR as beta; we use only matmul
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(

@@ -31,6 +31,8 @@ from sclabel.data.loader import iterate_batches
 from sclabel.data.normalize import iter_prepared
 from sclabel.data.sampling import class_weights
 from sclabel.data.splits import PARTS, make_split
+from sclabel.data.store import Store
+from sclabel.data.store_loader import StoreRows
 from sclabel.errors import InputError
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.model import Model
@@ -85,19 +87,30 @@ def _given_split(obs: pd.DataFrame, split_key: str) -> pd.Series:
 
 
 def load_training_data(
-    adata: ad.AnnData,
+    source: ad.AnnData | Store,
     data_config: DataConfig,
     *,
     seed: int = 0,
     donor_key: str | None = None,
     progress: bool = True,
+    loader: dict[str, Any] | None = None,
 ) -> TrainingData:
     """Labels, split (from `split_key`, by `split_by` groups, or stratified) and normalized
-    matrices, one part at a time so peak memory is about the normalized data."""
-    labels = read_labels(adata.obs, data_config.label_key)
+    matrices, one part at a time so peak memory is about the normalized data.
+
+    From a `Store`, the parts stay on disk (`StoreRows`, streamed with `loader` options such
+    as block_size and workers) and only the obs columns used are read.
+    """
+    donor_key = donor_key or data_config.split_by
+    if isinstance(source, Store):
+        used = [data_config.label_key, data_config.split_key, data_config.split_by, donor_key]
+        obs = pd.DataFrame({c: source.column(c) for c in dict.fromkeys(used) if c is not None})
+    else:
+        obs = source.obs
+    labels = read_labels(obs, data_config.label_key)
     keep = labels.notna().to_numpy()
     if data_config.split_key is not None:
-        split = _given_split(adata.obs, data_config.split_key)
+        split = _given_split(obs, data_config.split_key)
         keep &= split.notna().to_numpy()
     if not keep.all():
         log.info("%d unlabeled or unassigned cells are left out of training", int((~keep).sum()))
@@ -109,30 +122,58 @@ def load_training_data(
         raise InputError(msg)
     groups = None
     if data_config.split_by is not None:
-        _require_column(adata.obs, data_config.split_by, "split")
-        groups = adata.obs[data_config.split_by][keep]
+        _require_column(obs, data_config.split_by, "split")
+        groups = obs[data_config.split_by][keep]
     if data_config.split_key is None:
         split = make_split(
             labels[keep], groups=groups, fractions=data_config.split_fractions, seed=seed
         )
     else:
         split = split[keep]
-    donor_key = donor_key or data_config.split_by
     donor_values = None
     if donor_key is not None:
-        _require_column(adata.obs, donor_key, "donor")
-        donor_values = adata.obs[donor_key][keep].astype(str).to_numpy()
+        _require_column(obs, donor_key, "donor")
+        donor_values = obs[donor_key][keep].astype(str).to_numpy()
+    rows = np.flatnonzero(keep)
+    y = pd.Categorical(labels[keep], categories=classes).codes.astype(np.int64)
+    part = split.to_numpy()
+    if isinstance(source, Store):
+        vocabulary, used_key = source.vocabulary, source.meta.get("gene_key")
+        kinds = {s["values"] for s in source.meta["sources"]}
+        input_kind = kinds.pop() if len(kinds) == 1 else "mixed"
+        subsets = {
+            name: (StoreRows(source, rows[part == name], **(loader or {})), y[part == name])
+            for name in PARTS
+        }
+    else:
+        vocabulary, used_key, input_kind, matrices = _prepare_in_memory(
+            source, data_config, rows, part, progress
+        )
+        subsets = {name: (matrices[name], y[part == name]) for name in PARTS}
+    missing = [c for i, c in enumerate(classes) if not (subsets["train"][1] == i).any()]
+    if missing:
+        log.warning("classes absent from the training split (cannot be learned): %s", missing)
+    return TrainingData(
+        classes=classes,
+        vocabulary=vocabulary,
+        gene_key=used_key,
+        input_kind=input_kind,
+        subsets=subsets,
+        split=split,
+        groups=groups,
+        donors=None if donor_values is None else {p: donor_values[part == p] for p in PARTS},
+    )
 
+
+def _prepare_in_memory(adata, data_config, rows, part, progress):
+    """Align and normalize the kept cells of each part into an in-memory CSR."""
     X, var = io.matrix(adata, data_config.layer)
     values = io.detect_values(X)
     log.info("input: %s", values.detail)
     vocabulary, used_key = genes.Vocabulary.from_var(var, data_config.gene_key)
     alignment = genes.align(var, vocabulary, gene_key=used_key, min_coverage=1.0)
-    rows = np.flatnonzero(keep)
-    y = pd.Categorical(labels[keep], categories=classes).codes.astype(np.int64)
-    part = split.to_numpy()
 
-    def prepare(name: str) -> Subset:
+    def prepare(name: str) -> sp.csr_matrix:
         chunks = iter_prepared(
             X,
             kind=values.kind,
@@ -143,22 +184,9 @@ def load_training_data(
             desc=f"preparing {name}",
         )
         empty = sp.csr_matrix((0, len(vocabulary.ids)), dtype=np.float32)
-        return sp.vstack([empty, *chunks], format="csr"), y[part == name]
+        return sp.vstack([empty, *chunks], format="csr")
 
-    subsets = {name: prepare(name) for name in PARTS}
-    missing = [c for i, c in enumerate(classes) if not (subsets["train"][1] == i).any()]
-    if missing:
-        log.warning("classes absent from the training split (cannot be learned): %s", missing)
-    return TrainingData(
-        classes=classes,
-        vocabulary=vocabulary,
-        gene_key=used_key,
-        input_kind=values.kind,
-        subsets=subsets,
-        split=split,
-        groups=groups,
-        donors=None if donor_values is None else {p: donor_values[part == p] for p in PARTS},
-    )
+    return vocabulary, used_key, values.kind, {name: prepare(name) for name in PARTS}
 
 
 def make_augmentation(
@@ -226,7 +254,7 @@ def _fit_record(result: FitResult, seed: int) -> dict[str, Any]:
 
 
 def train(
-    adata: ad.AnnData,
+    adata: ad.AnnData | Store,
     *,
     label_key: str,
     split_by: str | None = None,
@@ -239,6 +267,7 @@ def train(
     ensemble: int = 1,
     augment: bool | dict | AugmentConfig | None = None,
     donor_key: str | None = None,
+    loader: dict[str, Any] | None = None,
     **train_options: Any,
 ) -> Model:
     """Train a classifier of family `model` on `adata.obs[label_key]`.
@@ -250,9 +279,18 @@ def train(
     `ensemble=N` trains N members with seeds seed..seed+N-1 and averages their probabilities.
     `augment=True` (or a dict of AugmentConfig fields) adds scTab's donor-difference
     augmentation, with donors from `donor_key` (default: `split_by`).
+
+    `adata` may be a `Store` (see `sclabel store`) for data bigger than memory: cells are
+    streamed from disk with `loader` options (block_size, buffer_batches, workers, prefetch).
     """
     if ensemble < 1:
         raise InputError("ensemble must be at least 1")
+    from_store = isinstance(adata, Store)
+    if from_store:
+        if layer is not None or gene_key is not None:
+            raise InputError("a store has one matrix and one gene vocabulary: drop layer/gene_key")
+        if hasattr(MODELS.get(model), "fit_direct"):
+            raise InputError(f"the {model!r} family is fitted in memory; train it from an .h5ad")
     data_config = DataConfig(
         label_key=label_key,
         split_by=split_by,
@@ -260,6 +298,7 @@ def train(
         layer=layer,
         gene_key=gene_key,
         split_fractions=split_fractions,
+        **({"target_sum": adata.meta["target_sum"]} if from_store else {}),
     )
     model_config = ModelConfig(family=model, params=resolve_params(model, model_params or {}))
     # the family's preferred settings (e.g. TabNet's from the scTab paper), then the user's
@@ -273,6 +312,7 @@ def train(
         seed=train_config.seed,
         donor_key=donor_key,
         progress=train_config.progress,
+        loader=loader,
     )
     metrics: dict[str, Any] = {"n_cells": {p: int(s[1].size) for p, s in data.subsets.items()}}
     augmentation = None
@@ -308,6 +348,11 @@ def train(
     split_frame = pd.DataFrame({"split": data.split.astype(str)})
     if data.groups is not None:
         split_frame["group"] = data.groups.astype(str).to_numpy()
+    if from_store and split_key is not None:
+        split_frame = None  # the split lives in the store; one copy of it is enough
+        metrics["split"] = {"store": str(adata.path), "split_key": split_key}
+    elif from_store:  # rows -> cell names, for split.csv
+        split_frame.index = adata.obs_names()[split_frame.index.to_numpy()]
     return Model(
         module,
         vocabulary=data.vocabulary,

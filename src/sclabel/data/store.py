@@ -1,0 +1,360 @@
+"""An on-disk training store for data bigger than memory: sparse rows as flat binary arrays.
+
+A store is a folder:
+
+    store.json          format, version, shapes, dtypes, gene vocabulary, obs columns, sources
+    indptr.bin          int64 (n_cells + 1)    row pointers, CSR
+    indices.bin         int32 (nnz)            gene positions in the vocabulary, unique per row
+    data.bin            float32 (nnz)          count-space values (raw counts, or expm1 of log1p)
+    size_factor.bin     float32 (n_cells)      target_sum / library size (1 for log1p input)
+    obs/<i>.npy         one obs column each: int32 category codes (-1 missing) or numbers
+    obs_names.txt       one cell name per line
+
+Why flat binary files and not zarr, parquet or h5ad: a block of contiguous cells is one
+`pread` per array, which needs no decompression, no Python per chunk and no memory map (so
+reading a 30 GB store never shows up as resident memory). benchmarks/store_loader.py
+measures it against backed h5ad and the field's loaders. Values stay in count space with the
+library size kept aside, so the loader normalizes on the fly exactly as `prepare_rows` does
+(library size over all of a cell's genes in its source file, then log1p).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sclabel._atomic import atomic_dir
+from sclabel.data import genes, io
+from sclabel.data.normalize import to_csr
+from sclabel.errors import InputError
+
+log = logging.getLogger("sclabel")
+FORMAT = "sclabel-store"
+VERSION = 1
+MARKER = "store.json"
+ARRAYS = {"indptr": np.int64, "indices": np.int32, "data": np.float32, "size_factor": np.float32}
+
+
+def is_store(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+class StoreWriter:
+    """Append row chunks (already aligned to the store's genes) to a store being built.
+
+    Files are written under a temporary name and the folder appears only on `close()`, so a
+    crash or bad input leaves nothing behind. obs columns are kept in memory as codes (4 bytes
+    per cell per column) and written at the end.
+    """
+
+    def __init__(self, folder: Path, vocabulary: genes.Vocabulary, *, target_sum: float):
+        self.folder = folder
+        self.vocabulary = vocabulary
+        self.target_sum = float(target_sum)
+        self.files = {name: open(folder / f"{name}.bin", "wb") for name in ARRAYS}  # noqa: SIM115
+        self.files["indptr"].write(np.zeros(1, np.int64).tobytes())
+        self.names = open(folder / "obs_names.txt", "w", encoding="utf-8")  # noqa: SIM115
+        self.n_cells = 0
+        self.nnz = 0
+        self.columns: dict[str, list] = {}
+        self.categories: dict[str, dict[str, int]] = {}
+        self.sources: list[dict] = []
+        self.name_hashes: list[np.ndarray] = []  # 8 bytes per cell, to find repeated names
+
+    def append(self, X: sp.csr_matrix, size_factor: np.ndarray, obs: pd.DataFrame) -> None:
+        if X.shape[1] != len(self.vocabulary.ids) or X.shape[0] != len(obs):
+            raise ValueError("chunk shape does not match the store's genes or obs")
+        X = sp.csr_matrix(X, dtype=np.float32)
+        X.sum_duplicates()  # the loader relies on unique, sorted gene positions per row
+        names = obs.index.astype(str)
+        if names.str.contains("\n").any():
+            raise InputError("cell names must not contain newlines")
+        self.files["indptr"].write((X.indptr[1:].astype(np.int64) + self.nnz).tobytes())
+        self.files["indices"].write(X.indices.astype(np.int32).tobytes())
+        self.files["data"].write(X.data.tobytes())
+        self.files["size_factor"].write(np.asarray(size_factor, np.float32).tobytes())
+        self.names.write("".join(f"{name}\n" for name in names))
+        self.name_hashes.append(pd.util.hash_array(names.to_numpy(dtype=object)))
+        for column in obs.columns:
+            self._append_column(str(column), obs[column])
+        self.n_cells += X.shape[0]
+        self.nnz += X.nnz
+
+    def _append_column(self, name: str, values: pd.Series) -> None:
+        if name not in self.columns:
+            if self.n_cells:
+                raise InputError(f"obs column {name!r} is missing from an earlier source")
+            self.columns[name] = []
+            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(
+                values
+            )
+            if not numeric:
+                self.categories[name] = {}
+        if name in self.categories:
+            lookup = self.categories[name]
+            strings = io.as_strings(values)
+            for value in pd.unique(strings.dropna()):
+                lookup.setdefault(value, len(lookup))
+            codes = strings.map(lookup).fillna(-1).to_numpy(np.int32)
+            self.columns[name].append(codes)
+        else:
+            self.columns[name].append(values.to_numpy(np.float64))
+
+    def close_files(self) -> None:
+        for handle in [*self.files.values(), self.names]:
+            handle.close()
+
+    def close(self, extra: dict | None = None) -> None:
+        self.close_files()
+        (self.folder / "obs").mkdir()
+        hashes = np.concatenate(self.name_hashes) if self.name_hashes else np.zeros(0)
+        unique_names = np.unique(hashes).size == hashes.size
+        if not unique_names:  # e.g. 10x barcodes repeat across samples; rows stay the key
+            log.warning("cell names repeat across sources; outputs carry the store row too")
+        columns = {}
+        for i, (name, parts) in enumerate(self.columns.items()):
+            np.save(self.folder / "obs" / f"{i}.npy", np.concatenate(parts))
+            categories = self.categories.get(name)
+            columns[name] = {"file": f"obs/{i}.npy", "categories": categories and list(categories)}
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "n_cells": self.n_cells,
+            "n_genes": len(self.vocabulary.ids),
+            "nnz": self.nnz,
+            "dtypes": {name: np.dtype(t).str for name, t in ARRAYS.items()},
+            "target_sum": self.target_sum,
+            "genes": self.vocabulary.to_dict(),
+            "columns": columns,
+            "sources": self.sources,
+            "unique_names": unique_names,
+            **(extra or {}),
+        }
+        (self.folder / MARKER).write_text(json.dumps(meta, indent=1))
+
+
+@dataclass
+class Store:
+    """A read-only store; `read_block`/`read_rows` return raw count-space rows."""
+
+    path: Path
+    meta: dict
+    indptr: np.ndarray
+    _files: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        path = Path(path)
+        if not is_store(path):
+            msg = f"{path} is not a sclabel store (no {MARKER}); build one with `sclabel store`"
+            raise InputError(msg)
+        meta = json.loads((path / MARKER).read_text())
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            msg = (
+                f"{path}: store format {meta.get('format')} v{meta.get('version')} is not "
+                f"{FORMAT} v{VERSION}; rebuild it with this sclabel version"
+            )
+            raise InputError(msg)
+        indptr = np.fromfile(path / "indptr.bin", dtype=np.int64)
+        if indptr.size != meta["n_cells"] + 1 or indptr[-1] != meta["nnz"]:
+            raise InputError(f"{path} is incomplete or damaged (row pointers do not match)")
+        for name in ("indices", "data"):
+            size = (path / f"{name}.bin").stat().st_size
+            if size != meta["nnz"] * np.dtype(ARRAYS[name]).itemsize:
+                raise InputError(f"{path}/{name}.bin has the wrong size; rebuild the store")
+        return cls(path, meta, indptr)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.meta["n_cells"])
+
+    @property
+    def vocabulary(self) -> genes.Vocabulary:
+        return genes.Vocabulary.from_dict(self.meta["genes"])
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.meta["columns"])
+
+    def column(self, name: str) -> pd.Series:
+        """One obs column for every cell: categorical (strings) or numeric."""
+        if name not in self.meta["columns"]:
+            msg = f"column {name!r} is not in the store; available: {self.columns}"
+            raise InputError(msg)
+        info = self.meta["columns"][name]
+        values = np.load(self.path / info["file"], allow_pickle=False)
+        if info["categories"] is None:
+            return pd.Series(values, name=name)
+        return pd.Series(
+            pd.Categorical.from_codes(values, categories=info["categories"]), name=name
+        )
+
+    def obs_names(self) -> pd.Index:
+        with open(self.path / "obs_names.txt", encoding="utf-8") as handle:
+            return pd.Index(handle.read().splitlines(), name="cell")
+
+    def size_factors(self) -> np.ndarray:
+        return np.fromfile(self.path / "size_factor.bin", dtype=np.float32)
+
+    def read_block(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows start:stop as a CSR of raw count-space values: one read per array."""
+        window, _ = self.read_runs(np.arange(start, stop))
+        return window
+
+    def read_rows(self, rows: np.ndarray) -> sp.csr_matrix:
+        """Rows in the given (any) order, as a CSR of raw count-space values."""
+        rows = np.asarray(rows, dtype=np.int64)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        window, local = self.read_runs(unique)
+        return window[local[inverse]]
+
+    def read_runs(self, rows: np.ndarray, *, max_gap: int = 64):
+        """Read sorted unique `rows`, each run of nearby rows with one contiguous read.
+
+        Returns the CSR of the rows read, which include the gaps of up to `max_gap` rows
+        between runs (a few cells too many cost less than another system call), and each
+        requested row's position in it.
+        """
+        n_genes = int(self.meta["n_genes"])
+        if rows.size == 0:
+            return sp.csr_matrix((0, n_genes), dtype=np.float32), np.zeros(0, np.int64)
+        breaks = np.flatnonzero(np.diff(rows) > max_gap) + 1
+        first = rows[np.r_[0, breaks]]
+        last = rows[np.r_[breaks - 1, rows.size - 1]] + 1
+        lo, hi = self.indptr[first], self.indptr[last]
+        nnz = np.r_[0, np.cumsum(hi - lo)]
+        indices = np.empty(int(nnz[-1]), np.int32)
+        data = np.empty(int(nnz[-1]), np.float32)
+        for i in range(first.size):
+            self._pread("indices", indices[nnz[i] : nnz[i + 1]], int(lo[i]))
+            self._pread("data", data[nnz[i] : nnz[i + 1]], int(lo[i]))
+        pieces = [
+            self.indptr[a:b] - start + offset
+            for a, b, start, offset in zip(first, last, lo, nnz, strict=False)
+        ]
+        indptr = np.concatenate([*pieces, nnz[-1:]])
+        window = sp.csr_matrix((data, indices, indptr), shape=(indptr.size - 1, n_genes))
+        row_offsets = np.r_[0, np.cumsum(last - first)[:-1]]
+        run_of = np.searchsorted(first, rows, side="right") - 1
+        return window, row_offsets[run_of] + rows - first[run_of]
+
+    def _pread(self, name: str, out: np.ndarray, start: int) -> None:
+        """Fill `out` from item `start` of an array file by positional reads. Not a memory
+        map: the pages read stay in the page cache and do not count as this process's memory,
+        and one file descriptor serves every thread."""
+        if name not in self._files:
+            self._files[name] = os.open(self.path / f"{name}.bin", os.O_RDONLY)
+        view = memoryview(out).cast("B")
+        offset = start * out.itemsize
+        done = 0
+        while done < view.nbytes:
+            n = os.preadv(self._files[name], [view[done:]], offset + done)
+            if n == 0:
+                raise InputError(f"{self.path}/{name}.bin ended early; rebuild the store")
+            done += n
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def build_store(
+    sources: Sequence[str | Path | ad.AnnData],
+    out: str | Path,
+    *,
+    columns: Iterable[str] | None = None,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    vocabulary: genes.Vocabulary | None = None,
+    target_sum: float = 1e4,
+    min_gene_coverage: float = 0.5,
+    chunk_size: int = 16_384,
+    progress: bool = True,
+) -> Store:
+    """Convert AnnData sources (backed `.h5ad` paths read chunk by chunk, so bigger than
+    memory) into one store over one gene vocabulary (the first source's unless given).
+
+    `columns`: obs columns to carry (default: those every source has).
+    """
+    from tqdm.auto import tqdm
+
+    if not sources:
+        raise InputError("no input files given")
+    opened = [_open_source(s) for s in sources]
+    if columns is None:
+        common = set.intersection(*(set(a.obs.columns) for a in opened))
+        columns = [c for c in opened[0].obs.columns if c in common]
+    columns = list(columns)
+    for source, adata in zip(sources, opened, strict=True):
+        missing = [c for c in columns if c not in adata.obs.columns]
+        if missing:
+            raise InputError(f"{_name(source)} lacks obs column(s) {missing}")
+    if vocabulary is None:
+        vocabulary, gene_key = genes.Vocabulary.from_var(io.matrix(opened[0], layer)[1], gene_key)
+    total = sum(a.n_obs for a in opened)
+    bar = tqdm(total=total, desc="building store", unit="cell", disable=not progress)
+    with atomic_dir(out, marker=MARKER, what="store") as folder:
+        writer = StoreWriter(folder, vocabulary, target_sum=target_sum)
+        try:
+            for source, adata in zip(sources, opened, strict=True):
+                X, var = io.matrix(adata, layer)
+                values = io.detect_values(X)
+                alignment = genes.align(
+                    var, vocabulary, gene_key=gene_key, min_coverage=min_gene_coverage
+                )
+                for start in range(0, adata.n_obs, chunk_size):
+                    stop = min(start + chunk_size, adata.n_obs)
+                    chunk, factor = count_space(X[start:stop], values.kind, target_sum, start)
+                    obs = adata.obs.iloc[start:stop][columns]
+                    writer.append(alignment.apply(chunk), factor, obs)
+                    bar.update(stop - start)
+                writer.sources.append(
+                    {
+                        "source": _name(source),
+                        "first_row": writer.n_cells - adata.n_obs,
+                        "n_cells": adata.n_obs,
+                        "values": values.kind,
+                        "gene_coverage": alignment.coverage,
+                    }
+                )
+        finally:
+            bar.close()
+            writer.close_files()
+        writer.close({"gene_key": gene_key})
+    return Store.open(out)
+
+
+def count_space(chunk, kind: io.ValueKind, target_sum: float, first_row: int):
+    """Validate a raw chunk; return (count-space CSR over its own genes, size factors)."""
+    chunk = to_csr(chunk)
+    io.check_chunk(chunk, kind, first_row)
+    if kind == "counts":
+        totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel()
+        return chunk, (target_sum / totals).astype(np.float32)
+    chunk = chunk.copy()
+    np.expm1(chunk.data, out=chunk.data)
+    return chunk, np.ones(chunk.shape[0], np.float32)
+
+
+def _open_source(source) -> ad.AnnData:
+    if isinstance(source, ad.AnnData):
+        io.check_cells(source)
+        return source
+    return io.read(source, backed=True)
+
+
+def _name(source) -> str:
+    return "<AnnData>" if isinstance(source, ad.AnnData) else str(source)
