@@ -27,6 +27,8 @@ EXAMPLES = {
     "prepare": "sclabel prepare atlas.h5ad --label-key cell_type --donor-key donor_id "
     '--assays "10x 3\' v3" --out prepared.h5ad',
     "demo": "sclabel demo --out sclabel-demo",
+    "store": "sclabel store part1.h5ad part2.h5ad --label-key cell_type --split-by donor "
+    "--out atlas.store",
     "import-celltypist": "sclabel import-celltypist Immune_All_Low.pkl --out immune-model",
 }
 
@@ -55,7 +57,13 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     def input_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("input", help=".h5ad, 10x directory, 10x .h5, .csv or .tsv")
+        p.add_argument(
+            "input",
+            help=".h5ad, 10x directory, 10x .h5, .csv, .tsv, a SOMA experiment or a store",
+        )
+        p.add_argument(
+            "--obs-filter", help="SOMA input: obs value filter, e.g. \"tissue == 'blood'\""
+        )
         p.add_argument("--layer", help="matrix to use instead of X: a layer name or 'raw'")
         p.add_argument("--gene-key", help="var column with gene ids ('var_names' for the index)")
         p.add_argument("--backed", action="store_true", help="stream an .h5ad from disk")
@@ -109,6 +117,26 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--accelerator", default="cpu", help="cpu, gpu, cuda, mps or auto")
     train.add_argument("--devices", default="1", help="number of devices or 'auto'")
     train.add_argument("--precision", default="32-true", help="e.g. 32-true, bf16-mixed, 16-mixed")
+    train.add_argument("--strategy", default="auto", help="e.g. ddp (with --devices N), auto")
+    train.add_argument(
+        "--num-nodes", type=int, default=1, help="machines (torchrun/SLURM set the ranks)"
+    )
+    train.add_argument("--workers", type=int, default=1, help="store input: reader threads")
+
+    store = command("store", "Convert .h5ad files or SOMA experiments into an on-disk store.")
+    store.add_argument("inputs", nargs="+", help=".h5ad files (read backed) or SOMA experiments")
+    store.add_argument("--out", required=True, help="store folder to write")
+    store.add_argument("--columns", help="comma-separated obs columns (default: all shared)")
+    store.add_argument("--layer", help="matrix to use instead of X: a layer name or 'raw'")
+    store.add_argument("--gene-key", help="var column with gene ids ('var_names' for the index)")
+    store.add_argument("--obs-filter", help="SOMA inputs: obs value filter")
+    store.add_argument("--label-key", help="record a train/val/test split stratified by this")
+    store.add_argument("--split-by", help="...grouped by this obs column (e.g. donor)")
+    store.add_argument(
+        "--split-fractions", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar="F"
+    )
+    store.add_argument("--seed", type=int, default=0)
+    store.add_argument("--chunk-size", type=int, default=16384, help="cells read at a time")
 
     predict = command("predict", "Predict labels for every cell of a dataset.")
     input_options(predict)
@@ -228,6 +256,19 @@ def _devices(value: str):
     return value if value == "auto" else int(value)
 
 
+def _read_anndata(args):
+    """INPUT as an AnnData (file, or SOMA selection); a store is for train and predict only."""
+    from sclabel.data.io import open_input
+    from sclabel.data.store import Store
+
+    filter_ = getattr(args, "obs_filter", None)  # prepare has no --obs-filter
+    data = open_input(args.input, backed=args.backed, obs_filter=filter_)
+    if isinstance(data, Store):
+        msg = f"sclabel {args.command} reads .h5ad or SOMA input; a store works with train/predict"
+        raise InputError(msg)
+    return data
+
+
 def _predict_options(args) -> dict:
     return {
         "layer": args.layer,
@@ -239,10 +280,15 @@ def _predict_options(args) -> dict:
 
 
 def _run_train(args) -> None:
-    from sclabel import read, train
+    from sclabel import train
+    from sclabel.data.io import open_input
+    from sclabel.data.store import Store
 
+    data = open_input(args.input, backed=args.backed, obs_filter=args.obs_filter)
+    if isinstance(data, Store) and args.report:
+        raise InputError("--report needs an .h5ad; test metrics of a store run are in metrics.json")
     model = train(
-        read(args.input, backed=args.backed),
+        data,
         label_key=args.label_key,
         split_by=args.split_by,
         split_key=args.split_key,
@@ -253,6 +299,7 @@ def _run_train(args) -> None:
         layer=args.layer,
         gene_key=args.gene_key,
         ensemble=args.ensemble,
+        loader={"workers": args.workers} if isinstance(data, Store) else None,
         **_given(
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
@@ -264,6 +311,8 @@ def _run_train(args) -> None:
             accelerator=args.accelerator,
             devices=_devices(args.devices),
             precision=args.precision,
+            strategy=args.strategy,
+            num_nodes=args.num_nodes,
             progress=not args.quiet,
         ),
     )
@@ -276,7 +325,7 @@ def _run_train(args) -> None:
         print(f"split written to {args.export_split}")
     if args.report:
         report = model.evaluate(
-            read(args.input, backed=args.backed),
+            open_input(args.input, backed=args.backed, obs_filter=args.obs_filter),
             split="test",
             out_dir=args.report,
             layer=args.layer,
@@ -289,14 +338,14 @@ def _run_train(args) -> None:
 def _run_predict(args) -> None:
     import anndata as ad
 
-    from sclabel import Model, read
+    from sclabel import Model
     from sclabel._atomic import atomic_path
 
     out = Path(args.out)
     if out.suffix.lower() not in {".csv", ".tsv", ".parquet", ".h5ad"}:
         raise InputError(f"--out must end in .csv, .tsv, .parquet or .h5ad, got {out.name}")
     model = Model.load(args.model)
-    adata = read(args.input, backed=args.backed)
+    adata = _read_anndata(args)
     prediction = model.predict(adata, chunk_size=args.chunk_size, **_predict_options(args))
     if out.suffix.lower() == ".h5ad":
         if adata.isbacked:  # copying a huge matrix is not what streaming is for
@@ -314,11 +363,11 @@ def _run_predict(args) -> None:
 
 
 def _run_evaluate(args) -> None:
-    from sclabel import Model, read
+    from sclabel import Model
 
     model = Model.load(args.model)
     report = model.evaluate(
-        read(args.input, backed=args.backed),
+        _read_anndata(args),
         label_key=args.label_key,
         split=args.split,
         out_dir=args.out,
@@ -336,11 +385,10 @@ def _run_evaluate(args) -> None:
 
 def _harness_data(args):
     """Normalized train/val/test matrices for the benchmark and scaling commands."""
-    from sclabel import read
     from sclabel.config import DataConfig
     from sclabel.training.api import load_training_data
 
-    adata = read(args.input, backed=args.backed)
+    adata = _read_anndata(args)
     config = DataConfig(
         label_key=args.label_key,
         split_by=args.split_by,
@@ -425,12 +473,11 @@ def _run_info(args) -> None:
 
 
 def _run_prepare(args) -> None:
-    from sclabel import read
     from sclabel.prepare import check_out, prepare, write
 
     check_out(args.out)  # before the (possibly long) read
     adata, report = prepare(
-        read(args.input, backed=args.backed),
+        _read_anndata(args),
         label_key=args.label_key,
         donor_key=args.donor_key,
         primary_key=args.primary_key,
@@ -450,6 +497,32 @@ def _run_prepare(args) -> None:
         print(report.to_markdown())
     print(f"{adata.n_obs} cells of {report.steps[-1]['types_after']} cell types kept")
     print("written to " + ", ".join(map(str, paths)))
+
+
+def _run_store(args) -> None:
+    from sclabel.data.soma import is_soma, open_soma
+    from sclabel.data.store_build import build_store
+
+    sources = [open_soma(p, obs_filter=args.obs_filter) if is_soma(p) else p for p in args.inputs]
+    if args.obs_filter and not any(is_soma(p) for p in args.inputs):
+        raise InputError("--obs-filter applies to SOMA inputs only")
+    store = build_store(
+        sources,
+        args.out,
+        columns=args.columns.split(",") if args.columns else None,
+        layer=args.layer,
+        gene_key=args.gene_key,
+        label_key=args.label_key,
+        split_by=args.split_by,
+        split_fractions=tuple(args.split_fractions),
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+    )
+    size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    print(f"{store.n_cells} cells x {store.meta['n_genes']} genes, {size / 1e9:.2f} GB")
+    print(f"columns: {', '.join(store.columns)}")
+    print(f"written to {store.path}")
 
 
 def _run_demo(args) -> None:
@@ -475,6 +548,7 @@ RUNNERS = {
     "scaling": _run_scaling,
     "prepare": _run_prepare,
     "demo": _run_demo,
+    "store": _run_store,
     "import-celltypist": _run_import_celltypist,
 }
 

@@ -76,6 +76,8 @@ class TrainConfig(_JSONConfig):
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1
+    strategy: str = "auto"  # "ddp" for several devices; Fabric picks up torchrun/SLURM ranks
+    num_nodes: int = 1
     precision: str = "32-true"
     progress: bool = True
 

@@ -138,6 +138,24 @@ def _read_table(path: Path) -> ad.AnnData:
     )
 
 
+def open_input(path: str | Path, *, backed: bool = False, obs_filter: str | None = None):
+    """What the CLI's INPUT names: a `Store` folder, a SOMA experiment (its cells selected by
+    `obs_filter`, read into memory) or any file `read` takes."""
+    from sclabel.data.soma import is_soma, open_soma
+    from sclabel.data.store import Store, is_store
+
+    if is_store(path):
+        if obs_filter:
+            raise InputError("--obs-filter applies to SOMA experiments, not to a store")
+        return Store.open(path)
+    if is_soma(path):
+        with open_soma(path, obs_filter=obs_filter) as source:
+            return source.to_anndata()
+    if obs_filter:
+        raise InputError("--obs-filter applies to SOMA experiments only")
+    return read(path, backed=backed)
+
+
 def as_strings(values: pd.Series) -> pd.Series:
     """An obs column as str values (categories and numbers alike), missing values kept as NaN."""
     values = values.astype(object)

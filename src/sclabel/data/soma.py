@@ -108,6 +108,7 @@ class SomaSource:
         self._soma = _tiledbsoma()
         self._experiment = experiment
         self.uri = experiment.uri
+        self.name = f"{self.uri} [{obs_filter}]" if obs_filter else str(self.uri)
         ms, self._X = self._x_layer(measurement, layer)
         self.var, self._var_ids = _read_var(ms, var_key)
         self.obs, self._obs_ids = self._read_obs(measurement, obs_filter, obs_columns)

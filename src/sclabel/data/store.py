@@ -23,18 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sclabel._atomic import atomic_dir
 from sclabel.data import genes, io
-from sclabel.data.normalize import to_csr
 from sclabel.errors import InputError
 
 log = logging.getLogger("sclabel")
@@ -108,6 +104,22 @@ class StoreWriter:
             self.columns[name].append(codes)
         else:
             self.columns[name].append(values.to_numpy(np.float64))
+
+    def values(self, name: str) -> pd.Series:
+        """A column written so far, as strings (categorical) or numbers."""
+        values = np.concatenate(self.columns[name])
+        if name not in self.categories:
+            return pd.Series(values)
+        categories = np.asarray([*self.categories[name], None], dtype=object)
+        return pd.Series(categories[values])  # code -1 (missing) picks the trailing None
+
+    def add_column(self, name: str, values: pd.Series) -> None:
+        """A whole column computed after the rows were written (e.g. the split)."""
+        self.columns.pop(name, None)
+        self.categories.pop(name, None)
+        n_cells, self.n_cells = self.n_cells, 0
+        self._append_column(name, values)
+        self.n_cells = n_cells
 
     def close_files(self) -> None:
         for handle in [*self.files.values(), self.names]:
@@ -269,92 +281,3 @@ class Store:
 
     def __del__(self) -> None:
         self.close()
-
-
-def build_store(
-    sources: Sequence[str | Path | ad.AnnData],
-    out: str | Path,
-    *,
-    columns: Iterable[str] | None = None,
-    layer: str | None = None,
-    gene_key: str | None = None,
-    vocabulary: genes.Vocabulary | None = None,
-    target_sum: float = 1e4,
-    min_gene_coverage: float = 0.5,
-    chunk_size: int = 16_384,
-    progress: bool = True,
-) -> Store:
-    """Convert AnnData sources (backed `.h5ad` paths read chunk by chunk, so bigger than
-    memory) into one store over one gene vocabulary (the first source's unless given).
-
-    `columns`: obs columns to carry (default: those every source has).
-    """
-    from tqdm.auto import tqdm
-
-    if not sources:
-        raise InputError("no input files given")
-    opened = [_open_source(s) for s in sources]
-    if columns is None:
-        common = set.intersection(*(set(a.obs.columns) for a in opened))
-        columns = [c for c in opened[0].obs.columns if c in common]
-    columns = list(columns)
-    for source, adata in zip(sources, opened, strict=True):
-        missing = [c for c in columns if c not in adata.obs.columns]
-        if missing:
-            raise InputError(f"{_name(source)} lacks obs column(s) {missing}")
-    if vocabulary is None:
-        vocabulary, gene_key = genes.Vocabulary.from_var(io.matrix(opened[0], layer)[1], gene_key)
-    total = sum(a.n_obs for a in opened)
-    bar = tqdm(total=total, desc="building store", unit="cell", disable=not progress)
-    with atomic_dir(out, marker=MARKER, what="store") as folder:
-        writer = StoreWriter(folder, vocabulary, target_sum=target_sum)
-        try:
-            for source, adata in zip(sources, opened, strict=True):
-                X, var = io.matrix(adata, layer)
-                values = io.detect_values(X)
-                alignment = genes.align(
-                    var, vocabulary, gene_key=gene_key, min_coverage=min_gene_coverage
-                )
-                for start in range(0, adata.n_obs, chunk_size):
-                    stop = min(start + chunk_size, adata.n_obs)
-                    chunk, factor = count_space(X[start:stop], values.kind, target_sum, start)
-                    obs = adata.obs.iloc[start:stop][columns]
-                    writer.append(alignment.apply(chunk), factor, obs)
-                    bar.update(stop - start)
-                writer.sources.append(
-                    {
-                        "source": _name(source),
-                        "first_row": writer.n_cells - adata.n_obs,
-                        "n_cells": adata.n_obs,
-                        "values": values.kind,
-                        "gene_coverage": alignment.coverage,
-                    }
-                )
-        finally:
-            bar.close()
-            writer.close_files()
-        writer.close({"gene_key": gene_key})
-    return Store.open(out)
-
-
-def count_space(chunk, kind: io.ValueKind, target_sum: float, first_row: int):
-    """Validate a raw chunk; return (count-space CSR over its own genes, size factors)."""
-    chunk = to_csr(chunk)
-    io.check_chunk(chunk, kind, first_row)
-    if kind == "counts":
-        totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel()
-        return chunk, (target_sum / totals).astype(np.float32)
-    chunk = chunk.copy()
-    np.expm1(chunk.data, out=chunk.data)
-    return chunk, np.ones(chunk.shape[0], np.float32)
-
-
-def _open_source(source) -> ad.AnnData:
-    if isinstance(source, ad.AnnData):
-        io.check_cells(source)
-        return source
-    return io.read(source, backed=True)
-
-
-def _name(source) -> str:
-    return "<AnnData>" if isinstance(source, ad.AnnData) else str(source)

@@ -44,7 +44,11 @@ def make_fabric(config: TrainConfig):
     from lightning.fabric import Fabric
 
     fabric = Fabric(
-        accelerator=config.accelerator, devices=config.devices, precision=config.precision
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=config.precision,
     )
     fabric.launch()
     return fabric

@@ -1,0 +1,152 @@
+"""Build a store from AnnData files, SOMA experiments or generated cells, chunk by chunk.
+
+Every source is aligned to one gene vocabulary, validated row by row, and written in count
+space with its size factors (see `store.py`); a train/val/test split can be recorded as a
+column so every run on the store uses the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+from sclabel._atomic import atomic_dir
+from sclabel.data import genes, io
+from sclabel.data.normalize import to_csr
+from sclabel.data.splits import make_split
+from sclabel.data.store import MARKER, Store, StoreWriter
+from sclabel.errors import InputError
+
+
+class AnnDataSource:
+    """An AnnData (in memory or backed `.h5ad`) as a source of row chunks for a store."""
+
+    def __init__(self, source: str | Path | ad.AnnData, layer: str | None = None):
+        if isinstance(source, ad.AnnData):
+            io.check_cells(source)
+            self.adata, self.name = source, "<AnnData>"
+        else:
+            self.adata, self.name = io.read(source, backed=True), str(source)
+        self.X, self.var = io.matrix(self.adata, layer)
+        self.obs = self.adata.obs
+        self.n_cells = self.adata.n_obs
+
+    def iter_chunks(self, chunk_size: int):
+        for start in range(0, self.n_cells, chunk_size):
+            stop = min(start + chunk_size, self.n_cells)
+            yield self.X[start:stop], self.obs.iloc[start:stop]
+
+
+def build_store(
+    sources: Sequence,
+    out: str | Path,
+    *,
+    columns: Iterable[str] | None = None,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    vocabulary: genes.Vocabulary | None = None,
+    target_sum: float = 1e4,
+    min_gene_coverage: float = 0.5,
+    chunk_size: int = 16_384,
+    split_by: str | None = None,
+    label_key: str | None = None,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    progress: bool = True,
+) -> Store:
+    """Convert sources into one store over one gene vocabulary (the first source's unless
+    given), chunk by chunk, so inputs may be bigger than memory.
+
+    Sources: `.h5ad` paths (read backed), AnnData objects, or any object with `var`,
+    `obs_columns` or `obs`, `n_cells`, `name` and `iter_chunks(chunk_size)` yielding (raw
+    rows, obs) (a `SomaSource`, a generator). `columns`: obs columns to carry (default:
+    those every source has). With `label_key` (and optionally `split_by` groups, e.g.
+    donors), a train/val/test `split` column is recorded too.
+    """
+    from tqdm.auto import tqdm
+
+    if not sources:
+        raise InputError("no input files given")
+    opened = [s if hasattr(s, "iter_chunks") else AnnDataSource(s, layer) for s in sources]
+    available = [_obs_columns(s) for s in opened]
+    if columns is None:
+        columns = [c for c in available[0] if all(c in a for a in available)]
+    columns = list(columns)
+    for wanted in (label_key, split_by):
+        if wanted is not None and wanted not in columns:
+            columns.append(wanted)
+    for source, names in zip(opened, available, strict=True):
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise InputError(f"{source.name} lacks obs column(s) {missing}; have {names}")
+    if vocabulary is None:
+        vocabulary, gene_key = genes.Vocabulary.from_var(opened[0].var, gene_key)
+    total = sum(s.n_cells for s in opened)
+    bar = tqdm(total=total, desc="building store", unit="cell", disable=not progress)
+    with atomic_dir(out, marker=MARKER, what="store") as folder:
+        writer = StoreWriter(folder, vocabulary, target_sum=target_sum)
+        try:
+            for source in opened:
+                _append_source(
+                    writer, source, columns, gene_key, min_gene_coverage, chunk_size, bar
+                )
+        finally:
+            bar.close()
+            writer.close_files()
+        extra: dict = {"gene_key": gene_key}
+        if label_key is not None:
+            labels, groups = writer.values(label_key), split_by and writer.values(split_by)
+            labeled = labels.notna()
+            split = make_split(
+                labels[labeled],
+                groups=groups[labeled] if split_by else None,
+                fractions=split_fractions,
+                seed=seed,
+            )
+            writer.add_column("split", split.reindex(labels.index))
+            extra["split"] = {"label_key": label_key, "split_by": split_by, "seed": seed}
+        writer.close(extra)
+    return Store.open(out)
+
+
+def _append_source(writer, source, columns, gene_key, min_gene_coverage, chunk_size, bar):
+    alignment = genes.align(
+        source.var, writer.vocabulary, gene_key=gene_key, min_coverage=min_gene_coverage
+    )
+    kind, start = None, writer.n_cells
+    for chunk, obs in source.iter_chunks(chunk_size):
+        if kind is None:  # judged on the first chunk; every chunk is then checked against it
+            kind = io.detect_values(chunk).kind
+        chunk, factor = count_space(chunk, kind, writer.target_sum, writer.n_cells - start)
+        writer.append(alignment.apply(chunk), factor, obs[columns])
+        bar.update(chunk.shape[0])
+    if writer.n_cells - start != source.n_cells:
+        raise InputError(f"{source.name}: expected {source.n_cells} cells, read fewer")
+    writer.sources.append(
+        {
+            "source": source.name,
+            "first_row": start,
+            "n_cells": source.n_cells,
+            "values": kind,
+            "gene_coverage": alignment.coverage,
+        }
+    )
+
+
+def _obs_columns(source) -> list[str]:
+    return [str(c) for c in getattr(source, "obs_columns", None) or source.obs.columns]
+
+
+def count_space(chunk, kind: io.ValueKind, target_sum: float, first_row: int):
+    """Validate a raw chunk; return (count-space CSR over its own genes, size factors)."""
+    chunk = to_csr(chunk)
+    io.check_chunk(chunk, kind, first_row)
+    if kind == "counts":
+        totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel()
+        return chunk, (target_sum / totals).astype(np.float32)
+    chunk = chunk.copy()
+    np.expm1(chunk.data, out=chunk.data)
+    return chunk, np.ones(chunk.shape[0], np.float32)
