@@ -146,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
     predict.add_argument("--chunk-size", type=int, default=8192, help="rows read at a time")
     predict.add_argument("--key-added", default="sclabel", help="prefix of the obs/obsm keys")
+    predict.add_argument(
+        "--resume", action="store_true", help="continue an interrupted streaming prediction"
+    )
 
     evaluate = command("evaluate", "Score a model against known labels and write a report.")
     input_options(evaluate)
@@ -340,12 +343,30 @@ def _run_predict(args) -> None:
 
     from sclabel import Model
     from sclabel._atomic import atomic_path
+    from sclabel.data.io import open_input
+    from sclabel.data.store import Store
+    from sclabel.predict_stream import predict_to_file
 
     out = Path(args.out)
     if out.suffix.lower() not in {".csv", ".tsv", ".parquet", ".h5ad"}:
         raise InputError(f"--out must end in .csv, .tsv, .parquet or .h5ad, got {out.name}")
     model = Model.load(args.model)
-    adata = _read_anndata(args)
+    data = open_input(args.input, backed=args.backed, obs_filter=args.obs_filter)
+    if isinstance(data, Store) or args.backed or args.resume:
+        result = predict_to_file(
+            model,
+            data,
+            out,
+            key_added=args.key_added,
+            chunk_size=args.chunk_size,
+            resume=args.resume,
+            **_predict_options(args),
+        )
+        print(f"{result.n_cells} cells predicted ({result.coverage:.1%} gene coverage)")
+        print(result.label_counts.sort_values(ascending=False).head(10).to_string())
+        print(f"written to {out}")
+        return
+    adata = data
     prediction = model.predict(adata, chunk_size=args.chunk_size, **_predict_options(args))
     if out.suffix.lower() == ".h5ad":
         if adata.isbacked:  # copying a huge matrix is not what streaming is for

@@ -98,7 +98,7 @@ class StoreRows:
             world_size=world_size,
             block_size=self.block_size,
         )
-        if shuffle:  # shuffle cells within each window of buffer_batches batches
+        if shuffle and self.buffer_batches > 1:  # mix cells across the window's batches
             plan = _shuffle_windows(plan, self.buffer_batches, seed, epoch, rank)
         windows = [
             plan[i : i + self.buffer_batches] for i in range(0, len(plan), self.buffer_batches)

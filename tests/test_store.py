@@ -1,0 +1,163 @@
+"""The on-disk store: building, reading, block-shuffled batches, training and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import sclabel
+from sclabel.data import genes
+from sclabel.data.normalize import iter_prepared
+from sclabel.data.store import Store
+from sclabel.data.store_build import build_store
+from sclabel.data.store_loader import StoreRows
+from sclabel.errors import InputError
+
+FAST = {"max_epochs": 6, "batch_size": 128, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return sclabel.datasets.synthetic(1500, 200, 4, 8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def store(cells, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("store")
+    cells[:500].write_h5ad(folder / "a.h5ad")
+    cells[500:].write_h5ad(folder / "b.h5ad")
+    return build_store(
+        [folder / "a.h5ad", folder / "b.h5ad"],  # read backed, chunk by chunk
+        folder / "atlas",
+        label_key="cell_type",
+        split_by="donor",
+        chunk_size=128,
+        progress=False,
+    )
+
+
+def normalized(adata, vocabulary) -> sp.csr_matrix:
+    alignment = genes.align(adata.var, vocabulary, min_coverage=1.0)
+    return sp.vstack(list(iter_prepared(adata.X, kind="counts", alignment=alignment)))
+
+
+def test_store_rows_equal_in_memory_normalization(cells, store):
+    expected = normalized(cells, store.vocabulary)
+    rows = StoreRows(store, np.arange(store.n_cells))
+    order = np.random.default_rng(0).permutation(store.n_cells)
+    assert abs(rows[order] - expected[order]).max() < 1e-6
+    assert store.obs_names().equals(cells.obs_names)
+    assert (store.column("cell_type").astype(str).to_numpy() == cells.obs["cell_type"]).all()
+    assert [s["n_cells"] for s in store.meta["sources"]] == [500, 1000]
+
+
+def test_recorded_split_keeps_each_donor_in_one_part(store):
+    split = store.column("split").astype(str)
+    donor = store.column("donor").astype(str)
+    assert set(split) == {"train", "val", "test"}
+    assert (split.groupby(donor).nunique() == 1).all()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epoch_visits_every_cell_once_in_shuffled_blocks(cells, store, workers):
+    expected = normalized(cells, store.vocabulary).toarray()
+    rows = StoreRows(store, np.arange(store.n_cells), block_size=16, workers=workers)
+    ids = np.arange(store.n_cells)
+    seen = []
+    for batch in rows.batches(ids, batch_size=100, shuffle=True, seed=1, epoch=0):
+        index = batch["y"].numpy()
+        np.testing.assert_allclose(batch["x"].numpy(), expected[index], atol=1e-6)
+        seen.append(index)
+    seen = np.concatenate(seen)
+    assert np.array_equal(np.sort(seen), ids)
+    assert not np.array_equal(seen, ids)
+    again = np.concatenate([b["y"].numpy() for b in rows.batches(ids, batch_size=100, epoch=1)])
+    assert np.array_equal(again, ids)  # no shuffle: store order
+
+
+def test_threads_give_the_same_batches_as_inline_reading(store):
+    ids = np.arange(store.n_cells)
+    runs = []
+    for workers in (0, 3):
+        rows = StoreRows(store, ids, block_size=8, buffer_batches=2, workers=workers)
+        runs.append([b["y"].numpy().copy() for b in rows.batches(ids, batch_size=64, shuffle=True)])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_disjoint_shards_with_equal_step_counts(store, world_size):
+    ids = np.arange(store.n_cells)
+    rows = StoreRows(store, ids, block_size=32, workers=0)
+    shards = [
+        [b["y"].numpy() for b in rows.batches(ids, batch_size=64, shuffle=True, rank=r,
+                                              world_size=world_size)]
+        for r in range(world_size)
+    ]  # fmt: skip
+    assert len({len(s) for s in shards}) == 1
+    cells = np.concatenate([np.concatenate(s) for s in shards])
+    assert np.array_equal(np.sort(cells), ids)
+
+
+def test_training_from_store_matches_training_in_memory(cells, store):
+    options = {"label_key": "cell_type", "split_key": "split", "model": "mlp", **FAST}
+    adata = cells.copy()
+    adata.obs["split"] = store.column("split").astype(str).to_numpy()
+    in_memory = sclabel.train(adata, **options)
+    # one-cell blocks and one-batch windows: the same cells in every batch as in memory
+    exact = sclabel.train(store, loader={"block_size": 1, "buffer_batches": 1}, **options)
+    test = adata[adata.obs["split"] == "test"]
+    np.testing.assert_allclose(
+        exact.predict(test).probabilities, in_memory.predict(test).probabilities, atol=1e-4
+    )
+    streamed = sclabel.train(store, **options)  # default block shuffle, reader thread
+    assert streamed.metrics["n_cells"] == in_memory.metrics["n_cells"]
+    scores = [m.metrics["test"]["macro_f1"] for m in (in_memory, streamed)]
+    assert scores[0] > 0.9
+    assert scores[1] == pytest.approx(scores[0], abs=0.03)
+
+
+def test_store_trained_model_names_its_split_and_saves(store, tmp_path):
+    model = sclabel.train(store, label_key="cell_type", split_by="donor", model="linear", **FAST)
+    assert set(model.split["split"]) == {"train", "val", "test"}
+    assert model.split.index[0] in set(store.obs_names())
+    model.save(tmp_path / "m")
+    by_column = sclabel.train(store, label_key="cell_type", split_key="split", model="linear",
+                              **FAST)  # fmt: skip
+    assert by_column.metrics["split"]["split_key"] == "split"
+
+
+def test_celltypist_family_is_refused_from_a_store(store):
+    with pytest.raises(InputError, match="fitted in memory"):
+        sclabel.train(store, label_key="cell_type", model="celltypist")
+
+
+def test_bad_sources_leave_no_store(cells, tmp_path):
+    other = cells[:100].copy()
+    del other.obs["donor"]
+    with pytest.raises(InputError, match="lacks obs column"):
+        build_store([cells[:100].copy(), other], tmp_path / "s", columns=["donor"])
+    negative = cells[:100].copy()
+    negative.X = negative.X.copy()
+    negative.X.data[5] = -1
+    with pytest.raises(InputError, match="negative"):
+        build_store([cells[:100].copy(), negative], tmp_path / "s", progress=False)
+    with pytest.raises(InputError, match="no input"):
+        build_store([], tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_store_refuses_to_overwrite_other_folders_and_damaged_stores(cells, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a sclabel store"):
+        build_store([cells[:50].copy()], tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine" / "notes.txt").exists()
+    with pytest.raises(InputError, match="not a sclabel store"):
+        Store.open(tmp_path / "mine")
+    built = build_store([cells[:50].copy()], tmp_path / "s", progress=False)
+    data = built.path / "data.bin"
+    data.write_bytes(data.read_bytes()[:-8])
+    with pytest.raises(InputError, match="wrong size"):
+        Store.open(built.path)
