@@ -8,6 +8,7 @@ obs and obsm), the parts are deleted, and memory never held more than one chunk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -73,31 +74,29 @@ def predict_to_file(
     _start_parts(parts, meta, resume)
     present = torch.from_numpy(reader.alignment.present)
     starts = range(0, reader.n_cells, chunk_size)
-    names = reader.names()
-    bar = tqdm(starts, desc="predicting", unit="chunk", disable=not progress or len(starts) < 2)
-    for i, start in enumerate(bar):
-        stop = min(start + chunk_size, reader.n_cells)
-        chunk_names = list(itertools.islice(names, stop - start))
-        part = parts / f"part-{i:06d}.parquet"
-        if part.exists():
-            continue  # done before an interruption
-        X = reader.chunk(start, stop)
-        batches = (
-            {**b, PRESENT_KEY: present}
-            for b in iterate_batches(X, batch_size=batch_size, sparse=model.module.sparse_input)
-        )
-        proba = predict_proba(model.module, batches).numpy()
-        frame = _frame(chunk_names, model.classes, proba, unknown_threshold)
-        with atomic_path(part) as tmp:
-            frame.to_parquet(tmp, index=False)
+    with reader.names() as names:
+        bar = tqdm(starts, desc="predicting", unit="chunk", disable=not progress or len(starts) < 2)
+        for i, start in enumerate(bar):
+            stop = min(start + chunk_size, reader.n_cells)
+            chunk_names = list(itertools.islice(names, stop - start))
+            part = parts / f"part-{i:06d}.parquet"
+            if part.exists():
+                continue  # done before an interruption
+            X = reader.chunk(start, stop)
+            batches = (
+                {**b, PRESENT_KEY: present}
+                for b in iterate_batches(X, batch_size=batch_size, sparse=model.module.sparse_input)
+            )
+            proba = predict_proba(model.module, batches).numpy()
+            frame = _frame(chunk_names, model.classes, proba, unknown_threshold)
+            with atomic_path(part) as tmp:
+                frame.to_parquet(tmp, index=False)
     files = sorted(parts.glob("part-*.parquet"))
-    counts = sum(
-        (pq.read_table(f, columns=["label"]).to_pandas()["label"].value_counts() for f in files),
-        pd.Series(dtype=np.int64),
-    )
+    labels = [pq.read_table(f, columns=["label"]).column("label").to_pandas() for f in files]
+    counts = pd.concat(labels).value_counts()  # one string column: small next to the parts
     _join(files, out, model.classes, key_added)
     shutil.rmtree(parts)
-    return StreamResult(out, reader.n_cells, reader.alignment.coverage, counts.astype(np.int64))
+    return StreamResult(out, reader.n_cells, reader.alignment.coverage, counts)
 
 
 @dataclass
@@ -151,12 +150,14 @@ class _ChunkReader:
         np.log1p(aligned.data, out=aligned.data)
         return aligned
 
+    @contextlib.contextmanager
     def names(self):
         """Cell names in order, lazily (a store's names are read line by line)."""
         if not isinstance(self.source, Store):
-            return iter(self.source.obs_names)
-        handle = open(self.source.path / "obs_names.txt", encoding="utf-8")  # noqa: SIM115
-        return (line.rstrip("\n") for line in handle)
+            yield iter(self.source.obs_names)
+            return
+        with open(self.source.path / "obs_names.txt", encoding="utf-8") as handle:
+            yield (line.rstrip("\n") for line in handle)
 
 
 def _frame(names, classes, proba, unknown_threshold) -> pd.DataFrame:

@@ -1,0 +1,130 @@
+"""Streaming prediction into files, its resume after an interruption, and the store CLI."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import sclabel
+import sclabel.predict_stream as stream
+from sclabel.cli import main
+from sclabel.data.store_build import build_store
+from sclabel.errors import InputError
+
+FAST = {"max_epochs": 4, "batch_size": 128, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stream")
+    cells = sclabel.datasets.synthetic(900, 150, 3, 6, seed=4)
+    cells.write_h5ad(folder / "cells.h5ad")
+    model = sclabel.train(cells, label_key="cell_type", split_by="donor", model="mlp", **FAST)
+    store = build_store([folder / "cells.h5ad"], folder / "store", progress=False)
+    expected = model.predict(cells, progress=False)
+    return folder, cells, model, store, expected
+
+
+@pytest.mark.parametrize("kind", ["backed", "store"])
+def test_streamed_parquet_equals_in_memory_prediction(setup, tmp_path, kind):
+    folder, _, model, store, expected = setup
+    source = ad.read_h5ad(folder / "cells.h5ad", backed="r") if kind == "backed" else store
+    result = stream.predict_to_file(
+        model, source, tmp_path / "p.parquet", chunk_size=200, progress=False
+    )
+    table = pd.read_parquet(result.path)
+    assert list(table["cell"]) == list(expected.obs_names)
+    probs = table[[f"p_{c}" for c in model.classes]].to_numpy()
+    np.testing.assert_allclose(probs, expected.probabilities, atol=1e-5)
+    assert (table["label"].to_numpy() == expected.labels).all()
+    assert result.label_counts.sum() == 900
+    assert not list(tmp_path.glob(".*parts"))  # parts removed after the join
+
+
+def test_streamed_h5ad_and_csv_hold_the_same_answers(setup, tmp_path):
+    _, _, model, store, expected = setup
+    stream.predict_to_file(model, store, tmp_path / "p.h5ad", chunk_size=256, progress=False)
+    out = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert out.n_vars == 0 and list(out.obs_names) == list(expected.obs_names)
+    np.testing.assert_allclose(out.obsm["sclabel_probabilities"], expected.probabilities, atol=1e-5)
+    assert list(out.uns["sclabel_classes"]) == model.classes
+    stream.predict_to_file(
+        model, store, tmp_path / "p.csv", chunk_size=256, unknown_threshold=0.99, progress=False
+    )
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert len(table) == 900
+    assert ((table["label"] == "unknown") == (table["confidence"] < 0.99)).all()
+
+
+def test_resume_after_an_interruption_finishes_the_same_file(setup, tmp_path, monkeypatch):
+    _, _, model, store, expected = setup
+    out = tmp_path / "p.parquet"
+    calls = []
+    real = stream.predict_proba
+
+    def dies_on_third_chunk(module, batches, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill between two parts would leave it
+        return real(module, batches, **kw)
+
+    monkeypatch.setattr(stream, "predict_proba", dies_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        stream.predict_to_file(model, store, out, chunk_size=200, progress=False)
+    assert not out.exists()
+    parts = tmp_path / ".p.parquet.parts"
+    assert len(list(parts.glob("part-*.parquet"))) == 2
+    with pytest.raises(InputError, match="--resume"):
+        stream.predict_to_file(model, store, out, chunk_size=200, progress=False)
+    with pytest.raises(InputError, match="chunk_size differ"):
+        stream.predict_to_file(model, store, out, chunk_size=300, resume=True, progress=False)
+    calls.clear()
+    monkeypatch.setattr(stream, "predict_proba", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stream.predict_to_file(model, store, out, chunk_size=200, resume=True, progress=False)
+    assert len(calls) == 3  # 5 chunks, 2 done before the interruption
+    table = pd.read_parquet(out)
+    np.testing.assert_allclose(
+        table[[f"p_{c}" for c in model.classes]].to_numpy(), expected.probabilities, atol=1e-5
+    )
+    assert not parts.exists()
+
+
+def test_bad_output_name_is_refused_before_any_work(setup, tmp_path):
+    _, _, model, store, _ = setup
+    with pytest.raises(InputError, match="must end in"):
+        stream.predict_to_file(model, store, tmp_path / "p.xlsx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_store_train_predict_round_trip(setup, tmp_path, capsys):
+    folder = setup[0]
+    store = tmp_path / "atlas"
+    args = ["--quiet", "store", str(folder / "cells.h5ad"), "--out", str(store)]
+    assert main([*args, "--label-key", "cell_type", "--split-by", "donor"]) == 0
+    assert "900 cells x 150 genes" in capsys.readouterr().out
+    model = tmp_path / "model"
+    train = ["--quiet", "train", str(store), "--label-key", "cell_type", "--split-key", "split"]
+    assert main([*train, "--max-epochs", "3", "--batch-size", "128", "--out", str(model)]) == 0
+    out = tmp_path / "labels.parquet"
+    assert main(["--quiet", "predict", str(store), "--model", str(model), "--out", str(out)]) == 0
+    assert len(pd.read_parquet(out)) == 900
+
+
+def test_cli_bad_inputs_exit_2_without_output(setup, tmp_path, capsys):
+    folder = setup[0]
+    missing = ["store", str(tmp_path / "nope.h5ad"), "--out", str(tmp_path / "s")]
+    assert main(["--quiet", *missing]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    bad_column = ["store", str(folder / "cells.h5ad"), "--columns", "tissue"]
+    assert main(["--quiet", *bad_column, "--out", str(tmp_path / "s")]) == 2
+    assert "tissue" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    setup[2].save(tmp_path / "model")
+    store = str(setup[3].path)
+    evaluate = ["evaluate", store, "--model", str(tmp_path / "model"), "--out", str(tmp_path / "r")]
+    assert main(["--quiet", *evaluate]) == 2
+    assert "a store works with train/predict" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
