@@ -22,6 +22,8 @@ COMMANDS = [
     "prepare",
     "benchmark",
     "scaling",
+    "store",
+    "simulate",
 ]
 
 

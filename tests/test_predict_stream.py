@@ -128,3 +128,22 @@ def test_cli_bad_inputs_exit_2_without_output(setup, tmp_path, capsys):
     assert main(["--quiet", *evaluate]) == 2
     assert "a store works with train/predict" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_simulate_writes_a_store_and_an_h5ad_from_a_fitted_profile(setup, tmp_path, capsys):
+    folder = setup[0]
+    store, profile = tmp_path / "sim.store", tmp_path / "profile"
+    args = ["--quiet", "simulate", str(folder / "cells.h5ad"), "--cells", "3000"]
+    args += ["--cell-type-key", "cell_type", "--donors", "12", "--split-by", "donor"]
+    assert main([*args, "--save-profile", str(profile), "--out", str(store)]) == 0
+    built = sclabel.data.store.Store.open(store)
+    assert built.n_cells == 3000
+    assert set(built.column("cell_type").astype(str)) == {"type_0", "type_1", "type_2"}
+    split = built.column("split").astype(str)
+    assert (split.groupby(built.column("donor").astype(str)).nunique() == 1).all()
+    h5ad = tmp_path / "sim.h5ad"
+    assert main(["--quiet", "simulate", str(profile), "--cells", "700", "--out", str(h5ad)]) == 0
+    again = ad.read_h5ad(h5ad, backed="r")
+    assert again.shape == (700, 150) and again.obs_names.is_unique
+    assert main(["--quiet", "simulate", str(profile), "--cells", "0", "--out", str(h5ad)]) == 2
+    assert "--cells" in capsys.readouterr().err

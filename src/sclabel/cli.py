@@ -27,6 +27,8 @@ EXAMPLES = {
     "prepare": "sclabel prepare atlas.h5ad --label-key cell_type --donor-key donor_id "
     '--assays "10x 3\' v3" --out prepared.h5ad',
     "demo": "sclabel demo --out sclabel-demo",
+    "simulate": "sclabel simulate kang_pbmc_stim.h5ad --cells 5000000 --donors 200 "
+    "--split-by donor --out big.store",
     "store": "sclabel store part1.h5ad part2.h5ad --label-key cell_type --split-by donor "
     "--out atlas.store",
     "import-celltypist": "sclabel import-celltypist Immune_All_Low.pkl --out immune-model",
@@ -137,6 +139,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     store.add_argument("--seed", type=int, default=0)
     store.add_argument("--chunk-size", type=int, default=16384, help="cells read at a time")
+
+    simulate = command(
+        "simulate", "Write millions of realistic cells, fitted to a real dataset, to disk."
+    )
+    simulate.add_argument("reference", help="real .h5ad with raw counts, or a saved profile")
+    simulate.add_argument("--cells", type=int, required=True, help="how many cells to write")
+    simulate.add_argument("--out", required=True, help="a store folder, or a file ending .h5ad")
+    simulate.add_argument("--donors", type=int, default=100)
+    simulate.add_argument("--cell-type-key", help="obs column of types (default: clustering)")
+    simulate.add_argument("--donor-key", help="obs column of donors (donor effects fitted)")
+    simulate.add_argument("--split-by", help="record a split grouped by donor (store output)")
+    simulate.add_argument("--save-profile", help="also save the fitted profile folder here")
+    simulate.add_argument("--chunk-size", type=int, default=50_000)
+    simulate.add_argument("--seed", type=int, default=0)
 
     predict = command("predict", "Predict labels for every cell of a dataset.")
     input_options(predict)
@@ -546,6 +562,52 @@ def _run_store(args) -> None:
     print(f"written to {store.path}")
 
 
+def _run_simulate(args) -> None:
+    from tqdm.auto import tqdm
+
+    from sclabel import read
+    from sclabel.data.h5ad_writer import write_h5ad_chunks
+    from sclabel.data.store_build import build_store
+    from sclabel.scale_data import GeneratedSource, ScaleProfile, fit_profile, generate
+
+    if args.cells < 1:
+        raise InputError("--cells must be at least 1")
+    reference = Path(args.reference)
+    if (reference / "profile.json").exists():
+        profile = ScaleProfile.load(reference)
+    else:
+        adata = read(reference)
+        profile = fit_profile(
+            adata, cell_type_key=args.cell_type_key, donor_key=args.donor_key, seed=args.seed
+        )
+    if args.save_profile:
+        profile.save(args.save_profile)
+    options = {"n_donors": args.donors, "seed": args.seed}
+    if args.out.lower().endswith(".h5ad"):
+        if args.split_by:
+            raise InputError("--split-by records a split in a store; drop it for .h5ad output")
+        chunks = generate(profile, args.cells, chunk_size=args.chunk_size, **options)
+        bar = tqdm(total=args.cells, unit="cell", desc="simulating", disable=args.quiet)
+        columns = GeneratedSource.obs_columns
+        write_h5ad_chunks(
+            ((X, obs[columns]) for X, obs in chunks if bar.update(X.shape[0]) or True),
+            profile.var,
+            args.out,
+        )
+        bar.close()
+    else:
+        build_store(
+            [GeneratedSource(profile, args.cells, **options)],
+            args.out,
+            label_key="cell_type" if args.split_by else None,
+            split_by=args.split_by,
+            seed=args.seed,
+            chunk_size=args.chunk_size,
+            progress=not args.quiet,
+        )
+    print(f"{args.cells} cells of {len(profile.cell_types)} types written to {args.out}")
+
+
 def _run_demo(args) -> None:
     from sclabel.demo import run_demo
 
@@ -570,6 +632,7 @@ RUNNERS = {
     "prepare": _run_prepare,
     "demo": _run_demo,
     "store": _run_store,
+    "simulate": _run_simulate,
     "import-celltypist": _run_import_celltypist,
 }
 

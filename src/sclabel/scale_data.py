@@ -359,3 +359,25 @@ def to_anndata(profile: ScaleProfile, n_cells: int, **kwargs) -> ad.AnnData:
     chunks = list(generate(profile, n_cells, **kwargs))
     X = sp.vstack([c[0] for c in chunks], format="csr")
     return ad.AnnData(X=X, obs=pd.concat([c[1] for c in chunks]), var=profile.var)
+
+
+class GeneratedSource:
+    """`generate` as a source for `build_store`: millions of cells go straight to disk."""
+
+    obs_columns = ["cell_type", "donor"]
+
+    def __init__(self, profile: ScaleProfile, n_cells: int, *, n_donors: int = 100, seed: int = 0):
+        self.profile, self.n_cells, self.n_donors, self.seed = profile, n_cells, n_donors, seed
+        self.var = profile.var
+        self.name = f"generated ({n_cells} cells, {n_donors} donors, seed {seed})"
+
+    def iter_chunks(self, chunk_size: int):
+        chunks = generate(
+            self.profile,
+            self.n_cells,
+            n_donors=self.n_donors,
+            chunk_size=chunk_size,
+            seed=self.seed,
+        )
+        for X, obs in chunks:
+            yield X, obs[self.obs_columns]
