@@ -154,6 +154,10 @@ def run(name: str, spec: dict, options: dict, save, previous: dict | None = None
         again = set(spec["variants"])
         entry["rows"] = [r for r in previous["rows"] if r["variant"] not in again]
         entry["augmentation"] = previous.get("augmentation")
+        # every run that made a row of this table, oldest first, plus any hand-written note
+        entry["commands"] = previous.get("commands", [previous["command"]]) + [entry["command"]]
+        if previous.get("note"):
+            entry["note"] = previous["note"]
     kept = list(entry["rows"])
     start = time.perf_counter()
 
@@ -176,7 +180,8 @@ def run(name: str, spec: dict, options: dict, save, previous: dict | None = None
 def markdown(result: dict) -> str:
     lines = [
         MD_START,
-        f"Machine: {result['machine']}. Command: `{result['command']}`. Date: {result['date']}.",
+        f"Machine: {result['machine']}. Last run {result['date']}; "
+        "each table names the runs that made it.",
         "",
     ]
     for name, entry in result["datasets"].items():
@@ -187,7 +192,9 @@ def markdown(result: dict) -> str:
             f"{entry['n_genes']} genes, {entry['n_classes']} classes"
             + (f" (CellTypist 1.7.1 macro-F1 {ref})" if ref else ""),
             "",
-            f"`{entry['command']}`, max_epochs {entry['options']['max_epochs']}",
+            "Runs: "
+            + "; then ".join(f"`{c}`" for c in entry.get("commands", [entry["command"]]))
+            + f" (max_epochs {entry['options']['max_epochs']}). {entry.get('note', '')}",
             "",
             "| variant | macro-F1 | accuracy | unc. AUROC | ECE | train s | epochs "
             "| predict cells/s | peak MB |",
