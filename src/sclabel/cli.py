@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
         "--num-nodes", type=int, default=1, help="machines (torchrun/SLURM set the ranks)"
     )
     train.add_argument("--workers", type=int, default=1, help="store input: reader threads")
+    train.add_argument(
+        "--resume", action="store_true", help="continue a killed run (state kept per epoch)"
+    )
 
     store = command("store", "Convert .h5ad files or SOMA experiments into an on-disk store.")
     store.add_argument("inputs", nargs="+", help=".h5ad files (read backed) or SOMA experiments")
@@ -319,6 +322,8 @@ def _run_train(args) -> None:
         gene_key=args.gene_key,
         ensemble=args.ensemble,
         loader={"workers": args.workers} if isinstance(data, Store) else None,
+        checkpoint_dir=Path(args.out).with_name(f".{Path(args.out).name}.training"),
+        resume=args.resume,
         **_given(
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -217,8 +219,12 @@ def fit_members(
     *,
     ensemble: int = 1,
     augmentation: DonorAugmentation | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[Classifier, list[FitResult]]:
-    """Train one model, or `ensemble` members on the same split with seeds seed, seed+1, ..."""
+    """Train one model, or `ensemble` members on the same split with seeds seed, seed+1, ...
+
+    With `checkpoint_dir`, each member's state is saved there after every epoch, and states
+    already there (a killed run of the same data and options) are continued."""
     if augmentation is not None:
         check_augmentable(family)
     weights = class_weights(data.subsets["train"][1], len(data.classes))
@@ -233,8 +239,23 @@ def fit_members(
             result = fit_direct(train, val, class_weight=weights, config=member_config)
         else:
             augment = None if augmentation is None else augmentation.apply
+            run = {
+                "family": family,
+                "params": params,
+                "config": member_config.to_dict(),
+                "classes": data.classes,
+                "n_cells": {p: int(s[1].size) for p, s in data.subsets.items()},
+                "augmented": augmentation is not None,
+            }
             result = fit(
-                module, train, val, class_weight=weights, config=member_config, augment=augment
+                module,
+                train,
+                val,
+                class_weight=weights,
+                config=member_config,
+                augment=augment,
+                state_dir=None if checkpoint_dir is None else checkpoint_dir / f"member-{member}",
+                run=run,
             )
         members.append(module)
         results.append(result)
@@ -268,6 +289,8 @@ def train(
     augment: bool | dict | AugmentConfig | None = None,
     donor_key: str | None = None,
     loader: dict[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
     **train_options: Any,
 ) -> Model:
     """Train a classifier of family `model` on `adata.obs[label_key]`.
@@ -282,9 +305,21 @@ def train(
 
     `adata` may be a `Store` (see `sclabel store`) for data bigger than memory: cells are
     streamed from disk with `loader` options (block_size, buffer_batches, workers, prefetch).
+
+    `checkpoint_dir` keeps the training state after every epoch (removed when training
+    ends); `resume=True` continues a killed run from it and ends as the uninterrupted run
+    would have.
     """
     if ensemble < 1:
         raise InputError("ensemble must be at least 1")
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        if checkpoint_dir.exists() and not resume:
+            msg = (
+                f"an interrupted training left its state in {checkpoint_dir}; pass --resume "
+                "(resume=True) to continue it, or delete that folder to start again"
+            )
+            raise InputError(msg)
     from_store = isinstance(adata, Store)
     if from_store:
         if layer is not None or gene_key is not None:
@@ -327,7 +362,10 @@ def train(
         train_config,
         ensemble=ensemble,
         augmentation=augmentation,
+        checkpoint_dir=checkpoint_dir,
     )
+    if checkpoint_dir is not None and results[-1].is_main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the model is complete
     fits = [_fit_record(r, train_config.seed + i) for i, r in enumerate(results)]
     metrics["fit"] = fits[0]
     if ensemble > 1:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from sclabel.config import TrainConfig, auto_batch_size
 from sclabel.data.loader import X_KEY, Y_KEY, iterate_batches, n_batches
 from sclabel.models.base import Classifier, predict_proba
+from sclabel.training.resume import TrainingState, load_state, save_state
 
 log = logging.getLogger("sclabel")
 # Below this many steps per epoch, BatchNorm running statistics (momentum 0.01-0.02 in
@@ -62,16 +64,23 @@ def fit(
     class_weight: np.ndarray,
     config: TrainConfig,
     augment: Callable[[torch.Tensor, np.random.Generator], torch.Tensor] | None = None,
+    state_dir: Path | None = None,
+    run: dict | None = None,
 ) -> FitResult:
     """Train `module` in place; returns the history and the epoch whose weights were kept.
 
-    `augment(x, rng)` transforms each training batch's dense input (donor augmentation)."""
+    `augment(x, rng)` transforms each training batch's dense input (donor augmentation).
+    With `state_dir`, the training state is saved after every epoch, and a state already
+    there (from a killed run described by the same `run`) is continued."""
     fabric = make_fabric(config)
     fabric.seed_everything(config.seed, verbose=False)
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
+    restored = None
+    if state_dir is not None:  # before setup, so DDP broadcasts the restored weights
+        restored = load_state(state_dir, module, optimizer, scheduler, run or {})
     model, optimizer = fabric.setup(module, optimizer)
     weight = torch.as_tensor(class_weight, dtype=torch.float32, device=fabric.device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
@@ -86,11 +95,24 @@ def fit(
     # loss breaks those ties in favour of the better-fitted epoch
     best = ((-1.0, -np.inf), 0, None)  # (score, epoch, state)
     history: list[dict] = []
+    first_epoch = 0
+    if restored is not None:
+        best = (restored.best_score, restored.best_epoch, restored.best_state)
+        history = restored.history
+        first_epoch = config.max_epochs if restored.finished else restored.epoch + 1
+        log.info("resuming after epoch %d from %s", restored.epoch, state_dir)
+
+    def checkpoint(epoch: int, finished: bool) -> None:
+        if state_dir is None or fabric.global_rank != 0:
+            return
+        state = TrainingState(epoch, history, best[0], best[1], best[2], finished)
+        save_state(state_dir, state, module, optimizer, scheduler, run or {})
+
     start = time.perf_counter()
     batch_size = config.batch_size or auto_batch_size(train[0].shape[0], module.max_batch_size)
     steps = n_batches(train[0].shape[0], batch_size, fabric.world_size)
     bar = tqdm(
-        range(config.max_epochs),
+        range(first_epoch, config.max_epochs),
         desc="training",
         unit="epoch",
         disable=not config.progress or fabric.global_rank != 0,
@@ -150,7 +172,9 @@ def fit(
             val_f1=f"{record.get('val_macro_f1', float('nan')):.4f}",
             best=best[1],
         )
-        if has_val and epoch - best[1] >= config.patience:
+        stop = has_val and epoch - best[1] >= config.patience
+        checkpoint(epoch, finished=stop or epoch == config.max_epochs - 1)
+        if stop:
             log.info("early stop after epoch %d (best epoch %d)", epoch, best[1])
             break
     bar.close()
