@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import sclabel
 
@@ -29,3 +31,25 @@ def test_two_process_ddp_training_matches_single_process(tmp_path):
     # each rank sees half the cells per epoch: the same model quality, not the same weights
     assert scores["2"] == pytest.approx(scores["1"], abs=0.05)
     assert scores["1"] > 0.8
+
+
+@pytest.mark.slow
+def test_parallel_ensemble_members_equal_sequential_training(tmp_path):
+    sclabel.datasets.synthetic(800, 150, 4, 6, seed=2).write_h5ad(tmp_path / "train.h5ad")
+    weights = {}
+    for name, extra in (("sequential", []), ("parallel", ["--devices", "2", "--parallel-members"])):
+        out = tmp_path / name
+        result = subprocess.run(
+            [sys.executable, "-m", "sclabel.cli", "--quiet", "train", tmp_path / "train.h5ad",
+             "--label-key", "cell_type", "--split-by", "donor", "--model", "mlp",
+             "--ensemble", "2", "--max-epochs", "4", "--out", out, *extra],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        weights[name] = load_file(str(out / "model.safetensors"))
+        if name == "parallel":
+            assert "GLOBAL_RANK: 1" in result.stderr  # member 1 trained in a second process
+    assert weights["parallel"].keys() == weights["sequential"].keys()
+    assert any(k.startswith("members.1.") for k in weights["parallel"])
+    for key, value in weights["sequential"].items():
+        torch.testing.assert_close(weights["parallel"][key], value)

@@ -125,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--workers", type=int, default=1, help="store input: reader threads")
     train.add_argument(
+        "--parallel-members",
+        action="store_true",
+        help="with --ensemble and --devices N: train members one per device, not with DDP",
+    )
+    train.add_argument(
         "--resume", action="store_true", help="continue a killed run (state kept per epoch)"
     )
 
@@ -337,6 +342,7 @@ def _run_train(args) -> None:
             precision=args.precision,
             strategy=args.strategy,
             num_nodes=args.num_nodes,
+            parallel_members=args.parallel_members or None,
             progress=not args.quiet,
         ),
     )

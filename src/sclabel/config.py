@@ -78,6 +78,7 @@ class TrainConfig(_JSONConfig):
     devices: int | str = 1
     strategy: str = "auto"  # "ddp" for several devices; Fabric picks up torchrun/SLURM ranks
     num_nodes: int = 1
+    parallel_members: bool = False  # ensemble members one per device instead of DDP
     precision: str = "32-true"
     progress: bool = True
 

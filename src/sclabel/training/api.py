@@ -42,6 +42,7 @@ from sclabel.models import MODELS, Classifier, build, check_augmentable, resolve
 from sclabel.models.base import predict_proba
 from sclabel.models.ensemble import combine
 from sclabel.training.loop import FitResult, fit
+from sclabel.training.parallel import fit_members_parallel
 
 log = logging.getLogger("sclabel")
 Subset = tuple[sp.csr_matrix, np.ndarray]
@@ -228,37 +229,45 @@ def fit_members(
     if augmentation is not None:
         check_augmentable(family)
     weights = class_weights(data.subsets["train"][1], len(data.classes))
-    members, results = [], []
-    for member in range(ensemble):
-        member_config = dataclasses.replace(config, seed=config.seed + member)
-        torch.manual_seed(member_config.seed)
-        module = build(family, data.n_genes, len(data.classes), params)
+    train, val = data.subsets["train"], data.subsets["val"]
+
+    def build_member(member: int) -> Classifier:
+        torch.manual_seed(config.seed + member)
+        return build(family, data.n_genes, len(data.classes), params)
+
+    def train_member(member: int, member_config: TrainConfig) -> tuple[Classifier, FitResult]:
+        member_config = dataclasses.replace(member_config, seed=config.seed + member)
+        module = build_member(member)
         fit_direct = getattr(module, "fit_direct", None)  # convex families use their solver
-        train, val = data.subsets["train"], data.subsets["val"]
         if fit_direct is not None:
-            result = fit_direct(train, val, class_weight=weights, config=member_config)
-        else:
-            augment = None if augmentation is None else augmentation.apply
-            run = {
-                "family": family,
-                "params": params,
-                "config": member_config.to_dict(),
-                "classes": data.classes,
-                "n_cells": {p: int(s[1].size) for p, s in data.subsets.items()},
-                "augmented": augmentation is not None,
-            }
-            result = fit(
-                module,
-                train,
-                val,
-                class_weight=weights,
-                config=member_config,
-                augment=augment,
-                state_dir=None if checkpoint_dir is None else checkpoint_dir / f"member-{member}",
-                run=run,
-            )
-        members.append(module)
-        results.append(result)
+            return module, fit_direct(train, val, class_weight=weights, config=member_config)
+        run = {
+            "family": family,
+            "params": params,
+            "config": member_config.to_dict(),
+            "classes": data.classes,
+            "n_cells": {p: int(s[1].size) for p, s in data.subsets.items()},
+            "augmented": augmentation is not None,
+        }
+        result = fit(
+            module,
+            train,
+            val,
+            class_weight=weights,
+            config=member_config,
+            augment=None if augmentation is None else augmentation.apply,
+            state_dir=None if checkpoint_dir is None else checkpoint_dir / f"member-{member}",
+            run=run,
+        )
+        return module, result
+
+    if config.parallel_members and ensemble > 1:
+        members, results = fit_members_parallel(
+            ensemble, config, train_member, build_member, shared=checkpoint_dir
+        )
+    else:
+        trained = [train_member(member, config) for member in range(ensemble)]
+        members, results = [m for m, _ in trained], [r for _, r in trained]
     return combine(members), results
 
 
