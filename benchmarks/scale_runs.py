@@ -51,18 +51,15 @@ def measured(name: str, command: list[str], *, limit_gib: float | None = None) -
             resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
     start, peak = time.perf_counter(), 0.0
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limit
-    )
-    output: list[str] = []
-    os.set_blocking(process.stdout.fileno(), False)
-    while process.poll() is None:
-        pids = [process.pid, *bc._descendants(process.pid)]
-        peak = max(peak, sum(bc._status_kib("VmRSS", p) for p in pids) / 1024)
-        output.append(process.stdout.read() or "")
-        time.sleep(0.2)
-    output.append(process.stdout.read() or "")
-    text = "".join(output)
+    log = RESULT.parent / f".{name.replace(' ', '_').replace('/', '_')}.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=limit)
+        while process.poll() is None:
+            pids = [process.pid, *bc._descendants(process.pid)]
+            peak = max(peak, sum(bc._status_kib("VmRSS", p) for p in pids) / 1024)
+            time.sleep(0.2)
+    text = log.read_text()
+    log.unlink()
     record = {
         "name": name,
         "command": " ".join(command),

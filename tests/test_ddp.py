@@ -53,3 +53,28 @@ def test_parallel_ensemble_members_equal_sequential_training(tmp_path):
     assert any(k.startswith("members.1.") for k in weights["parallel"])
     for key, value in weights["sequential"].items():
         torch.testing.assert_close(weights["parallel"][key], value)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_from_a_store(tmp_path):
+    from sclabel.data.store_build import build_store
+
+    adata = sclabel.datasets.synthetic(1200, 200, 4, 6, seed=2)
+    build_store([adata], tmp_path / "store", label_key="cell_type", split_by="donor",
+                progress=False)  # fmt: skip
+    scores = {}
+    for devices in ("1", "2"):
+        out = tmp_path / f"model-{devices}"
+        result = subprocess.run(
+            [sys.executable, "-m", "sclabel.cli", "--quiet", "train", tmp_path / "store",
+             "--label-key", "cell_type", "--split-key", "split", "--model", "linear",
+             "--max-epochs", "15", "--devices", devices, "--strategy", "ddp" if devices == "2"
+             else "auto", "--out", out],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        scores[devices] = json.loads((out / "metrics.json").read_text())["fit"]["best_val_macro_f1"]
+        if devices == "2":
+            assert "GLOBAL_RANK: 1" in result.stderr
+    assert scores["2"] == pytest.approx(scores["1"], abs=0.05)
+    assert scores["1"] > 0.8
