@@ -5,7 +5,8 @@ log1p(counts / library size x 10,000) for 2,048 cells over all 20,670 genes, in 
 order. Compared on one generated file (statistics fitted to ../shared/data's mouse bladder,
 20,670 genes):
 
-  sclabel store          block shuffle (64-cell blocks, 8-batch windows), 0/1/2 reader threads
+  sclabel store          block shuffle (64-cell blocks, 8-batch windows), reader threads and
+                         threads that densify each batch (each on its own rows)
   h5ad backed, random    anndata backed mode, 2,048 random (sorted) rows per batch
   h5ad backed, blocks    anndata backed mode, contiguous 2,048-row slices in shuffled order
   zarr, random           anndata's sparse_dataset over a zarr v3 copy, random (sorted) rows
@@ -75,9 +76,10 @@ def normalize_dense(rows: sp.csr_matrix) -> torch.Tensor:
     return torch.from_numpy(rows.toarray())
 
 
-def store_loader(paths, workers):
+def store_loader(paths, threads):
     store = Store.open(paths["store"])
-    rows = StoreRows(store, np.arange(store.n_cells), workers=workers)
+    workers, densify = threads
+    rows = StoreRows(store, np.arange(store.n_cells), workers=workers, densify_threads=densify)
     for batch in rows.batches(batch_size=BATCH, shuffle=True, seed=0):
         yield batch["x"]
 
@@ -121,9 +123,10 @@ def soma_ml(paths, *_):
 
 
 LOADERS = {
-    "sclabel store, 0 threads (inline)": (store_loader, 0),
-    "sclabel store, 1 reader thread": (store_loader, 1),
-    "sclabel store, 2 reader threads": (store_loader, 2),
+    "sclabel store, inline (no threads)": (store_loader, (0, 1)),
+    "sclabel store, 1 reader + 1 densify thread": (store_loader, (1, 1)),
+    "sclabel store, 1 reader + 2 densify threads": (store_loader, (1, 2)),
+    "sclabel store, 2 reader + 2 densify threads": (store_loader, (2, 2)),
     "h5ad backed, random rows": (backed_random, 0),
     "h5ad backed, shuffled contiguous blocks": (backed_blocks, 0),
     "zarr (anndata sparse_dataset), random rows": (zarr_random, 0),

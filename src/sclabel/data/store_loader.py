@@ -28,15 +28,19 @@ from sclabel.data.store import Store
 
 
 @numba.njit(nogil=True, cache=True)
-def _fill_dense(indptr, indices, data, order, out, last_ptr, last_idx, new_ptr, new_idx):
-    """out[i] = row order[i] (already normalized), densified. `out` is a reused buffer:
-    instead of zeroing all of it, only the entries the previous batch wrote (last_ptr,
-    last_idx) are reset, so the cost follows the non-zeros, not cells x genes. The entries
-    written now are recorded in new_ptr/new_idx for the next reuse."""  # pragma: no cover
-    for i in range(last_ptr.size - 1):
+def _fill_dense(indptr, indices, data, order, out, last_ptr, last_idx, new_ptr, new_idx, rows):
+    """out[i] = row order[i] (already normalized) for i in rows[0]:rows[1], densified.
+
+    `out` is a reused buffer: instead of zeroing all of it, only the entries the previous
+    batch wrote there (last_ptr, last_idx) are reset, so the cost follows the non-zeros, not
+    cells x genes; rows rows[1]:rows[2] of the previous batch are only reset. The entries
+    written now go to new_ptr/new_idx for the next reuse. Disjoint row ranges may run on
+    several threads at once."""  # pragma: no cover
+    lo, hi, clear_hi = rows[0], rows[1], rows[2]
+    for i in range(lo, min(clear_hi, last_ptr.size - 1)):
         for k in range(last_ptr[i], last_ptr[i + 1]):
             out[i, last_idx[k]] = 0.0
-    for i in range(order.size):
+    for i in range(lo, hi):
         r = order[i]
         at = new_ptr[i]
         for k in range(indptr[r], indptr[r + 1]):
@@ -50,24 +54,40 @@ class _Ring:
 
     Allocating a fresh 164 MB batch costs more in page faults than filling it (measured 10x
     slower), and zeroing all of it costs more than the batch's non-zeros; so batches are views
-    into these buffers and must be treated as read-only (copy a batch to keep or change it)."""
+    into these buffers and must be treated as read-only (copy a batch to keep or change it).
+    Each batch is filled by `threads` threads, each on its own rows."""
 
-    def __init__(self, n_slots: int, rows: int, width: int):
+    def __init__(self, n_slots: int, rows: int, width: int, threads: int = 1):
         self.buffers = [torch.zeros((rows, width)) for _ in range(n_slots)]
         self.written = [(np.zeros(1, np.int64), np.zeros(0, np.int32))] * n_slots
         self.slot = 0
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        self.threads = threads
 
     def fill(self, window: sp.csr_matrix, order: np.ndarray) -> torch.Tensor:
         slot, self.slot = self.slot, (self.slot + 1) % len(self.buffers)
         lengths = window.indptr[order + 1] - window.indptr[order]
         new_ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         new_idx = np.empty(int(new_ptr[-1]), np.int32)
-        out = self.buffers[slot]
+        out = self.buffers[slot].numpy()
         last_ptr, last_idx = self.written[slot]
-        _fill_dense(window.indptr, window.indices, window.data, order, out.numpy(),
-                    last_ptr, last_idx, new_ptr, new_idx)  # fmt: skip
+        bounds = np.linspace(0, order.size, self.threads + 1).astype(np.int64)
+        ranges = [
+            np.array([a, b, b], np.int64) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        ranges[-1][2] = max(order.size, last_ptr.size - 1)  # the last part also clears the rest
+        args = (window.indptr, window.indices, window.data, order, out, last_ptr, last_idx,
+                new_ptr, new_idx)  # fmt: skip
+        if self.pool is None:
+            _fill_dense(*args, ranges[0])
+        else:
+            list(self.pool.map(lambda rows: _fill_dense(*args, rows), ranges))
         self.written[slot] = (new_ptr, new_idx)
-        return out[: order.size]
+        return self.buffers[slot][: order.size]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 class StoreRows:
@@ -83,6 +103,7 @@ class StoreRows:
         buffer_batches: int = 8,
         workers: int = 1,
         prefetch: int = 2,
+        densify_threads: int = 2,
     ):
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -90,6 +111,7 @@ class StoreRows:
         self.buffer_batches = buffer_batches
         self.workers = workers
         self.prefetch = prefetch
+        self.densify_threads = densify_threads
         self._size_factor = store.size_factors()
 
     @property
@@ -140,10 +162,14 @@ class StoreRows:
         if self.workers < 1 or len(windows) < 2:
             ring = _Ring(2, max_rows, width)
             yield from _emit(map(read, windows), y, ring, sparse)
+            ring.close()
             return
         # slots in use at once: the queue, one being filled, one held by the consumer
-        ring = _Ring(self.prefetch + 3, max_rows, width)
-        yield from _threaded(windows, read, y, ring, sparse, self.workers, self.prefetch)
+        ring = _Ring(self.prefetch + 3, max_rows, width, threads=self.densify_threads)
+        try:
+            yield from _threaded(windows, read, y, ring, sparse, self.workers, self.prefetch)
+        finally:
+            ring.close()
 
     def _read_window(self, positions: list[np.ndarray]):
         """Read and normalize a window's cells in one pass (numpy's vectorized log1p is ~10x
