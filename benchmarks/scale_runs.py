@@ -51,7 +51,7 @@ def measured(name: str, command: list[str], *, limit_gib: float | None = None) -
             resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
     start, peak = time.perf_counter(), 0.0
-    log = RESULT.parent / f".{name.replace(' ', '_').replace('/', '_')}.log"
+    log = HERE / "work" / f".{name.replace(' ', '_').replace('/', '_')}.log"
     with open(log, "w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=limit)
         while process.poll() is None:
