@@ -44,7 +44,7 @@ def plan_epoch(
     order is cut into `world_size` slices that differ by at most one cell, and every rank
     splits its slice into the same number of nearly equal batches (at most `batch_size`):
     ranks stay in step and no cell is seen twice per epoch (torch's DistributedSampler
-    repeats cells instead).
+    repeats cells instead), unless a rank has fewer cells than steps.
     """
     if shuffle:
         rng = np.random.default_rng([seed, epoch])
@@ -55,7 +55,9 @@ def plan_epoch(
         order = np.arange(n)
     shard = np.array_split(order, world_size)[rank]
     steps = n_batches(n, batch_size, world_size)
-    return [b for b in np.array_split(shard, steps) if b.size] if steps else []
+    if shard.size < steps:  # tiny data (fewer cells than ranks x steps): repeat a few cells
+        shard = np.resize(shard if shard.size else order[:1], steps)
+    return np.array_split(shard, steps) if steps else []
 
 
 def iterate_batches(
