@@ -143,7 +143,7 @@ def predict_steps(work: Path, cells: int) -> list[dict]:
     out = work / "big-labels.parquet"
     out.unlink(missing_ok=True)
     predict = sclabel("predict", str(big), "--backed", "--model", str(model), "--out", str(out),
-                      "--chunk-size", "65536")  # fmt: skip
+                      "--chunk-size", "16384")  # fmt: skip
     steps.append(measured("sclabel predict --backed, 5M cells", predict))
     if CELLTYPIST_PY.exists():
         ct_model = work / "celltypist.pkl"
@@ -211,6 +211,10 @@ def main() -> None:
         date=str(date.today()),
     )
     command = "python benchmarks/scale_runs.py " + " ".join(sys.argv[1:])
+    # a rerun skips what exists (the generated data, trained models): keep those steps
+    previous = result["runs"].get(args.run, {}).get("steps", [])
+    rerun = {step["name"] for step in steps}
+    steps = [step for step in previous if step["name"] not in rerun] + steps
     result["runs"][args.run] = {"command": command, "steps": steps}
     RESULT.write_text(json.dumps(result, indent=1))
     text = (HERE / "RESULTS.md").read_text()
