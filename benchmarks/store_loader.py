@@ -46,7 +46,7 @@ MD_START, MD_END = "<!-- store-loader:start -->", "<!-- store-loader:end -->"
 BATCH = 2048
 
 
-def make_data(work: Path, n_cells: int) -> dict[str, Path]:
+def make_data(work: Path, n_cells: int, warm: bool = True) -> dict[str, Path]:
     """The generated .h5ad and its copies as a store, a zarr and a SOMA experiment."""
     work.mkdir(parents=True, exist_ok=True)
     paths = {k: work / f"cells_{n_cells}.{k}" for k in ("h5ad", "store", "zarr", "soma")}
@@ -64,7 +64,7 @@ def make_data(work: Path, n_cells: int) -> dict[str, Path]:
         import tiledbsoma.io
 
         tiledbsoma.io.from_h5ad(str(paths["soma"]), str(paths["h5ad"]), "RNA", X_layer_name="raw")
-    for path in paths.values():  # same start for every loader: all files in the page cache
+    for path in paths.values() if warm else ():  # same start for every loader: all cached
         files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
         for f in files:
             with open(f, "rb") as handle:
@@ -140,6 +140,15 @@ LOADERS = {
 }
 
 
+def drop_page_cache() -> None:
+    """Cold start: the kernel forgets cached file pages (Linux, needs root)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as err:
+        sys.exit(f"--cold needs root to write /proc/sys/vm/drop_caches ({err})")
+
+
 def measure(loader, n_batches: int) -> dict:
     batches = iter(loader)
     first = next(batches)  # warm-up: opening files, compiling the numba kernel
@@ -155,10 +164,12 @@ def measure(loader, n_batches: int) -> dict:
 def markdown(result: dict) -> str:
     rows = result["loaders"]
     anchor = rows["h5ad backed, random rows"]["cells_per_s"]
+    cold = "cold" in RESULT.name
+    cache = "page cache emptied before each loader" if cold else "files in the page cache"
     lines = [
         f"Machine: {result['machine']}. Date: {result['date']}. Command: `{result['command']}`.",
         f"Data: {result['n_cells']:,} generated cells x {result['n_genes']:,} genes "
-        f"({result['nnz_per_cell']:.0f} non-zeros per cell), files in the page cache; "
+        f"({result['nnz_per_cell']:.0f} non-zeros per cell), {cache}; "
         f"batches of {BATCH} normalized dense cells. {result.get('note', '')}",
         "",
         "| loader | cells/s | x backed random access |",
@@ -177,7 +188,8 @@ def write_markdown(result: dict) -> None:
         head, rest = text.split(MD_START, 1)
         text = head + block + rest.split(MD_END, 1)[1]
     else:
-        text += "\n## Store loader throughput\n\n" + block + "\n"
+        title = "cold page cache" if "cold" in RESULT.name else "files in the page cache"
+        text += f"\n## Store loader throughput, {title}\n\n" + block + "\n"
     path.write_text(text)
 
 
@@ -188,10 +200,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "work" / "loader")
     parser.add_argument("--only", help="comma-separated loader names to run")
     parser.add_argument("--note", default="", help="a sentence for the table (e.g. CPU shared)")
+    parser.add_argument("--cold", action="store_true", help="empty the page cache per loader")
     args = parser.parse_args()
+    global RESULT, MD_START, MD_END
+    if args.cold:  # a second table: every loader starts from disk
+        RESULT = RESULT.with_name("store_loader_cold.json")
+        MD_START, MD_END = "<!-- store-loader-cold:start -->", "<!-- store-loader-cold:end -->"
     if not SHARED.exists():
         sys.exit(f"real data not found: {SHARED}; see ../shared/data/README.md")
-    paths = make_data(args.work, args.cells)
+    paths = make_data(args.work, args.cells, warm=not args.cold)
     store = Store.open(paths["store"])
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
@@ -206,6 +223,8 @@ def main() -> None:
     wanted = args.only.split(",") if args.only else list(LOADERS)
     for name in wanted:
         make, workers = LOADERS[name]
+        if args.cold:
+            drop_page_cache()
         result["loaders"][name] = measure(make(paths, workers), args.batches)
         print(f"{name:45s} {result['loaders'][name]['cells_per_s']:>10,.0f} cells/s", flush=True)
     RESULT.write_text(json.dumps(result, indent=1))
