@@ -19,6 +19,9 @@ import torch
 X_KEY = "x"
 Y_KEY = "y"
 PRESENT_KEY = "present"  # (genes,) bool: which model genes the query had; prediction only
+# batch size for scoring (no gradients): larger is faster, but from a store each dense batch
+# buffer grows with it (2,048 x 20,000 genes is 164 MB, and the loader keeps five)
+EVAL_BATCH = 2048
 
 
 def n_batches(n_cells: int, batch_size: int, world_size: int = 1) -> int:

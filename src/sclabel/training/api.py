@@ -29,7 +29,7 @@ from sclabel.data.augment import (
     config_from,
     fit_augmentation,
 )
-from sclabel.data.loader import iterate_batches
+from sclabel.data.loader import EVAL_BATCH, iterate_batches
 from sclabel.data.normalize import iter_prepared
 from sclabel.data.sampling import class_weights
 from sclabel.data.splits import PARTS, make_split
@@ -381,7 +381,7 @@ def train(
         metrics["members"] = fits
     X_test, y_test = data.subsets["test"]
     if y_test.size:
-        proba = predict_proba(module, iterate_batches(X_test, batch_size=4096)).numpy()
+        proba = predict_proba(module, iterate_batches(X_test, batch_size=EVAL_BATCH)).numpy()
         names = np.asarray(data.classes, dtype=object)
         metrics["test"] = compute_metrics(
             names[y_test], names[proba.argmax(1)], proba.max(1), data.classes

@@ -19,7 +19,7 @@ from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
 from sclabel.config import TrainConfig, auto_batch_size
-from sclabel.data.loader import X_KEY, Y_KEY, iterate_batches, n_batches
+from sclabel.data.loader import EVAL_BATCH, X_KEY, Y_KEY, iterate_batches, n_batches
 from sclabel.models.base import Classifier, predict_proba
 from sclabel.training.resume import TrainingState, load_state, save_state
 
@@ -153,7 +153,7 @@ def fit(
         record = {"epoch": epoch, "loss": float(total) / max(steps, 1)}
         if has_val:
             proba = predict_proba(
-                module, iterate_batches(val[0], batch_size=4096), device=fabric.device
+                module, iterate_batches(val[0], batch_size=EVAL_BATCH), device=fabric.device
             )
             record["val_macro_f1"] = float(
                 f1_score(val[1], proba.argmax(1).numpy(), average="macro", zero_division=0)
