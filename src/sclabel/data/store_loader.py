@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numba
 import numpy as np
@@ -130,34 +131,20 @@ class StoreRows:
         return other
 
     def batches(
-        self,
-        y: np.ndarray | None = None,
-        *,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        epoch: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        sparse: bool = False,
+        self, y: np.ndarray | None = None, *, sparse: bool = False, **plan: Any
     ) -> Iterator[dict[str, torch.Tensor]]:
-        plan = plan_epoch(
-            self.rows.size,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=epoch,
-            rank=rank,
-            world_size=world_size,
-            block_size=self.block_size,
-        )
-        if shuffle and self.buffer_batches > 1:  # mix cells across the window's batches
-            plan = _shuffle_windows(plan, self.buffer_batches, seed, epoch, rank)
+        """Batches as `iterate_batches` yields them; `plan` holds `plan_epoch`'s options."""
+        plan = {"shuffle": False, "seed": 0, "epoch": 0, "rank": 0, **plan}
+        order = plan_epoch(self.rows.size, block_size=self.block_size, **plan)
+        if plan["shuffle"] and self.buffer_batches > 1:  # mix cells across a window's batches
+            order = _shuffle_windows(
+                order, self.buffer_batches, plan["seed"], plan["epoch"], plan["rank"]
+            )
         windows = [
-            plan[i : i + self.buffer_batches] for i in range(0, len(plan), self.buffer_batches)
+            order[i : i + self.buffer_batches] for i in range(0, len(order), self.buffer_batches)
         ]
         width = self.shape[1]
-        max_rows = max((p.size for p in plan), default=0)
+        max_rows = max((batch.size for batch in order), default=0)
         read = self._read_window
         if self.workers < 1 or len(windows) < 2:
             ring = _Ring(2, max_rows, width)
