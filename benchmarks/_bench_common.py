@@ -171,3 +171,21 @@ def import_baseline(modules: list[list[str]]) -> dict:
             }
         )
     return {"python": sys.version.split()[0], "steps": steps, "maxrss_mib": maxrss_mib()}
+
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def update_results(block: str, start: str, end: str, heading: str | None = None) -> Path:
+    """Put a generated `block` (which begins with `start` and ends with `end`) into
+    RESULTS.md in place of the previous one, or append it under `heading` the first time;
+    hand-written text around the markers is kept."""
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
+    block = block.rstrip("\n")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + (f"## {heading}\n\n" if heading else "") + block + "\n"
+    RESULTS_MD.write_text(text)
+    return RESULTS_MD

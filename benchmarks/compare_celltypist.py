@@ -34,6 +34,9 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _bench_common as bc  # noqa: E402
+
 REPO = HERE.parent
 WORK = HERE / "work"
 RESULTS = HERE / "results"
@@ -719,16 +722,7 @@ def markdown(report: dict) -> str:
 
 
 def write_markdown(text: str) -> Path:
-    path = HERE / "RESULTS.md"
-    current = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if MD_START in current and MD_END in current:
-        head, rest = current.split(MD_START, 1)
-        tail = rest.split(MD_END, 1)[1]
-        current = head + text.rstrip("\n") + tail
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    path.write_text(current)
-    return path
+    return bc.update_results(text, MD_START, MD_END)
 
 
 # --------------------------------------------------------------------------- main

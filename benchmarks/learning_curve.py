@@ -19,6 +19,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_common as bc  # noqa: E402
 from sctab_comparison import synthetic_hard  # noqa: E402
 
 from sclabel.config import DataConfig  # noqa: E402
@@ -96,14 +97,7 @@ def main() -> None:
         plot_learning_curve(table, HERE / "results" / f"learning_curve_{name}.png")
         RESULT.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(table[["width", "fraction", "n_train", "macro_f1", "train_seconds"]], flush=True)
-    path = HERE / "RESULTS.md"
-    text = path.read_text()
-    if MD_START in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + markdown(result) + rest.split(MD_END, 1)[1]
-    else:
-        text += "\n## Scaling runs: learning curves\n\n" + markdown(result) + "\n"
-    path.write_text(text)
+    bc.update_results(markdown(result), MD_START, MD_END, "Scaling runs: learning curves")
 
 
 if __name__ == "__main__":

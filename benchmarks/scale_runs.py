@@ -217,14 +217,8 @@ def main() -> None:
     steps = [step for step in previous if step["name"] not in rerun] + steps
     result["runs"][args.run] = {"command": command, "steps": steps}
     RESULT.write_text(json.dumps(result, indent=1))
-    text = (HERE / "RESULTS.md").read_text()
-    block = markdown(result)
-    if MD_START in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + block + rest.split(MD_END, 1)[1]
-    else:
-        text += "\n## Bigger than memory: store epoch and 5M-cell prediction\n\n" + block + "\n"
-    (HERE / "RESULTS.md").write_text(text)
+    heading = "Bigger than memory: store epoch and 5M-cell prediction"
+    bc.update_results(markdown(result), MD_START, MD_END, heading)
     if args.clean:
         for path in args.work.iterdir():
             shutil.rmtree(path) if path.is_dir() else path.unlink()

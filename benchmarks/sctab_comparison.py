@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_common as bc  # noqa: E402
 from compare_celltypist import DATA, _read, _stratified, load_pbmc68k  # noqa: E402
 
 import sclabel  # noqa: E402
@@ -225,15 +226,8 @@ def markdown(result: dict) -> str:
 
 
 def write_markdown(result: dict) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text()
-    block = markdown(result)
-    if MD_START in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + block + rest.split(MD_END, 1)[1]
-    else:
-        text += "\n## scTab comparison: every family on one split\n\n" + block + "\n"
-    path.write_text(text)
+    heading = "scTab comparison: every family on one split"
+    bc.update_results(markdown(result), MD_START, MD_END, heading)
 
 
 def main() -> None:

@@ -33,11 +33,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from sclabel.data.h5ad_writer import write_h5ad_chunks
-from sclabel.data.store import Store
-from sclabel.data.store_build import build_store
-from sclabel.data.store_loader import StoreRows
-from sclabel.scale_data import fit_profile, generate
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_common as bc  # noqa: E402
+
+from sclabel.data.h5ad_writer import write_h5ad_chunks  # noqa: E402
+from sclabel.data.store import Store  # noqa: E402
+from sclabel.data.store_build import build_store  # noqa: E402
+from sclabel.data.store_loader import StoreRows  # noqa: E402
+from sclabel.scale_data import fit_profile, generate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data" / "mouse_bladder_2100.h5ad"
@@ -181,16 +184,8 @@ def markdown(result: dict) -> str:
 
 
 def write_markdown(result: dict) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text()
-    block = markdown(result)
-    if MD_START in text:
-        head, rest = text.split(MD_START, 1)
-        text = head + block + rest.split(MD_END, 1)[1]
-    else:
-        title = "cold page cache" if "cold" in RESULT.name else "files in the page cache"
-        text += f"\n## Store loader throughput, {title}\n\n" + block + "\n"
-    path.write_text(text)
+    title = "cold page cache" if "cold" in RESULT.name else "files in the page cache"
+    bc.update_results(markdown(result), MD_START, MD_END, f"Store loader throughput, {title}")
 
 
 def main() -> None:
