@@ -164,8 +164,12 @@ def query_batches(
         desc="predicting",
     )
 
-    def batches(chunk):
-        for batch in iterate_batches(chunk, batch_size=batch_size, sparse=sparse):
-            yield {**batch, PRESENT_KEY: present}
+    return alignment, (
+        model_batches(chunk, present, batch_size=batch_size, sparse=sparse) for chunk in chunks
+    )
 
-    return alignment, (batches(chunk) for chunk in chunks)
+
+def model_batches(chunk, present: torch.Tensor, *, batch_size: int, sparse: bool = False):
+    """Prediction batches of prepared rows, each carrying the query's `present` gene mask."""
+    for batch in iterate_batches(chunk, batch_size=batch_size, sparse=sparse):
+        yield {**batch, PRESENT_KEY: present}

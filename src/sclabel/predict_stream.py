@@ -28,12 +28,11 @@ from tqdm.auto import tqdm
 
 from sclabel._atomic import atomic_path
 from sclabel.data import genes, io
-from sclabel.data.loader import PRESENT_KEY, iterate_batches
-from sclabel.data.normalize import prepare_rows
+from sclabel.data.normalize import log_normalize, prepare_rows
 from sclabel.data.store import Store
 from sclabel.errors import InputError
 from sclabel.models.base import predict_proba
-from sclabel.predict import UNKNOWN
+from sclabel.predict import UNKNOWN, model_batches
 
 if TYPE_CHECKING:
     from sclabel.model import Model
@@ -83,10 +82,8 @@ def predict_to_file(
             if part.exists():
                 continue  # done before an interruption
             X = reader.chunk(start, stop)
-            batches = (
-                {**b, PRESENT_KEY: present}
-                for b in iterate_batches(X, batch_size=batch_size, sparse=model.module.sparse_input)
-            )
+            sparse = model.module.sparse_input
+            batches = model_batches(X, present, batch_size=batch_size, sparse=sparse)
             proba = predict_proba(model.module, batches).numpy()
             frame = _frame(chunk_names, model.classes, proba, unknown_threshold)
             with atomic_path(part) as tmp:
@@ -121,7 +118,6 @@ class _ChunkReader:
             var = pd.DataFrame(index=pd.Index(vocab.ids))
             if vocab.symbols is not None:
                 var["gene_symbols"] = list(vocab.symbols)
-            self.size_factor = source.size_factors()
             self.n_cells, self.describe = source.n_cells, f"store {source.path.resolve()}"
         else:
             io.check_cells(source)
@@ -144,11 +140,8 @@ class _ChunkReader:
                 first_row=start,
             )
         raw = self.source.read_block(start, stop)
-        scale = self.size_factor[start:stop] * (self.target_sum / self.source.meta["target_sum"])
-        raw.data *= np.repeat(scale.astype(np.float32), np.diff(raw.indptr))
-        aligned = self.alignment.apply(raw)
-        np.log1p(aligned.data, out=aligned.data)
-        return aligned
+        ratio = self.target_sum / self.source.meta["target_sum"]
+        return log_normalize(raw, self.source.size_factor[start:stop] * ratio, self.alignment)
 
     @contextlib.contextmanager
     def names(self):

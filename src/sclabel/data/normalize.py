@@ -18,6 +18,34 @@ def to_csr(chunk) -> sp.csr_matrix:
     return sp.csr_matrix(chunk, dtype=np.float32)
 
 
+def count_space(chunk, kind: ValueKind, target_sum: float, first_row: int | np.ndarray = 0):
+    """Validate a raw chunk; return (a new count-space CSR over its own genes, size factors).
+
+    counts: the counts, factors target_sum / library size over all the cell's genes.
+    log1p:  expm1 of the values (already normalized), factors 1.
+    The store keeps exactly this, so it normalizes later as `prepare_rows` does now.
+    """
+    chunk = to_csr(chunk)
+    check_chunk(chunk, kind, first_row)
+    raw = chunk.copy()  # never modify the caller's matrix
+    if kind == "counts":
+        totals = np.asarray(raw.sum(axis=1, dtype=np.float64)).ravel()
+        return raw, (target_sum / totals).astype(np.float32)
+    np.expm1(raw.data, out=raw.data)
+    return raw, np.ones(raw.shape[0], np.float32)
+
+
+def log_normalize(
+    raw: sp.csr_matrix, factors: np.ndarray, alignment: GeneAlignment | None = None
+) -> sp.csr_matrix:
+    """log1p(row x factor), aligned to a model's genes in count space first (so duplicate
+    genes sum as counts). Scales `raw` in place: pass a matrix this call may own."""
+    raw.data *= np.repeat(np.asarray(factors, np.float32), np.diff(raw.indptr))
+    aligned = raw if alignment is None else alignment.apply(raw)
+    np.log1p(aligned.data, out=aligned.data)
+    return aligned
+
+
 def prepare_rows(
     chunk,
     *,
@@ -26,23 +54,9 @@ def prepare_rows(
     target_sum: float = 1e4,
     first_row: int | np.ndarray = 0,
 ) -> sp.csr_matrix:
-    """Validate, normalize and align one chunk of rows; returns log1p values over model genes.
-
-    counts: scale each row to `target_sum`, align, log1p.
-    log1p:  expm1, align (so duplicate genes sum in count space), log1p.
-    """
-    chunk = to_csr(chunk)
-    check_chunk(chunk, kind, first_row)
-    scaled = chunk.copy()  # never modify the caller's matrix
-    if kind == "counts":
-        totals = np.asarray(scaled.sum(axis=1, dtype=np.float64)).ravel()
-        factors = (target_sum / totals).astype(np.float32)
-        scaled.data *= np.repeat(factors, np.diff(scaled.indptr))  # row scaling, in place
-    else:
-        np.expm1(scaled.data, out=scaled.data)
-    aligned = alignment.apply(scaled)
-    np.log1p(aligned.data, out=aligned.data)
-    return aligned
+    """Validate, normalize and align one chunk of rows; returns log1p values over model genes."""
+    raw, factors = count_space(chunk, kind, target_sum, first_row)
+    return log_normalize(raw, factors, alignment)
 
 
 def iter_prepared(

@@ -20,6 +20,7 @@ library size kept aside, so the loader normalizes on the fly exactly as `prepare
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -214,7 +215,9 @@ class Store:
         with open(self.path / "obs_names.txt", encoding="utf-8") as handle:
             return pd.Index(handle.read().splitlines(), name="cell")
 
-    def size_factors(self) -> np.ndarray:
+    @functools.cached_property
+    def size_factor(self) -> np.ndarray:
+        """target_sum / library size per cell (1 for log1p input); read once per store."""
         return np.fromfile(self.path / "size_factor.bin", dtype=np.float32)
 
     def read_block(self, start: int, stop: int) -> sp.csr_matrix:

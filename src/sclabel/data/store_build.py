@@ -11,11 +11,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 
 from sclabel._atomic import atomic_dir
 from sclabel.data import genes, io
-from sclabel.data.normalize import to_csr
+from sclabel.data.normalize import count_space
 from sclabel.data.splits import make_split
 from sclabel.data.store import MARKER, Store, StoreWriter
 from sclabel.errors import InputError
@@ -138,15 +137,3 @@ def _append_source(writer, source, columns, gene_key, min_gene_coverage, chunk_s
 
 def _obs_columns(source) -> list[str]:
     return [str(c) for c in getattr(source, "obs_columns", None) or source.obs.columns]
-
-
-def count_space(chunk, kind: io.ValueKind, target_sum: float, first_row: int):
-    """Validate a raw chunk; return (count-space CSR over its own genes, size factors)."""
-    chunk = to_csr(chunk)
-    io.check_chunk(chunk, kind, first_row)
-    if kind == "counts":
-        totals = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel()
-        return chunk, (target_sum / totals).astype(np.float32)
-    chunk = chunk.copy()
-    np.expm1(chunk.data, out=chunk.data)
-    return chunk, np.ones(chunk.shape[0], np.float32)

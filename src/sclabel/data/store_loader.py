@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from sclabel.data.loader import X_KEY, Y_KEY, plan_epoch, torch_csr
+from sclabel.data.normalize import log_normalize
 from sclabel.data.store import Store
 
 
@@ -113,7 +114,7 @@ class StoreRows:
         self.workers = workers
         self.prefetch = prefetch
         self.densify_threads = densify_threads
-        self._size_factor = store.size_factors()
+        self._size_factor = store.size_factor
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -121,14 +122,7 @@ class StoreRows:
 
     def __getitem__(self, index) -> sp.csr_matrix:
         rows = self.rows[index]
-        return normalize(self.store.read_rows(rows), self._size_factor[rows])
-
-    def subset(self, index) -> StoreRows:
-        """These rows restricted to `index` (positions), read lazily like this one."""
-        other = StoreRows.__new__(StoreRows)
-        other.__dict__.update(self.__dict__)
-        other.rows = self.rows[index]
-        return other
+        return log_normalize(self.store.read_rows(rows), self._size_factor[rows])
 
     def batches(
         self, y: np.ndarray | None = None, *, sparse: bool = False, **plan: Any
@@ -166,19 +160,11 @@ class StoreRows:
         window, local = self.store.read_runs(unique)
         scale = np.ones(window.shape[0], np.float32)  # rows in gaps between runs: unused
         scale[local] = self._size_factor[unique]
-        window = normalize(window, scale, copy=False)
+        window = log_normalize(window, scale)
         where = local[inverse]
         bounds = np.cumsum([0] + [p.size for p in positions])
         orders = [where[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return window, orders, positions
-
-
-def normalize(raw: sp.csr_matrix, size_factor: np.ndarray, copy: bool = True) -> sp.csr_matrix:
-    """log1p(row * size factor): what `prepare_rows` computes, on count-space store rows."""
-    out = raw.copy() if copy else raw
-    out.data *= np.repeat(size_factor, np.diff(out.indptr))
-    np.log1p(out.data, out=out.data)
-    return out
 
 
 def _emit(windows, y, ring: _Ring, sparse) -> Iterator[dict[str, torch.Tensor]]:
