@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from sclabel import cli_foundation
 from sclabel.errors import InputError
 
 log = logging.getLogger("sclabel")
@@ -32,6 +33,7 @@ EXAMPLES = {
     "store": "sclabel store part1.h5ad part2.h5ad --label-key cell_type --split-by donor "
     "--out atlas.store",
     "import-celltypist": "sclabel import-celltypist Immune_All_Low.pkl --out immune-model",
+    **cli_foundation.EXAMPLES,
 }
 
 
@@ -173,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--resume", action="store_true", help="continue an interrupted streaming prediction"
     )
+    predict.add_argument(
+        "--int8", action="store_true", help="int8 dynamic quantization (faster on CPU)"
+    )
 
     evaluate = command("evaluate", "Score a model against known labels and write a report.")
     input_options(evaluate)
@@ -258,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="sclabel-demo", help="folder for the model and report")
     demo.add_argument("--model", default="mlp", help="model family")
     demo.add_argument("--max-epochs", type=int, default=40)
+    cli_foundation.add_parsers(command, input_options)
     return parser
 
 
@@ -378,6 +384,8 @@ def _run_predict(args) -> None:
     if out.suffix.lower() not in {".csv", ".tsv", ".parquet", ".h5ad"}:
         raise InputError(f"--out must end in .csv, .tsv, .parquet or .h5ad, got {out.name}")
     model = Model.load(args.model)
+    if args.int8:
+        model = model.quantized()
     data = open_input(args.input, backed=args.backed, obs_filter=args.obs_filter)
     if isinstance(data, Store) or args.backed or args.resume:
         result = predict_to_file(
@@ -645,6 +653,7 @@ RUNNERS = {
     "store": _run_store,
     "simulate": _run_simulate,
     "import-celltypist": _run_import_celltypist,
+    **cli_foundation.RUNNERS,
 }
 
 

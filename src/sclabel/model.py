@@ -47,6 +47,7 @@ class Model:
         self.split = split if split is not None else pd.DataFrame({"split": []})
         self.is_main_process = is_main_process
         self.augmentation = augmentation  # donor-difference vectors it was trained with
+        self.is_quantized = False
 
     @property
     def family(self) -> str:
@@ -94,6 +95,8 @@ class Model:
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint directory (see `sclabel.checkpoint`)."""
+        if self.is_quantized:
+            raise InputError("an int8 copy is for inference only; save the float model")
         return checkpoint.save(
             path,
             state=self.module.state_dict(),
@@ -149,6 +152,26 @@ class Model:
             split=parts["split"],
             augmentation=augmentation,
         )
+
+    def quantized(self) -> Model:
+        """A copy for CPU inference with int8 dynamic quantization of every linear layer
+        (weights int8, activations quantized per batch); benchmarks/foundation.py measures
+        its speed and macro-F1 against the float model. Not for saving or training."""
+        import copy
+        import warnings
+
+        import torch
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch points to torchao; this API still works here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = quantize_dynamic(
+                copy.deepcopy(self.module), {torch.nn.Linear}, dtype=torch.qint8
+            )
+        clone = copy.copy(self)
+        clone.module = module.eval()
+        clone.is_quantized = True
+        return clone
 
     def predict(self, adata: ad.AnnData, **options: Any):
         """Predict labels for every cell; see `sclabel.predict.predict` for the options."""

@@ -8,6 +8,7 @@ from typing import Any
 from sclabel.errors import InputError
 from sclabel.models.base import Classifier, ModelOutput
 from sclabel.models.celltypist import CellTypistClassifier
+from sclabel.models.foundation import BertClassifier, PerceiverClassifier
 from sclabel.models.linear import LinearClassifier
 from sclabel.models.mlp import MLPClassifier
 from sclabel.models.tabnet import TabNetClassifier
@@ -17,6 +18,8 @@ MODELS: dict[str, type[Classifier]] = {
     "mlp": MLPClassifier,
     "tabnet": TabNetClassifier,  # scTab; `Model.explain` reads its feature mask
     "celltypist": CellTypistClassifier,  # built by `sclabel import-celltypist`
+    "bert": BertClassifier,  # fine-tunes `sclabel pretrain` or Geneformer checkpoints
+    "perceiver": PerceiverClassifier,  # fine-tunes `sclabel pretrain --arch perceiver`
 }
 
 __all__ = ["MODELS", "Classifier", "ModelOutput", "build", "check_augmentable", "resolve_params"]

@@ -233,7 +233,11 @@ def fit_members(
 
     def build_member(member: int) -> Classifier:
         torch.manual_seed(config.seed + member)
-        return build(family, data.n_genes, len(data.classes), params)
+        module = build(family, data.n_genes, len(data.classes), params)
+        bind = getattr(module, "bind", None)  # pretrained families: weights + gene tokens
+        if bind is not None:
+            bind(data.vocabulary)
+        return module
 
     def train_member(member: int, member_config: TrainConfig) -> tuple[Classifier, FitResult]:
         member_config = dataclasses.replace(member_config, seed=config.seed + member)

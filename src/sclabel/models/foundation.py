@@ -1,0 +1,228 @@
+"""Cell classifiers on pretrained foundation models: BERT (Geneformer-style) and Perceiver.
+
+Both take the loader's dense batch of log-normalized expression and rank-tokenize it on the
+fly (`rank_select`, the same rule as `sclabel tokenize`), so they train, predict, evaluate
+and save through the same machinery as every other family. A family's `bind` runs once
+before training: it loads the pretrained weights (`from_dir`) and maps the training genes to
+the model's tokens; both end up in the checkpoint, so a saved model needs neither again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from sclabel.data.loader import X_KEY
+from sclabel.errors import InputError
+from sclabel.models.base import Classifier, ModelOutput
+
+# a BERT small enough to pretrain and fine-tune in a CPU test
+TINY_BERT = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 2048,
+    "hidden_act": "relu",
+    "layer_norm_eps": 1e-12,
+    "hidden_dropout_prob": 0.02,
+    "attention_probs_dropout_prob": 0.02,
+}
+POOLINGS = ("mean", "cls")
+EVAL_CHUNK = 64  # cells per forward pass without gradients: attention memory is cells x L^2
+
+
+def read_model_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        msg = f"{folder} has no config.json: pass a folder from `sclabel pretrain` or Geneformer"
+        raise InputError(msg)
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class FoundationParams:
+    """`from_dir`: a pretrained folder; its architecture is copied into `architecture` when
+    training starts, so loading the fine-tuned checkpoint never reads `from_dir` again.
+    `tokenizer`: where the gene tokens and medians are, when `from_dir` has none (e.g. the
+    Geneformer V1 pickles next to a Geneformer checkpoint)."""
+
+    from_dir: str | None = None
+    tokenizer: str | None = None
+    architecture: dict = field(default_factory=dict)
+    freeze_layers: int = 0
+    pooling: str = "mean"
+    max_len: int = 2048
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise InputError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.freeze_layers < 0 or self.max_len < 1:
+            raise InputError("freeze_layers must be >= 0 and max_len >= 1")
+        if not self.architecture and self.from_dir is not None:
+            config = read_model_config(self.from_dir)
+            object.__setattr__(self, "architecture", config)
+
+
+def load_tokenizer(folder: str | Path):
+    """Our tokenizer JSON files, or Geneformer V1's pickles (read by a restricted unpickler)."""
+    from sclabel.data.tokenize import GeneTokenizer
+
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        return GeneTokenizer.load(folder)
+    if (folder / "token_dictionary.pkl").is_file():
+        return GeneTokenizer.from_geneformer(folder)
+    msg = f"no tokenizer in {folder}: expected tokenizer.json or Geneformer's token_dictionary.pkl"
+    raise InputError(msg)
+
+
+class TokenizedCells(nn.Module):
+    """Training genes -> token ids and medians, as buffers saved with the checkpoint."""
+
+    def __init__(self, n_genes: int, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.register_buffer("gene_token", torch.full((n_genes,), -1, dtype=torch.long))
+        self.register_buffer("gene_median", torch.ones(n_genes))
+
+    def bind(self, gene_ids, tokenizer) -> float:
+        """Map the model's genes to the tokenizer's; returns the fraction mapped."""
+        token, median = tokenizer.gene_table(pd.DataFrame(index=pd.Index(gene_ids)))
+        self.gene_token.copy_(torch.as_tensor(token, dtype=torch.long))
+        self.gene_median.copy_(torch.as_tensor(median, dtype=torch.float32))
+        return float((self.gene_token >= 0).float().mean())
+
+    def forward(self, x: torch.Tensor):
+        from sclabel.data.tokenize import rank_select
+
+        return rank_select(x, self.gene_token, self.gene_median, self.max_len)
+
+
+class FoundationClassifier(Classifier):
+    """Shared by the BERT and Perceiver families: tokens -> `encode` -> pooled -> head."""
+
+    Params = FoundationParams
+    max_batch_size = 32  # a batch holds cells x max_len token states per layer
+    train_defaults = {"lr": 5e-5, "weight_decay": 0.001, "lr_gamma": 1.0, "max_epochs": 10}
+
+    def __init__(self, n_genes: int, n_classes: int, params: FoundationParams) -> None:
+        super().__init__(n_genes, n_classes, params)
+        self.cells = TokenizedCells(n_genes, params.max_len)
+        self.encoder = self.make_encoder(self.architecture())
+        self.dropout = nn.Dropout(params.dropout)
+        self.head = nn.Linear(self.width, n_classes)
+
+    def architecture(self) -> dict:
+        if not self.params.architecture:
+            msg = f"{self.family}: pass from_dir, a folder from `sclabel pretrain` (or Geneformer)"
+            raise InputError(msg)
+        return self.params.architecture
+
+    def bind(self, vocabulary) -> None:
+        """Before training: pretrained weights from `from_dir`, genes mapped to tokens."""
+        source = self.params.tokenizer or self.params.from_dir
+        self.load_pretrained(self.params.from_dir)
+        mapped = self.cells.bind(vocabulary.ids, load_tokenizer(source))
+        if mapped == 0:
+            raise InputError(f"none of the {len(vocabulary.ids)} genes has a token in {source}")
+        self.freeze(self.params.freeze_layers)
+
+    def forward(self, batch):
+        x = batch[X_KEY]
+        if self.training or x.shape[0] <= EVAL_CHUNK:
+            pooled = self.embed(x)
+        else:  # without gradients, bound the attention memory
+            pooled = torch.cat([self.embed(part) for part in x.split(EVAL_CHUNK)])
+        return ModelOutput(logits=self.head(self.dropout(pooled)), embedding=pooled)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, values, mask = self.cells(x)
+        return self.encode(tokens, values, mask)
+
+
+class BertClassifier(FoundationClassifier):
+    """Geneformer-style: a Hugging Face BERT over rank-ordered gene tokens."""
+
+    family = "bert"
+
+    def make_encoder(self, architecture: dict) -> nn.Module:
+        from transformers import BertConfig, BertModel
+
+        values = {k: v for k, v in architecture.items() if k not in ("architectures",)}
+        self.width = int(values["hidden_size"])
+        return BertModel(BertConfig(**values), add_pooling_layer=False)
+
+    def load_pretrained(self, folder: str) -> None:
+        from transformers import BertModel
+
+        pretrained = BertModel.from_pretrained(folder, add_pooling_layer=False)
+        self.encoder.load_state_dict(pretrained.state_dict())
+
+    def freeze(self, n_layers: int) -> None:
+        layers = self.encoder.encoder.layer
+        if n_layers > len(layers):
+            raise InputError(f"freeze_layers={n_layers} but the model has {len(layers)} layers")
+        frozen = [self.encoder.embeddings, *layers[:n_layers]] if n_layers else []
+        for module in frozen:
+            module.requires_grad_(False)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.encoder.config.vocab_size)
+
+    def gene_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token, final hidden state) of every gene position of the batch's cells."""
+        tokens, _, mask = self.cells(x)
+        states = self.encoder(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        return tokens[mask], states[mask]
+
+    def encode(self, tokens, values, mask):
+        states = self.encoder(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        if self.params.pooling == "cls":  # the first position: the top-ranked gene in V1
+            return states[:, 0]
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class PerceiverClassifier(FoundationClassifier):
+    """Exceiver-style: latents cross-attend to the cell's genes and their values."""
+
+    family = "perceiver"
+
+    def make_encoder(self, architecture: dict) -> nn.Module:
+        from sclabel.models.perceiver import PerceiverConfig, PerceiverEncoder
+
+        config = PerceiverConfig.from_dict(_config_fields(architecture, PerceiverConfig))
+        self.width = config.d_model
+        return PerceiverEncoder(config)
+
+    def load_pretrained(self, folder: str) -> None:
+        from sclabel.models import perceiver
+
+        self.encoder.load_state_dict(perceiver.load(folder).encoder.state_dict())
+
+    def freeze(self, n_layers: int) -> None:
+        blocks = list(self.encoder.self_layers)
+        if n_layers > len(blocks) + 1:
+            msg = f"freeze_layers={n_layers} but the model has {len(blocks) + 1} stages"
+            raise InputError(msg)
+        # stage 1 is the gene/value embedding + cross-attention, then one per latent block
+        for module in [self.encoder.input_stage(), *blocks][:n_layers]:
+            module.requires_grad_(False)
+
+    def encode(self, tokens, values, mask):
+        return self.encoder.embed(tokens, values, mask)
+
+
+def _config_fields(values: dict, cls) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
