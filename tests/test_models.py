@@ -5,9 +5,26 @@ from sclabel.errors import InputError
 from sclabel.models import MODELS, build, resolve_params
 
 
+# the pretrained families take their architecture from a pretrained folder; tiny ones here
+PRETRAINED = {
+    "bert": {
+        "architecture": {
+            "vocab_size": 40,
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+        }
+    },
+    "perceiver": {"architecture": {"n_tokens": 40, "d_model": 16, "n_latents": 4, "n_heads": 2}},
+}
+
+
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_every_family_maps_a_batch_to_logits(family):
-    module = build(family, n_genes=30, n_classes=4, params={})
+    module = build(family, n_genes=30, n_classes=4, params=PRETRAINED.get(family, {}))
+    if family in PRETRAINED:  # genes -> tokens, as `bind` does before training
+        module.cells.gene_token.copy_(torch.arange(30) + 2)
     out = module({"x": torch.rand(5, 30)})
     assert out.logits.shape == (5, 4)
     assert torch.isfinite(out.logits).all()
@@ -46,6 +63,8 @@ def test_resolve_params_fills_defaults():
         ("mlp", {"activation": "swish2"}, "unknown activation"),
         ("mlp", {"dropout": 1.5}, "dropout"),
         ("mlp", {"depth": 0}, "depth"),
+        ("bert", {"pooling": "max"}, "pooling"),
+        ("bert", {"from_dir": "/nonexistent"}, "no config.json"),
     ],
 )
 def test_bad_model_options_are_refused(family, params, message):

@@ -134,6 +134,26 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue a killed run (state kept per epoch)"
     )
+    from sclabel.training.losses import LOSSES
+
+    train.add_argument(
+        "--loss", choices=LOSSES, help="training loss (default weighted_ce; ce with --upsample)"
+    )
+    train.add_argument("--focal-gamma", type=float, help="focal loss exponent (default 2)")
+    train.add_argument(
+        "--upsample",
+        type=float,
+        nargs="?",
+        const=1.0,
+        metavar="TARGET",
+        help="repeat training cells of classes below TARGET x the largest class (bare: 1)",
+    )
+    train.add_argument(
+        "--cv",
+        type=int,
+        metavar="K",
+        help="K-fold cross-validation (by --split-by groups): cv.json + cv.md in --out, no model",
+    )
 
     store = command("store", "Convert .h5ad files or SOMA experiments into an on-disk store.")
     store.add_argument("inputs", nargs="+", help=".h5ad files (read backed) or SOMA experiments")
@@ -316,15 +336,24 @@ def _run_train(args) -> None:
     from sclabel import train
     from sclabel.data.io import open_input
     from sclabel.data.store import Store
+    from sclabel.training.api import CrossValidation, cross_validate
 
+    if args.cv is not None:  # refused before the input is read and any training is spent
+        given = [f for f in ("resume", "report", "export_split", "split_key") if getattr(args, f)]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            msg = f"--cv makes its own splits and keeps no model; drop {flags}"
+            raise InputError(msg)
+        if args.cv < 2:
+            raise InputError(f"--cv needs at least 2 folds, got {args.cv}")
+        CrossValidation.check_out(args.out)
     data = open_input(args.input, backed=args.backed, obs_filter=args.obs_filter)
     if isinstance(data, Store) and args.report:
         raise InputError("--report needs an .h5ad; test metrics of a store run are in metrics.json")
-    model = train(
-        data,
-        label_key=args.label_key,
+    if isinstance(data, Store) and args.cv is not None:
+        raise InputError("--cv reads an .h5ad; a store's split is fixed when the store is built")
+    options = dict(
         split_by=args.split_by,
-        split_key=args.split_key,
         donor_key=args.donor_key,
         augment=args.augment,
         model=args.model,
@@ -332,9 +361,6 @@ def _run_train(args) -> None:
         layer=args.layer,
         gene_key=args.gene_key,
         ensemble=args.ensemble,
-        loader={"workers": args.workers} if isinstance(data, Store) else None,
-        checkpoint_dir=Path(args.out).with_name(f".{Path(args.out).name}.training"),
-        resume=args.resume,
         **_given(
             max_epochs=args.max_epochs,
             batch_size=args.batch_size,
@@ -350,7 +376,26 @@ def _run_train(args) -> None:
             num_nodes=args.num_nodes,
             parallel_members=args.parallel_members or None,
             progress=not args.quiet,
+            loss=args.loss,
+            focal_gamma=args.focal_gamma,
+            upsample=args.upsample,
         ),
+    )
+    if args.cv is not None:
+        result = cross_validate(data, label_key=args.label_key, k=args.cv, **options)
+        if result.is_main_process:
+            result.save(args.out)
+            print(result.to_markdown())
+            print(f"written to {args.out}/cv.json and cv.md")
+        return
+    model = train(
+        data,
+        label_key=args.label_key,
+        split_key=args.split_key,
+        loader={"workers": args.workers} if isinstance(data, Store) else None,
+        checkpoint_dir=Path(args.out).with_name(f".{Path(args.out).name}.training"),
+        resume=args.resume,
+        **options,
     )
     if not model.is_main_process:
         return

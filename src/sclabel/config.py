@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from sclabel.errors import InputError
+from sclabel.training.losses import LOSSES
 
 
 class _JSONConfig:
@@ -73,6 +74,13 @@ class TrainConfig(_JSONConfig):
     lr_gamma: float = 0.9  # StepLR factor applied after every epoch
     patience: int = 5  # epochs without a better validation macro-F1 before stopping
     grad_clip: float | None = None
+    # training loss (training/losses.py): ce, weighted_ce, focal, dice or bce; None resolves
+    # to weighted_ce, or to ce with upsampling (the classes are balanced by repetition then)
+    loss: str | None = None
+    focal_gamma: float = 2.0  # focal loss exponent; 0 is cross-entropy
+    # 0: off; else each training class is repeated up to at least this fraction of the
+    # largest class's cells (1: all as large as the largest); True means 1
+    upsample: float = 0.0
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1
@@ -87,6 +95,27 @@ class TrainConfig(_JSONConfig):
             raise InputError("max_epochs and batch_size must be at least 1")
         if self.lr <= 0:
             raise InputError("lr must be positive")
+        self._check_loss_options()
+
+    def _check_loss_options(self) -> None:
+        """Validate loss and upsampling and resolve the default loss (frozen: setattr)."""
+        try:
+            upsample = float(self.upsample)  # True (from the Python API) means 1
+        except (TypeError, ValueError):
+            upsample = -1.0
+        if not 0 <= upsample <= 1:
+            msg = (
+                f"upsample must be in [0, 1] (0: off, 1: every class as large as the largest), "
+                f"got {self.upsample}"
+            )
+            raise InputError(msg)
+        object.__setattr__(self, "upsample", upsample)
+        if self.loss is None:
+            object.__setattr__(self, "loss", "ce" if upsample > 0 else "weighted_ce")
+        if self.loss not in LOSSES:
+            raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.focal_gamma < 0:
+            raise InputError(f"focal_gamma must be non-negative, got {self.focal_gamma}")
 
 
 def auto_batch_size(n_train: int, cap: int = 256) -> int:

@@ -198,6 +198,9 @@ def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_decay(config))
     model, optimizer = fabric.setup(module, optimizer)
     lengths = np.minimum(np.diff(store.indptr), config.max_len)
+    # the Perceiver's masking cuts cells itself and must see every expressed gene, so that
+    # a gene past max_len is never drawn as "unexpressed"
+    read_len = config.max_len if config.arch == "bert" else 2**31
     generator = torch.Generator().manual_seed(config.seed + fabric.global_rank)
     history: list[dict] = []
     tokens_seen, step, epoch, start = 0, 0, 0, time.perf_counter()
@@ -218,7 +221,7 @@ def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig)
         for rows in batches:
             if step >= config.max_steps:
                 break
-            batch = token_batch(store, column_tokens, rows, config.max_len)
+            batch = token_batch(store, column_tokens, rows, read_len)
             loss = _loss(model, module, batch, config, generator, fabric.device)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)

@@ -93,3 +93,99 @@ def _cover_classes_in_train(assign: dict, table: pd.DataFrame) -> None:
         spare = [g for g in train if not ((train_counts.loc[g] > 0) & (sources == 1)).any()]
         if spare:
             assign[min(spare, key=lambda g: table.loc[g].sum())] = emptied
+
+
+def kfold_by_group(
+    labels: pd.Series,
+    groups: pd.Series | None,
+    k: int,
+    seed: int = 0,
+    *,
+    val_fraction: float = 0.15,
+) -> list[pd.Series]:
+    """k train/val/test splits (Series like `make_split`'s) for cross-validation.
+
+    With `groups` (donors), each group is in exactly one fold's test part; folds get about
+    equal numbers of cells (largest groups first, each to the fold with fewest cells). The
+    validation groups (about `val_fraction` of all cells, at least one group) come from
+    the other groups, and validation groups move into train while a class present outside
+    the test part is missing from train. Without groups, folds are stratified by label
+    over cells, and validation cells are drawn per class from the rest.
+    """
+    _check_folds(k, val_fraction)
+    rng = np.random.default_rng(seed)
+    values = labels.to_numpy()
+    if groups is None:
+        if k > values.size:
+            raise InputError(f"{k} folds need at least {k} cells; there are {values.size}")
+        folds = _stratified_folds(values, k, rng)
+    else:
+        groups = groups.astype(str)
+        folds = _group_folds(groups.to_numpy(), k, rng)
+    return [
+        pd.Series(
+            pd.Categorical(_fold_parts(values, groups, folds == f, val_fraction, k, rng), PARTS),
+            index=labels.index,
+            name="split",
+        )
+        for f in range(k)
+    ]
+
+
+def _check_folds(k: int, val_fraction: float) -> None:
+    if not isinstance(k, int | np.integer) or k < 2:
+        raise InputError(f"cross-validation needs at least 2 folds, got {k}")
+    if not 0 <= val_fraction < 1 - 1 / k:
+        msg = f"val_fraction must be in [0, {1 - 1 / k:.2f}) with {k} folds, got {val_fraction}"
+        raise InputError(msg)
+
+
+def _stratified_folds(labels: np.ndarray, k: int, rng) -> np.ndarray:
+    """Fold of each cell: every class's cells dealt round-robin from a random start."""
+    fold = np.empty(labels.size, dtype=np.int64)
+    offset = 0
+    for label in pd.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        fold[members] = (offset + np.arange(members.size)) % k
+        offset += members.size  # the next class starts where this one stopped: even folds
+    return fold
+
+
+def _group_folds(groups: np.ndarray, k: int, rng) -> np.ndarray:
+    """Fold of each cell: whole groups, largest first, each to the fold with fewest cells."""
+    names, sizes = np.unique(groups, return_counts=True)
+    if k > names.size:
+        msg = (
+            f"{k} folds need at least {k} groups in the split column; it has {names.size}: "
+            "use fewer folds (--cv) or a column with more donors/samples"
+        )
+        raise InputError(msg)
+    shuffled = rng.permutation(names.size)  # random ties among groups of one size
+    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+    load = np.zeros(k, dtype=np.int64)
+    fold_of = {}
+    for i in order:
+        target = int(np.argmin(load))
+        fold_of[names[i]] = target
+        load[target] += sizes[i]
+    return pd.Series(groups).map(fold_of).to_numpy(dtype=np.int64)
+
+
+def _fold_parts(labels, groups, test, val_fraction, k, rng) -> np.ndarray:
+    """train/val/test per cell for one fold, given its test cells."""
+    parts = np.full(labels.size, "test", dtype=object)
+    rest = np.flatnonzero(~test)
+    share = val_fraction * k / (k - 1)  # of the non-test cells: val_fraction of all cells
+    if groups is None:
+        parts[rest] = _stratified(labels[rest], (1 - share, share, 0.0), rng)
+        return parts
+    rest_groups = groups.to_numpy()[rest]
+    names = rng.permutation(pd.unique(rest_groups))
+    n_val = _counts(names.size, (1 - share, share, 0.0))[1]
+    if share > 0 and names.size >= 2:
+        n_val = max(n_val, 1)
+    assign = {g: "val" for g in names[:n_val]} | {g: "train" for g in names[n_val:]}
+    table = pd.crosstab(rest_groups, labels[rest])
+    _cover_classes_in_train(assign, table.loc[:, table.sum(axis=0) > 0])
+    parts[rest] = pd.Series(rest_groups).map(assign).to_numpy(dtype=object)
+    return parts

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -45,18 +46,41 @@ def is_store(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+@numba.njit(nogil=True, cache=True)
+def _unique_per_row(indptr, indices, n_genes) -> bool:  # pragma: no cover
+    """True when no row repeats a gene: one pass, no sorting (rows keep their order)."""
+    last = np.full(n_genes, -1, np.int64)
+    for row in range(indptr.size - 1):
+        for k in range(indptr[row], indptr[row + 1]):
+            if last[indices[k]] == row:
+                return False
+            last[indices[k]] = row
+    return True
+
+
 class StoreWriter:
     """Append row chunks (already aligned to the store's genes) to a store being built.
 
     Files are written under a temporary name and the folder appears only on `close()`, so a
     crash or bad input leaves nothing behind. obs columns are kept in memory as codes (4 bytes
     per cell per column) and written at the end.
+
+    `rank_order=True` keeps each row's genes in the order given (a tokenized corpus stores
+    them highest rank first) instead of sorting them; rows must then not repeat a gene.
     """
 
-    def __init__(self, folder: Path, vocabulary: genes.Vocabulary, *, target_sum: float):
+    def __init__(
+        self,
+        folder: Path,
+        vocabulary: genes.Vocabulary,
+        *,
+        target_sum: float,
+        rank_order: bool = False,
+    ):
         self.folder = folder
         self.vocabulary = vocabulary
         self.target_sum = float(target_sum)
+        self.rank_order = rank_order
         self.files = {name: open(folder / f"{name}.bin", "wb") for name in ARRAYS}  # noqa: SIM115
         self.files["indptr"].write(np.zeros(1, np.int64).tobytes())
         self.names = open(folder / "obs_names.txt", "w", encoding="utf-8")  # noqa: SIM115
@@ -71,7 +95,10 @@ class StoreWriter:
         if X.shape[1] != len(self.vocabulary.ids) or X.shape[0] != len(obs):
             raise ValueError("chunk shape does not match the store's genes or obs")
         X = sp.csr_matrix(X, dtype=np.float32)
-        X.sum_duplicates()  # the loader relies on unique, sorted gene positions per row
+        if not self.rank_order:
+            X.sum_duplicates()  # the loader relies on unique, sorted gene positions per row
+        elif not _unique_per_row(X.indptr, X.indices, X.shape[1]):
+            raise ValueError("a rank-ordered chunk repeats a gene within a row")
         names = obs.index.astype(str)
         if names.str.contains("\n").any():
             raise InputError("cell names must not contain newlines")
@@ -150,6 +177,7 @@ class StoreWriter:
             "columns": columns,
             "sources": self.sources,
             "unique_names": unique_names,
+            **({"rank_order": True} if self.rank_order else {}),
             **(extra or {}),
         }
         (self.folder / MARKER).write_text(json.dumps(meta, indent=1))
@@ -226,7 +254,9 @@ class Store:
         return window
 
     def read_rows(self, rows: np.ndarray) -> sp.csr_matrix:
-        """Rows in the given (any) order, as a CSR of raw count-space values."""
+        """Rows in the given (any) order, as a CSR of raw count-space values. Each row keeps
+        its stored gene order (row indexing copies indices as they are), which a rank-ordered
+        store relies on."""
         rows = np.asarray(rows, dtype=np.int64)
         unique, inverse = np.unique(rows, return_inverse=True)
         window, local = self.read_runs(unique)

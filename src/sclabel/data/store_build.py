@@ -7,10 +7,12 @@ column so every run on the store uses the same one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
+import scipy.sparse as sp
 
 from sclabel._atomic import atomic_dir
 from sclabel.data import genes, io
@@ -55,6 +57,8 @@ def build_store(
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     progress: bool = True,
+    reorder: Callable[[sp.csr_matrix, np.ndarray], sp.csr_matrix] | None = None,
+    finish: Callable[[Path], dict] | None = None,
 ) -> Store:
     """Convert sources into one store over one gene vocabulary (the first source's unless
     given), chunk by chunk, so inputs may be bigger than memory.
@@ -64,6 +68,11 @@ def build_store(
     rows, obs) (a `SomaSource`, a generator). `columns`: obs columns to carry (default:
     those every source has). With `label_key` (and optionally `split_by` groups, e.g.
     donors), a train/val/test `split` column is recorded too.
+
+    Hooks for a tokenized corpus (`sclabel.data.tokenize`): `reorder(rows, size_factor)`
+    returns each aligned count-space chunk with every row's genes in the order to keep (the
+    store then records `rank_order` and does not sort them); `finish(folder)` writes extra
+    files into the store folder before it appears and returns extra `store.json` entries.
     """
     from tqdm.auto import tqdm
 
@@ -86,11 +95,13 @@ def build_store(
     total = sum(s.n_cells for s in opened)
     bar = tqdm(total=total, desc="building store", unit="cell", disable=not progress)
     with atomic_dir(out, marker=MARKER, what="store") as folder:
-        writer = StoreWriter(folder, vocabulary, target_sum=target_sum)
+        writer = StoreWriter(
+            folder, vocabulary, target_sum=target_sum, rank_order=reorder is not None
+        )
         try:
             for source in opened:
                 _append_source(
-                    writer, source, columns, gene_key, min_gene_coverage, chunk_size, bar
+                    writer, source, columns, gene_key, min_gene_coverage, chunk_size, bar, reorder
                 )
         finally:
             bar.close()
@@ -107,11 +118,15 @@ def build_store(
             )
             writer.add_column("split", split.reindex(labels.index))
             extra["split"] = {"label_key": label_key, "split_by": split_by, "seed": seed}
+        if finish is not None:
+            extra.update(finish(folder))
         writer.close(extra)
     return Store.open(out)
 
 
-def _append_source(writer, source, columns, gene_key, min_gene_coverage, chunk_size, bar):
+def _append_source(
+    writer, source, columns, gene_key, min_gene_coverage, chunk_size, bar, reorder=None
+):
     alignment = genes.align(
         source.var, writer.vocabulary, gene_key=gene_key, min_coverage=min_gene_coverage
     )
@@ -120,7 +135,8 @@ def _append_source(writer, source, columns, gene_key, min_gene_coverage, chunk_s
         if kind is None:  # judged on the first chunk; every chunk is then checked against it
             kind = io.detect_values(chunk).kind
         chunk, factor = count_space(chunk, kind, writer.target_sum, writer.n_cells - start)
-        writer.append(alignment.apply(chunk), factor, obs[columns])
+        rows = alignment.apply(chunk)
+        writer.append(rows if reorder is None else reorder(rows, factor), factor, obs[columns])
         bar.update(chunk.shape[0])
     if writer.n_cells - start != source.n_cells:
         raise InputError(f"{source.name}: expected {source.n_cells} cells, read fewer")

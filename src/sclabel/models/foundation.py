@@ -219,6 +219,15 @@ class PerceiverClassifier(FoundationClassifier):
         for module in [self.encoder.input_stage(), *blocks][:n_layers]:
             module.requires_grad_(False)
 
+    @property
+    def n_tokens(self) -> int:
+        return int(self.encoder.config.n_tokens)
+
+    def gene_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latents summarize the cell, not its genes: a gene's state is its id embedding."""
+        tokens, _, mask = self.cells(x)
+        return tokens[mask], self.encoder.gene_embedding(tokens[mask])
+
     def encode(self, tokens, values, mask):
         return self.encoder.embed(tokens, values, mask)
 

@@ -8,6 +8,7 @@ ensemble, optionally with donor augmentation).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from sclabel._atomic import atomic_dir
 from sclabel.config import DataConfig, ModelConfig, TrainConfig
 from sclabel.data import genes, io
 from sclabel.data.augment import (
@@ -31,8 +33,8 @@ from sclabel.data.augment import (
 )
 from sclabel.data.loader import EVAL_BATCH, iterate_batches
 from sclabel.data.normalize import iter_prepared
-from sclabel.data.sampling import class_weights
-from sclabel.data.splits import PARTS, make_split
+from sclabel.data.sampling import class_weights, upsample_indices
+from sclabel.data.splits import PARTS, kfold_by_group, make_split
 from sclabel.data.store import Store
 from sclabel.data.store_loader import StoreRows
 from sclabel.errors import InputError
@@ -228,6 +230,7 @@ def fit_members(
     already there (a killed run of the same data and options) are continued."""
     if augmentation is not None:
         check_augmentable(family)
+    data = upsample_training(data, config.upsample, config.seed)  # no-op unless asked
     weights = class_weights(data.subsets["train"][1], len(data.classes))
     train, val = data.subsets["train"], data.subsets["val"]
 
@@ -322,6 +325,13 @@ def train(
     `checkpoint_dir` keeps the training state after every epoch (removed when training
     ends); `resume=True` continues a killed run from it and ends as the uninterrupted run
     would have.
+
+    Loss and class balance (TrainConfig fields): `loss` is one of ce, weighted_ce (default),
+    focal (with `focal_gamma`), dice or bce (see `sclabel.training.losses`); `upsample=f`
+    repeats the training cells of every class smaller than f x the largest up to that size
+    (1 or True: all as large as the largest). With upsampling the default loss is plain ce,
+    and class weights, if a weighted loss is chosen explicitly, are computed on the
+    upsampled cells, so the classes are not balanced twice.
     """
     if ensemble < 1:
         raise InputError("ensemble must be at least 1")
@@ -351,6 +361,7 @@ def train(
     model_config = ModelConfig(family=model, params=resolve_params(model, model_params or {}))
     # the family's preferred settings (e.g. TabNet's from the scTab paper), then the user's
     train_config = TrainConfig.from_dict({**MODELS[model].train_defaults, **train_options})
+    _check_loss_applies(model, train_config)
     augment_config = config_from(augment)
     if augment_config is not None:
         check_augmentable(model)  # before any data is read
@@ -417,3 +428,221 @@ def train(
         is_main_process=results[-1].is_main_process,
         augmentation=augmentation,
     )
+
+
+def _check_loss_applies(family: str, config: TrainConfig) -> None:
+    """Families fitted by their own solver (celltypist) cannot take another training loss."""
+    if hasattr(MODELS.get(family), "fit_direct") and config.loss not in ("ce", "weighted_ce"):
+        msg = (
+            f"the {family!r} family is fitted by its own solver (logistic regression), so "
+            f"loss {config.loss!r} does not apply; drop --loss (its class weighting is the "
+            "class_weighted parameter)"
+        )
+        raise InputError(msg)
+
+
+def upsample_training(data: TrainingData, target: float, seed: int = 0) -> TrainingData:
+    """`data` with the training part's rare classes repeated (`upsample_indices`).
+
+    Validation and test cells are never repeated, so early stopping and test scores see the
+    real class frequencies. In memory the repeated rows are copied (memory grows with the
+    added cells); from a store only row numbers are repeated.
+    """
+    if not target:
+        return data
+    X, y = data.subsets["train"]
+    positions = upsample_indices(y, target, seed)
+    log.info(
+        "upsampling: %d -> %d training cells (every class at least %.0f%% of the largest); "
+        "class weights come from the upsampled cells, and the default loss is plain ce",
+        y.size,
+        positions.size,
+        100 * target,
+    )
+    donors = data.donors
+    if donors is not None:
+        donors = {**donors, "train": donors["train"][positions]}
+    subsets = {**data.subsets, "train": (_take_rows(X, positions), y[positions])}
+    return dataclasses.replace(data, subsets=subsets, donors=donors)
+
+
+def _take_rows(X: sp.csr_matrix | StoreRows, positions: np.ndarray):
+    if isinstance(X, StoreRows):  # duplicated rows are read once per window
+        options = ("block_size", "buffer_batches", "workers", "prefetch", "densify_threads")
+        return StoreRows(X.store, X.rows[positions], **{k: getattr(X, k) for k in options})
+    return X[positions]
+
+
+CV_SCORES = ("macro_f1", "accuracy")
+
+
+@dataclass
+class CrossValidation:
+    """Test scores of each fold of `cross_validate`, with their mean and standard deviation.
+
+    Each fold record holds macro_f1 and accuracy on that fold's test cells, the best epoch,
+    and the cells (and groups) per part. The spread across folds says how much a score
+    depends on which donors happen to be held out, which one split cannot tell.
+    """
+
+    k: int
+    model: str
+    split_by: str | None
+    folds: list[dict[str, Any]]
+    config: dict[str, Any]  # family hyperparameters and TrainConfig of every fold's run
+    is_main_process: bool = True
+
+    @property
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean and sample standard deviation (ddof=1) of each score over the folds."""
+        summary = {}
+        for name in CV_SCORES:
+            values = np.array([f[name] for f in self.folds], dtype=np.float64)
+            sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
+            summary[name] = {"mean": float(values.mean()), "sd": sd}
+        return summary
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {"k": self.k, "model": self.model, "split_by": self.split_by}
+        return {**fields, "summary": self.summary, "folds": self.folds, "config": self.config}
+
+    def to_markdown(self) -> str:
+        by = f"grouped by {self.split_by!r}" if self.split_by else "stratified by label"
+        has_groups = self.split_by is not None
+        lines = [
+            f"# {self.k}-fold cross-validation: {self.model}, {by}",
+            "",
+            "| fold | macro-F1 | accuracy | best epoch | train / val / test cells"
+            + (" | test groups |" if has_groups else " |"),
+            "|---:|---:|---:|---:|---:" + ("|---:|" if has_groups else "|"),
+        ]
+        for f in self.folds:
+            cells = " / ".join(str(f["n_cells"][p]) for p in PARTS)
+            row = f"| {f['fold']} | {f['macro_f1']:.4f} | {f['accuracy']:.4f} | "
+            row += f"{f['best_epoch']} | {cells} |"
+            lines.append(row + (f" {f['n_groups']['test']} |" if has_groups else ""))
+        lines.append("")
+        for name, values in self.summary.items():
+            lines.append(f"- {name}: {values['mean']:.4f} ± {values['sd']:.4f} (mean ± sd)")
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def check_out(path: str | Path) -> None:
+        """Refuse an --out that `save` would refuse, before any training is spent."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path} is a file; choose a folder name for the cross-validation")
+        if path.is_dir() and any(path.iterdir()) and not (path / "cv.json").exists():
+            msg = f"{path} exists and is not a sclabel cross-validation; choose a new folder"
+            raise InputError(msg)
+
+    def save(self, path: str | Path) -> Path:
+        """Write cv.json and cv.md into the folder `path` (replacing an earlier one)."""
+        with atomic_dir(path, marker="cv.json", what="cross-validation") as tmp:
+            (tmp / "cv.json").write_text(json.dumps(self.to_dict(), indent=2))
+            (tmp / "cv.md").write_text(self.to_markdown())
+        return Path(path)
+
+
+def cross_validate(
+    adata: ad.AnnData,
+    *,
+    label_key: str,
+    split_by: str | None = None,
+    k: int = 5,
+    model: str = "mlp",
+    model_params: dict[str, Any] | None = None,
+    val_fraction: float = 0.15,
+    **options: Any,
+) -> CrossValidation:
+    """k-fold cross-validation: `train` once per fold, scored on that fold's test cells.
+
+    With `split_by` (donors), each group is tested in exactly one fold, so the scores
+    measure transfer to unseen donors; without it, folds are stratified by label. Within a
+    fold, validation groups (about `val_fraction` of the cells) for early stopping come from
+    the other folds (`kfold_by_group`). `options` are `train`'s (layer, gene_key, ensemble,
+    augment, donor_key and TrainConfig fields such as loss or upsample), so every family
+    and option works as in `train`. The user's AnnData is not changed: each fold trains on
+    a new AnnData sharing its matrices, with the fold's split as an extra obs column.
+    """
+    _check_cv_options(adata, options)
+    obs = adata.obs
+    labels = read_labels(obs, label_key)
+    keep = labels.notna().to_numpy()
+    groups = None
+    if split_by is not None:
+        _require_column(obs, split_by, "split")
+        groups = obs[split_by][keep].astype(str)
+    seed = int(options.get("seed", 0))
+    folds = kfold_by_group(labels[keep], groups, k, seed, val_fraction=val_fraction)
+    used = [label_key, split_by, options.get("donor_key")]
+    columns = [c for c in dict.fromkeys(used) if c is not None]
+    split_key = _free_name("_sclabel_cv_split", obs.columns)
+    records, config, main = [], {}, True
+    for fold, split in enumerate(folds):
+        log.info("cross-validation: fold %d of %d", fold + 1, k)
+        fold_obs = obs.loc[:, columns].copy()
+        part = np.full(obs.shape[0], None, dtype=object)
+        part[keep] = split.astype(str).to_numpy()
+        fold_obs[split_key] = part
+        fitted = train(
+            _with_obs(adata, fold_obs),
+            label_key=label_key,
+            split_by=split_by,
+            split_key=split_key,
+            model=model,
+            model_params=model_params,
+            **options,
+        )
+        records.append(_fold_record(fold, fitted, split, groups))
+        config = {"params": fitted.model_config.params, "train": fitted.train_config.to_dict()}
+        config["val_fraction"] = val_fraction
+        main = main and fitted.is_main_process
+    return CrossValidation(k, model, split_by, records, config, is_main_process=main)
+
+
+def _check_cv_options(adata, options: dict[str, Any]) -> None:
+    if isinstance(adata, Store):
+        msg = "cross-validation reads an AnnData (.h5ad); a store's split is fixed when built"
+        raise InputError(msg)
+    given = [name for name in ("split_key", "checkpoint_dir", "resume") if options.get(name)]
+    if given:
+        msg = (
+            f"cross-validation makes its own splits and keeps no model: drop {given} "
+            "(--split-key/--resume)"
+        )
+        raise InputError(msg)
+    for name in ("split_key", "checkpoint_dir", "resume"):
+        options.pop(name, None)
+
+
+def _free_name(name: str, taken) -> str:
+    while name in taken:
+        name += "_"
+    return name
+
+
+def _with_obs(adata: ad.AnnData, obs: pd.DataFrame) -> ad.AnnData:
+    """A new AnnData with `obs` that shares X, layers, raw (and a backed file's X) with
+    `adata`: nothing is copied, and `adata` itself is left as it was."""
+    raw = None if adata.raw is None else {"X": adata.raw.X, "var": adata.raw.var}
+    return ad.AnnData(X=adata.X, obs=obs, var=adata.var, layers=dict(adata.layers), raw=raw)
+
+
+def _fold_record(fold: int, fitted: Model, split: pd.Series, groups) -> dict[str, Any]:
+    test, fit_ = fitted.metrics["test"], fitted.metrics["fit"]
+    record = {
+        "fold": fold,
+        "macro_f1": test["macro_f1"],
+        "accuracy": test["accuracy"],
+        "best_epoch": fit_["best_epoch"],
+        "best_val_macro_f1": fit_["best_val_macro_f1"],
+        "epochs_run": fit_["epochs_run"],
+        "train_seconds": fit_["train_seconds"],
+        "n_cells": fitted.metrics["n_cells"],
+    }
+    if groups is not None:
+        parts, names = split.astype(str).to_numpy(), groups.to_numpy()
+        record["n_groups"] = {p: int(np.unique(names[parts == p]).size) for p in PARTS}
+        record["test_groups"] = sorted(np.unique(names[parts == "test"]).tolist())
+    return record

@@ -1,7 +1,8 @@
 """The one training loop, driven by Lightning Fabric (devices, precision, DDP).
 
-Class-weighted cross-entropy + every `loss_terms` entry a model returns, AdamW, StepLR after
-each epoch, early stopping on validation macro-F1 with the best weights restored.
+The configured loss (`config.loss`, default class-weighted cross-entropy; see losses.py) +
+every `loss_terms` entry a model returns, AdamW, StepLR after each epoch, early stopping on
+validation macro-F1 with the best weights restored.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from sclabel.config import TrainConfig, auto_batch_size
 from sclabel.data.loader import EVAL_BATCH, X_KEY, Y_KEY, iterate_batches, n_batches
 from sclabel.models.base import Classifier, predict_proba
+from sclabel.training.losses import make_loss
 from sclabel.training.resume import TrainingState, load_state, save_state
 
 log = logging.getLogger("sclabel")
@@ -82,8 +84,8 @@ def fit(
     if state_dir is not None:  # before setup, so DDP broadcasts the restored weights
         restored = load_state(state_dir, module, optimizer, scheduler, run or {})
     model, optimizer = fabric.setup(module, optimizer)
-    weight = torch.as_tensor(class_weight, dtype=torch.float32, device=fabric.device)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    loss_fn = make_loss(config.loss, class_weight, len(class_weight), **loss_options(config))
+    loss_fn = loss_fn.to(fabric.device)
     has_val = val is not None and val[0].shape[0] > 0
     if not has_val:
         log.info(
@@ -209,6 +211,11 @@ def recalibrate_batch_norm(module: torch.nn.Module, batches, device) -> None:
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     module.train(was_training)
+
+
+def loss_options(config: TrainConfig) -> dict[str, float]:
+    """The TrainConfig fields that tune the chosen loss, as `make_loss` options."""
+    return {"gamma": config.focal_gamma} if config.loss == "focal" else {}
 
 
 def _weighted_nll(proba: np.ndarray, y: np.ndarray, class_weight: np.ndarray) -> float:
