@@ -6,6 +6,7 @@ scores and the k-means baseline. Warnings are errors here (pyproject) unless ass
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -33,6 +34,8 @@ from sclabel.evaluation.per_cell_type import (
     per_cell_type_metrics,
     per_cell_type_plot,
 )
+
+SEV = ("control", "mild", "severe")
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,14 @@ def test_cohort_structure(cohort):
     assert set(obs["state"]) == {"control", "progression", "convalescence"}
     signal = list(cohort.uns["signal_cell_types"])
     assert signal and set(signal) < set(obs["cell_type"])
+    x = cohort.X.toarray()
+    x = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
+    genes = cohort.var_names.get_indexer(cohort.uns["severity_genes"][signal[0]])
+    for cell_type in (signal[0], "type_5"):  # severity genes rise with severity only in signal
+        cells = (obs["cell_type"] == cell_type).to_numpy()
+        means = [x[cells & (obs["severity"] == s).to_numpy()][:, genes].mean() for s in SEV]
+        rises = means[0] + 0.3 < means[1] < means[2] - 0.2
+        assert rises == (cell_type in signal), (cell_type, means)
     proportions = pd.crosstab(obs["patient"], obs["cell_type"], normalize="index")
     assert proportions.std(axis=0).min() > 0.01  # proportions vary by patient
     assert np.allclose(cohort.X.data, np.round(cohort.X.data))  # raw counts
@@ -206,6 +217,9 @@ def test_aggregate_mean_and_vote_by_hand():
     assert list(mean.index) == ["p1", "p2", "p3", "p4"] and list(mean.columns) == CLASSES
     np.testing.assert_allclose(mean.to_numpy(), expected)
     assert mean.idxmax(axis=1).tolist() == ["a", "b", "c", "b"]
+    kwargs = {"cell_types": ["T"] * 9, "weights": {"other": 1.0}}  # no weighted type: mean
+    fallback = aggregate(proba, patients, method="weighted", classes=CLASSES, **kwargs)
+    pd.testing.assert_frame_equal(fallback, mean)
     vote = aggregate(pd.DataFrame(proba, columns=CLASSES), patients, method="vote")
     assert vote.idxmax(axis=1).tolist() == ["a", "b", "c", "a"]
     np.testing.assert_allclose(vote.sum(axis=1), 1.0)
@@ -293,8 +307,6 @@ def test_kmeans_finds_planted_blobs(tmp_path):
     assert result.clusters["n_cells"].sum() == 600
     for name in ("kmeans_elbow.png", "pca_cluster.png", "pca_planted.png", "pca_coin.png"):
         assert (tmp_path / name).stat().st_size > 1000
-    import json
-
     json.dumps(result.to_dict())
     assert "k = 4" in result.to_markdown() and "| planted |" in result.to_markdown()
 

@@ -124,7 +124,8 @@ def test_unexpressed_count_option_and_a_nearly_full_vocabulary():
     assert batch["query_mask"].sum(1).tolist() == [h + 5 for h in n_hidden]
     # 38 genes, a cell expressing 30: at most the 8 others can be queried, and all of them are
     small = PerceiverConfig(n_tokens=40, unexpressed_per_cell=20, **TINY)
-    tokens, *rest = cells = ranked_cells([30, 30], small.n_tokens)
+    cells = ranked_cells([30, 30], small.n_tokens)
+    tokens = cells[0]
     batch = make_masked_batch(*cells, small, torch.Generator().manual_seed(0))
     for i in range(2):
         queried = set(batch["query_tokens"][i][batch["query_mask"][i]].tolist())
@@ -223,7 +224,12 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     refused({"objective": "poisson"}, "do not match")  # nb weights carry log_theta
     refused({"n_tokens": 301}, "do not match")
     refused({"format_version": 2}, "version")
-    refused({"architecture": "bert"}, "architecture")
+    refused({"architecture": "bert"}, "does not describe")
+    del info["n_tokens"]
+    refused({}, "n_tokens")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="unreadable"):
+        perceiver.load(folder)
     with pytest.raises(InputError, match="not a sclabel Perceiver"):
         perceiver.load(tmp_path / "missing")
 

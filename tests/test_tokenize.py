@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
-from conftest import shared_file
 
 import sclabel
+from conftest import shared_file
 from sclabel import safe_pickle
 from sclabel.data import genes
 from sclabel.data.normalize import count_space, iter_prepared
@@ -65,7 +65,8 @@ def tiny_cells(order=(0, 1, 2, 3, 4)) -> ad.AnnData:
 
 def rows_of(ranked, field="tokens"):
     values = getattr(ranked, field)
-    return [values[a:b].tolist() for a, b in zip(ranked.indptr[:-1], ranked.indptr[1:])]
+    pairs = zip(ranked.indptr[:-1], ranked.indptr[1:], strict=True)
+    return [values[a:b].tolist() for a, b in pairs]
 
 
 def loader_x(adata, vocabulary) -> np.ndarray:
@@ -141,6 +142,8 @@ def test_sparse_and_dense_paths_give_identical_tokens_on_cellbench(geneformer):
         dense = [t[m].tolist() for t, m in zip(tokens, mask, strict=True)]
         assert dense == [row[:max_len] for row in rows_of(ranked)]  # every position equal
     assert np.diff(ranked.indptr).max() > 2048  # the full rows are longer than the window
+    truncated = rank_order(alignment.apply(raw), factor, token, median, max_len=2048)
+    assert rows_of(truncated) == [row[:2048] for row in rows_of(ranked)]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +178,7 @@ def test_corpus_store_keeps_rank_order_counts_and_labels(geneformer, cellbench_f
     cell = adata.X[rows[0]].toarray().ravel()  # the counts are the cell's own raw counts
     column = {t: c for c, t in enumerate(token) if t >= 0}
     assert [cell[column[t]] for t in tokens[0, :20]] == counts[0, :20].tolist()
-    scores = counts[0, :lengths[0]] / median[[column[t] for t in tokens[0, : lengths[0]]]]
+    scores = counts[0, : lengths[0]] / median[[column[t] for t in tokens[0, : lengths[0]]]]
     assert (np.diff(scores) <= 1e-6 * scores[:-1]).all()  # highest first
 
 
@@ -184,7 +187,9 @@ def test_streaming_in_small_chunks_equals_one_chunk(geneformer, cellbench_file, 
     small = tokenize([path, path], tmp_path / "a", geneformer, chunk_size=37, progress=False)
     whole = tokenize([path, path], tmp_path / "b", geneformer, chunk_size=10**6, progress=False)
     for name in ("indptr", "indices", "data", "size_factor"):
-        assert (small.path / f"{name}.bin").read_bytes() == (whole.path / f"{name}.bin").read_bytes()
+        assert (small.path / f"{name}.bin").read_bytes() == (
+            whole.path / f"{name}.bin"
+        ).read_bytes()
 
 
 def test_fit_medians_match_exact_medians_within_the_stated_error(tmp_path):

@@ -200,7 +200,7 @@ def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig)
     lengths = np.minimum(np.diff(store.indptr), config.max_len)
     # the Perceiver's masking cuts cells itself and must see every expressed gene, so that
     # a gene past max_len is never drawn as "unexpressed"
-    read_len = config.max_len if config.arch == "bert" else 2**31
+    read_len = config.max_len if config.arch == "bert" else int(np.diff(store.indptr).max())
     generator = torch.Generator().manual_seed(config.seed + fabric.global_rank)
     history: list[dict] = []
     tokens_seen, step, epoch, start = 0, 0, 0, time.perf_counter()
@@ -227,10 +227,11 @@ def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig)
             fabric.backward(loss)
             optimizer.step()
             scheduler.step()
-            tokens_seen += int(batch["mask"].sum())
-            history.append({"step": step, "loss": float(loss), "lr": scheduler.get_last_lr()[0]})
+            tokens_seen += int(lengths[rows].sum())  # model inputs: up to max_len per cell
+            value = float(loss.detach())
+            history.append({"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{value:.3f}")
             step += 1
         epoch += 1
     bar.close()

@@ -103,8 +103,8 @@ class StoreWriter:
         if names.str.contains("\n").any():
             raise InputError("cell names must not contain newlines")
         self.files["indptr"].write((X.indptr[1:].astype(np.int64) + self.nnz).tobytes())
-        self.files["indices"].write(X.indices.astype(np.int32).tobytes())
-        self.files["data"].write(X.data.tobytes())
+        self.files["indices"].write(np.ascontiguousarray(X.indices, np.int32))  # no copy
+        self.files["data"].write(np.ascontiguousarray(X.data))
         self.files["size_factor"].write(np.asarray(size_factor, np.float32).tobytes())
         self.names.write("".join(f"{name}\n" for name in names))
         self.name_hashes.append(pd.util.hash_array(names.to_numpy(dtype=object)))

@@ -57,7 +57,8 @@ def build_store(
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     progress: bool = True,
-    reorder: Callable[[sp.csr_matrix, np.ndarray], sp.csr_matrix] | None = None,
+    reorder: Callable[[sp.csr_matrix, np.ndarray, genes.GeneAlignment], sp.csr_matrix]
+    | None = None,
     finish: Callable[[Path], dict] | None = None,
 ) -> Store:
     """Convert sources into one store over one gene vocabulary (the first source's unless
@@ -69,10 +70,11 @@ def build_store(
     those every source has). With `label_key` (and optionally `split_by` groups, e.g.
     donors), a train/val/test `split` column is recorded too.
 
-    Hooks for a tokenized corpus (`sclabel.data.tokenize`): `reorder(rows, size_factor)`
-    returns each aligned count-space chunk with every row's genes in the order to keep (the
-    store then records `rank_order` and does not sort them); `finish(folder)` writes extra
-    files into the store folder before it appears and returns extra `store.json` entries.
+    Hooks for a tokenized corpus (`sclabel.data.tokenize`): `reorder(rows, size_factor,
+    alignment)` replaces `alignment.apply` on each count-space chunk, returning it over the
+    store's genes with every row's genes in the order to keep (the store then records
+    `rank_order` and does not sort them); `finish(folder)` writes extra files into the store
+    folder before it appears and returns extra `store.json` entries.
     """
     from tqdm.auto import tqdm
 
@@ -135,8 +137,8 @@ def _append_source(
         if kind is None:  # judged on the first chunk; every chunk is then checked against it
             kind = io.detect_values(chunk).kind
         chunk, factor = count_space(chunk, kind, writer.target_sum, writer.n_cells - start)
-        rows = alignment.apply(chunk)
-        writer.append(rows if reorder is None else reorder(rows, factor), factor, obs[columns])
+        rows = alignment.apply(chunk) if reorder is None else reorder(chunk, factor, alignment)
+        writer.append(rows, factor, obs[columns])
         bar.update(chunk.shape[0])
     if writer.n_cells - start != source.n_cells:
         raise InputError(f"{source.name}: expected {source.n_cells} cells, read fewer")

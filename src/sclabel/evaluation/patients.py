@@ -135,9 +135,9 @@ def fit_cell_type_weights(
       nats, over a uniform guess.
     - ``accuracy``: balanced accuracy (mean recall over classes) minus 1 / n_classes.
 
-    weight_t = max(score_t, 0) / sum_s max(score_s, 0); types no validation patient has
-    get 0. When no type beats chance, all weights are equal (logged), which makes
-    "weighted" a per-type mean.
+    weight_t = max(score_t, 0) / sum_s max(score_s, 0). Types no validation patient has are
+    absent from the result, which `aggregate` reads as weight 0. When no type beats chance,
+    all weights are equal (logged), which makes "weighted" a mean over cell types.
     """
     if rule not in RULES:
         raise InputError(f"unknown weighting rule {rule!r}; choose one of {RULES}")
@@ -162,7 +162,7 @@ def fit_cell_type_weights(
             columns = pooled.columns.get_indexer(true)
             value = np.log(np.clip(pooled.to_numpy()[np.arange(true.size), columns], 1e-6, 1))
         per_class = pd.Series(value.astype(float)).groupby(true).mean().mean()
-        scores[cell_type] = per_class - (
+        scores[str(cell_type)] = per_class - (
             1 / n_classes if rule == "accuracy" else -np.log(n_classes)
         )
     raw = pd.Series(scores, name="weight").clip(lower=0)
@@ -191,6 +191,11 @@ def patient_metrics(
         raise InputError(f"no true label for {len(missing)} patient(s), e.g. {missing[:3]}")
     y_true = truth.loc[scores.index.astype(str)].to_numpy()
     y_pred = scores.idxmax(axis=1).astype(str).to_numpy()
-    m = compute_metrics(y_true, y_pred, scores.max(axis=1).to_numpy(), classes or list(scores))
+    m = compute_metrics(
+        y_true,
+        y_pred,
+        scores.max(axis=1).to_numpy(),
+        list(classes) if classes is not None else list(scores.columns),
+    )
     keep = ("accuracy", "macro_f1", "weighted_f1", "per_class", "confusion")
     return {"n_patients": m["n_cells"], **{k: m[k] for k in keep}}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -292,7 +293,7 @@ def make_masked_batch(
     top = [x[:, : config.max_len] for x in (tokens, values, counts, pad_mask)]
     context = top[3]
     n_context = context.sum(1)
-    n_hide = (n_context * config.mask_fraction).round().long().clamp(min=1)
+    n_hide = (n_context.double() * config.mask_fraction).round().long().clamp(min=1)
     n_hide = torch.minimum(n_hide, (n_context - 1).clamp(min=1)).minimum(n_context)
     score = torch.rand(context.shape, generator=generator).masked_fill(~context, 2.0)
     rank = score.argsort(dim=1).argsort(dim=1)  # a random order of each cell's genes
@@ -336,15 +337,23 @@ def load(folder: str | Path) -> PerceiverForMaskedExpression:
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     if not config_path.is_file() or not weights_path.is_file():
         raise InputError(f"{folder} is not a sclabel Perceiver (config.json + model.safetensors)")
-    info = json.loads(config_path.read_text())
-    if info.get("architecture") != ARCHITECTURE:
-        raise InputError(f"{folder}: architecture {info.get('architecture')!r}, not {ARCHITECTURE}")
+    try:
+        info = json.loads(config_path.read_text())
+        state = load_file(str(weights_path))
+    except (ValueError, SafetensorError) as error:
+        raise InputError(f"{folder}: unreadable Perceiver files ({error})") from None
+    if not isinstance(info, dict) or info.get("architecture") != ARCHITECTURE:
+        raise InputError(f"{folder}/config.json does not describe a {ARCHITECTURE} model")
     if info.get("format_version") != FORMAT_VERSION:
         msg = f"{folder}: Perceiver format version {info.get('format_version')!r} is not "
         raise InputError(msg + f"{FORMAT_VERSION}; upgrade sclabel")
     values = {k: v for k, v in info.items() if k not in ("architecture", "format_version")}
-    model = PerceiverForMaskedExpression(PerceiverConfig.from_dict(values))
-    state, expected = load_file(str(weights_path)), model.state_dict()
+    try:
+        config = PerceiverConfig.from_dict(values)
+    except TypeError as error:  # a required field is missing
+        raise InputError(f"{folder}/config.json: {error}") from None
+    model = PerceiverForMaskedExpression(config)
+    expected = model.state_dict()
     wrong = sorted(set(state) ^ set(expected))
     wrong += [k for k in state.keys() & expected.keys() if state[k].shape != expected[k].shape]
     if wrong:
