@@ -24,7 +24,7 @@ from sclabel.pretrain import (
 )
 
 pytestmark = pytest.mark.slow
-SMALL = {"max_len": 128, "batch_size": 16, "warmup_steps": 20, "progress": False}
+SMALL = {"max_len": 64, "batch_size": 16, "warmup_steps": 10, "progress": False}
 TUNE = {"max_epochs": 3, "batch_size": 16, "lr": 1e-3, "progress": False}
 
 
@@ -51,14 +51,14 @@ def corpus(cellbench, geneformer_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bert_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("bert") / "tiny-bert"
-    result = pretrain(corpus, out, PretrainConfig(arch="bert", max_steps=250, lr=2e-3, **SMALL))
+    result = pretrain(corpus, out, PretrainConfig(arch="bert", max_steps=150, lr=2e-3, **SMALL))
     return out, result
 
 
 @pytest.fixture(scope="module")
 def perceiver_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("perceiver") / "tiny-perceiver"
-    config = PretrainConfig(arch="perceiver", max_steps=250, lr=2e-3, **SMALL)
+    config = PretrainConfig(arch="perceiver", max_steps=150, lr=2e-3, **SMALL)
     return out, pretrain(corpus, out, config)
 
 
@@ -105,12 +105,12 @@ def test_bert_pretraining_lowers_the_masked_loss_and_loads_in_transformers(bert_
     ids = torch.tensor([[5, 9, 300, 12]])
     states = model(input_ids=ids).last_hidden_state
     assert states.shape == (1, 4, 64)
-    assert json.loads((out / "pretrain.json").read_text())["steps"] == 250
+    assert json.loads((out / "pretrain.json").read_text())["steps"] == 150
 
 
 def test_fine_tuned_bert_classifies_cell_lines_and_round_trips(bert_dir, cellbench, tmp_path):
     out, _ = bert_dir
-    params = {"from_dir": str(out), "max_len": 128, "freeze_layers": 1}
+    params = {"from_dir": str(out), "max_len": 64, "freeze_layers": 1}
     model = sclabel.train(
         cellbench, label_key="cell_line", model="bert", model_params=params, **TUNE
     )
@@ -153,7 +153,7 @@ def test_geneformer_checkpoint_folder_fine_tunes(geneformer_dir, cellbench, tmp_
     params = {
         "from_dir": str(tmp_path / "geneformer"),
         "tokenizer": str(geneformer_dir),
-        "max_len": 64,
+        "max_len": 32,
         "freeze_layers": 4,
     }
     model = sclabel.train(
@@ -172,14 +172,14 @@ def test_perceiver_pretrains_fine_tunes_and_embeds(perceiver_dir, cellbench, tmp
     out, result = perceiver_dir
     first, last = loss_fell(result.history)
     assert last < first, (first, last)
-    params = {"from_dir": str(out), "max_len": 128}
+    params = {"from_dir": str(out), "max_len": 64}
     model = sclabel.train(
         cellbench, label_key="cell_line", model="perceiver", model_params=params, **TUNE
     )
     assert model.metrics["test"]["macro_f1"] > 0.6
     from sclabel.embed import cell_embeddings, load_embedder
 
-    embedder = load_embedder(out, max_len=128)
+    embedder = load_embedder(out, max_len=64)
     blocks = list(cell_embeddings(embedder, cellbench[:40], chunk_size=16, progress=False))
     assert sum(len(b) for b in blocks) == 40
     assert np.isfinite(np.concatenate(blocks)).all()
@@ -188,14 +188,16 @@ def test_perceiver_pretrains_fine_tunes_and_embeds(perceiver_dir, cellbench, tmp
 def test_embeddings_from_pretrained_bert_carry_the_cell_line(bert_dir, cellbench):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     from sclabel.embed import cell_embeddings, load_embedder
 
     out, _ = bert_dir
-    embedder = load_embedder(out, max_len=128)
+    embedder = load_embedder(out, max_len=64)
     X = np.concatenate(list(cell_embeddings(embedder, cellbench, progress=False)))
     assert X.shape == (cellbench.n_obs, 64)
-    probe = LogisticRegression(max_iter=2000)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     score = cross_val_score(probe, X, cellbench.obs["cell_line"].astype(str), cv=3).mean()
     assert score > 0.8  # a linear probe on frozen embeddings separates the cell lines
 
@@ -205,7 +207,7 @@ def test_gene_classification_on_contextual_embeddings(bert_dir, cellbench):
     from sclabel.gene_classify import classify_genes
 
     out, _ = bert_dir
-    table = gene_embeddings(load_embedder(out, max_len=128), cellbench, max_cells=300)
+    table = gene_embeddings(load_embedder(out, max_len=64), cellbench, max_cells=300)
     assert (table["n_cells"] > 0).all()
     # a property the embeddings can know: genes marking one cell line vs housekeeping-like
     X = cellbench[:300].X

@@ -4,7 +4,6 @@ import torch
 from sclabel.errors import InputError
 from sclabel.models import MODELS, build, resolve_params
 
-
 # the pretrained families take their architecture from a pretrained folder; tiny ones here
 PRETRAINED = {
     "bert": {

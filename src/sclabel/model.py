@@ -165,6 +165,7 @@ class Model:
 
         with warnings.catch_warnings():  # torch points to torchao; this API still works here
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
             module = quantize_dynamic(
                 copy.deepcopy(self.module), {torch.nn.Linear}, dtype=torch.qint8
             )

@@ -28,7 +28,7 @@ from sclabel._atomic import atomic_dir
 from sclabel.config import _JSONConfig
 from sclabel.data.store import Store
 from sclabel.errors import InputError
-from sclabel.models.foundation import TINY_BERT
+from sclabel.models.foundation import TINY_BERT, quiet_transformers
 
 log = logging.getLogger("sclabel")
 MASK_ID, PAD_ID = 1, 0
@@ -187,8 +187,7 @@ def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig)
             f"{store.path} is not a tokenized corpus; make one with `sclabel tokenize`"
         )
     tokenizer = GeneTokenizer.load(store.path)
-    column_tokens = store_tokens(store, tokenizer)
-    n_tokens = int(column_tokens.max()) + 1
+    n_tokens = int(tokenizer.gene_tokens.max()) + 1
     fabric = make_fabric(config)  # type: ignore[arg-type]  # has the Fabric fields
     fabric.seed_everything(config.seed, verbose=False)
     module = _model_for(config, n_tokens)
@@ -221,7 +220,7 @@ def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig)
         for rows in batches:
             if step >= config.max_steps:
                 break
-            batch = token_batch(store, column_tokens, rows, read_len)
+            batch = token_batch(store, tokenizer, rows, read_len)
             loss = _loss(model, module, batch, config, generator, fabric.device)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
@@ -242,37 +241,18 @@ def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig)
     return result
 
 
-def store_tokens(store: Store, tokenizer) -> np.ndarray:
-    """The token id of each store column (a tokenized store's genes are the tokenizer's)."""
-    import pandas as pd
-
-    tokens, _ = tokenizer.gene_table(pd.DataFrame(index=pd.Index(store.vocabulary.ids)))
-    if (np.asarray(tokens) < 0).any():
-        raise InputError(f"{store.path}: its genes do not match its tokenizer; re-tokenize")
-    return np.asarray(tokens, dtype=np.int64)
-
-
-def token_batch(
-    store: Store, column_tokens: np.ndarray, rows: np.ndarray, max_len: int
-) -> dict[str, torch.Tensor]:
+def token_batch(store: Store, tokenizer, rows: np.ndarray, max_len: int) -> dict:
     """Rows of a tokenized store as padded tensors: the first `max_len` genes of each cell
     in rank order, their raw counts and log-normalized values, the library size."""
-    rows = np.asarray(rows, dtype=np.int64)
-    matrix = store.read_rows(rows)  # keeps each row's stored (rank) order
-    lengths = np.minimum(np.diff(matrix.indptr), max_len)
-    width = int(lengths.max(initial=1))
-    positions = matrix.indptr[:-1, None] + np.arange(width)[None, :]
-    present = np.arange(width)[None, :] < lengths[:, None]
-    positions = np.where(present, positions, 0)
-    factor = store.size_factor[rows]
-    counts = np.where(present, matrix.data[positions] if matrix.nnz else 0, 0).astype(np.float32)
-    tokens = np.where(present, column_tokens[matrix.indices[positions]] if matrix.nnz else 0, 0)
+    from sclabel.data.tokenize import token_rows
+
+    tokens, counts, lengths, factor = token_rows(store, rows, max_len, tokenizer=tokenizer)
     return {
         "tokens": torch.from_numpy(tokens.astype(np.int64)),
         "counts": torch.from_numpy(counts),
         "values": torch.from_numpy(np.log1p(counts * factor[:, None])),
         "library": torch.from_numpy((store.meta["target_sum"] / factor).astype(np.float32)),
-        "mask": torch.from_numpy(present),
+        "mask": torch.from_numpy(np.arange(tokens.shape[1])[None, :] < lengths[:, None]),
     }
 
 
@@ -312,7 +292,8 @@ def _warmup_decay(config: PretrainConfig):
 def _save(model, tokenizer, out, config: PretrainConfig, result: PretrainResult) -> None:
     with atomic_dir(out, marker="config.json", what="pretrained model") as folder:
         if config.arch == "bert":
-            model.mlm.save_pretrained(folder)  # config.json + model.safetensors
+            with quiet_transformers():
+                model.mlm.save_pretrained(folder)  # config.json + model.safetensors
         else:
             from sclabel.models import perceiver
 

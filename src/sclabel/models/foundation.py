@@ -9,6 +9,7 @@ the model's tokens; both end up in the checkpoint, so a saved model needs neithe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -37,6 +38,22 @@ TINY_BERT = {
 }
 POOLINGS = ("mean", "cls")
 EVAL_CHUNK = 64  # cells per forward pass without gradients: attention memory is cells x L^2
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No load reports or progress bars from transformers: sclabel reports what matters."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def read_model_config(folder: str | Path) -> dict[str, Any]:
@@ -118,6 +135,10 @@ class FoundationClassifier(Classifier):
         super().__init__(n_genes, n_classes, params)
         self.cells = TokenizedCells(n_genes, params.max_len)
         self.encoder = self.make_encoder(self.architecture())
+        # pooled states of a (partly) frozen encoder differ little between cells (std ~0.01
+        # per dimension on CellBench): standardizing each dimension lets the head learn at
+        # the usual rates; without it a frozen encoder's head stayed at chance for 3 epochs
+        self.standardize = nn.BatchNorm1d(self.width, affine=False)
         self.dropout = nn.Dropout(params.dropout)
         self.head = nn.Linear(self.width, n_classes)
 
@@ -142,7 +163,8 @@ class FoundationClassifier(Classifier):
             pooled = self.embed(x)
         else:  # without gradients, bound the attention memory
             pooled = torch.cat([self.embed(part) for part in x.split(EVAL_CHUNK)])
-        return ModelOutput(logits=self.head(self.dropout(pooled)), embedding=pooled)
+        logits = self.head(self.dropout(self.standardize(pooled)))
+        return ModelOutput(logits=logits, embedding=pooled)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         tokens, values, mask = self.cells(x)
@@ -164,7 +186,8 @@ class BertClassifier(FoundationClassifier):
     def load_pretrained(self, folder: str) -> None:
         from transformers import BertModel
 
-        pretrained = BertModel.from_pretrained(folder, add_pooling_layer=False)
+        with quiet_transformers():  # the MLM head's weights are expected to go unused
+            pretrained = BertModel.from_pretrained(folder, add_pooling_layer=False)
         self.encoder.load_state_dict(pretrained.state_dict())
 
     def freeze(self, n_layers: int) -> None:
