@@ -279,6 +279,17 @@ def test_cli_chain_and_bad_inputs(bert_dir, cellbench, geneformer_dir, tmp_path,
         )
         == 0
     )
+    tuned = tmp_path / "tuned"
+    train_args = ["train", str(small), "--label-key", "cell_line", "--model", "bert", "--from"]
+    assert main([*train_args, str(out), "--freeze-layers", "1", "--param", "max_len=32",
+                 "--max-epochs", "1", "--out", str(tuned), "--quiet"]) == 0  # fmt: skip
+    assert main(["predict", str(small), "--model", str(tuned), "--int8", "--out",
+                 str(tmp_path / "labels.csv"), "--quiet"]) == 0  # fmt: skip
+    assert len(pd.read_csv(tmp_path / "labels.csv")) == cellbench[::5].n_obs
+    capsys.readouterr()
+    assert main(["train", str(small), "--label-key", "cell_line", "--freeze-layers", "1",
+                 "--out", str(tmp_path / "m")]) == 2  # fmt: skip
+    assert "--freeze-layers is for --model bert" in capsys.readouterr().err
     table = pd.read_parquet(tmp_path / "cells.parquet")
     assert len(table) == cellbench[::5].n_obs
     assert table["cell"].tolist() == list(cellbench[::5].obs_names)

@@ -91,7 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     input_options(train)
     split_options(train)
     train.add_argument(
-        "--model", default="mlp", help="model family: linear, mlp, tabnet or celltypist"
+        "--model",
+        default="mlp",
+        help="model family: linear, mlp, tabnet, celltypist, bert or perceiver",
+    )
+    train.add_argument(
+        "--from",
+        dest="from_dir",
+        help="bert/perceiver: a pretrained folder (sclabel pretrain, or Geneformer's)",
+    )
+    train.add_argument(
+        "--freeze-layers", type=int, help="bert/perceiver: freeze embeddings + first N layers"
     )
     train.add_argument(
         "--param",
@@ -300,6 +310,17 @@ def _params(pairs: list[str]) -> dict:
     return params
 
 
+def _model_params(args) -> dict:
+    """--param pairs plus the pretrained families' --from and --freeze-layers."""
+    params = _params(args.param)
+    for name, value in (("from_dir", args.from_dir), ("freeze_layers", args.freeze_layers)):
+        if value is not None:
+            if args.model not in ("bert", "perceiver"):
+                raise InputError(f"--{name.replace('_', '-')} is for --model bert or perceiver")
+            params[name] = value
+    return params
+
+
 def _given(**options):
     """Only the options the user set, so a model family's own defaults are not overridden."""
     return {name: value for name, value in options.items() if value is not None}
@@ -357,7 +378,7 @@ def _run_train(args) -> None:
         donor_key=args.donor_key,
         augment=args.augment,
         model=args.model,
-        model_params=_params(args.param),
+        model_params=_model_params(args),
         layer=args.layer,
         gene_key=args.gene_key,
         ensemble=args.ensemble,
