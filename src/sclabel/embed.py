@@ -98,23 +98,12 @@ def cell_embeddings(
 ) -> Iterator[np.ndarray]:
     """One float32 block (cells x dims) per chunk of `adata`, in row order."""
     io.check_cells(adata)
-    X, var = io.matrix(adata, layer)
-    values = io.detect_values(X)
     vocabulary = embedder.vocabulary
     if vocabulary is None:
-        vocabulary, gene_key = genes.Vocabulary.from_var(var, gene_key)
+        vocabulary, gene_key = genes.Vocabulary.from_var(io.matrix(adata, layer)[1], gene_key)
         embedder.module.bind(vocabulary)
-    alignment = genes.align(
-        var, vocabulary, gene_key=gene_key, min_coverage=embedder.min_gene_coverage
-    )
-    chunks = iter_prepared(
-        X,
-        kind=values.kind,
-        alignment=alignment,
-        target_sum=embedder.target_sum,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="embedding",
+    chunks = _prepared_chunks(
+        embedder, vocabulary, adata, layer, gene_key, chunk_size, progress, "embedding"
     )
     module = embedder.module
     module.eval()
@@ -124,6 +113,23 @@ def cell_embeddings(
                 _embed(module, b[X_KEY]) for b in iterate_batches(chunk, batch_size=batch_size)
             ]
             yield np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _prepared_chunks(embedder, vocabulary, adata, layer, gene_key, chunk_size, progress, desc):
+    """Chunks of `adata` aligned to `vocabulary` and normalized as the embedder wants."""
+    X, var = io.matrix(adata, layer)
+    alignment = genes.align(
+        var, vocabulary, gene_key=gene_key, min_coverage=embedder.min_gene_coverage
+    )
+    return iter_prepared(
+        X,
+        kind=io.detect_values(X).kind,
+        alignment=alignment,
+        target_sum=embedder.target_sum,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc=desc,
+    )
 
 
 def _embed(module, x: torch.Tensor) -> np.ndarray:
@@ -224,17 +230,8 @@ def gene_embeddings(
 
 
 def _prepared_batches(embedder, vocabulary, adata, layer, gene_key, batch_size, progress):
-    X, var = io.matrix(adata, layer)
-    alignment = genes.align(
-        var, vocabulary, gene_key=gene_key, min_coverage=embedder.min_gene_coverage
-    )
-    chunks = iter_prepared(
-        X,
-        kind=io.detect_values(X).kind,
-        alignment=alignment,
-        target_sum=embedder.target_sum,
-        progress=progress,
-        desc="gene states",
+    chunks = _prepared_chunks(
+        embedder, vocabulary, adata, layer, gene_key, 8192, progress, "gene states"
     )
     with torch.no_grad():
         for chunk in chunks:
