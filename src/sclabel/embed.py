@@ -73,10 +73,16 @@ class _PretrainedCells(torch.nn.Module):
         super().__init__()
         self.family, self.params = family, params
         self.bound: torch.nn.Module | None = None
+        self.vocabulary: genes.Vocabulary | None = None
 
     def bind(self, vocabulary: genes.Vocabulary) -> None:
+        """Load the pretrained weights for these genes; `sclabel embed --genes` asks twice
+        for the same query, and the weights are read once."""
         from sclabel.models import resolve_params
 
+        if self.bound is not None and vocabulary == self.vocabulary:
+            return
+        self.vocabulary = vocabulary
         params = self.family.Params(**resolve_params(self.family.family, self.params))
         self.bound = self.family(len(vocabulary.ids), 1, params)
         self.bound.bind(vocabulary)
