@@ -51,6 +51,8 @@ def test_resolve_params_fills_defaults():
         "width": 8,
         "dropout": 0.2,
         "activation": "relu",
+        "hidden": (),
+        "norm": "layer",
     }
 
 

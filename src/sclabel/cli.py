@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--model",
         default="mlp",
-        help="model family: linear, mlp, tabnet, celltypist, bert or perceiver",
+        help="model family: linear, mlp, ffn, tabnet, celltypist, bert or perceiver",
     )
     train.add_argument(
         "--from",
@@ -109,6 +109,27 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="model hyperparameter, repeatable (e.g. --param depth=3 --param dropout=0.1)",
+    )
+    train.add_argument(
+        "--also-label",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="another label column with its own head on the shared encoder (multi-task; "
+        "repeatable), e.g. --label-key severity --also-label state",
+    )
+    train.add_argument(
+        "--task-weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="multi-task loss weights, --label-key first (default: 1 each)",
+    )
+    train.add_argument(
+        "--obsm-key", help="train on this obsm embedding (scGPT, scVI, sclabel embed) not genes"
+    )
+    train.add_argument(
+        "--pca", type=int, help="train on N principal components fitted on training cells"
     )
     train.add_argument(
         "--ensemble", type=int, default=1, help="train N members (seeds seed..seed+N-1), average"
@@ -202,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
     predict.add_argument("--chunk-size", type=int, default=8192, help="rows read at a time")
     predict.add_argument("--key-added", default="sclabel", help="prefix of the obs/obsm keys")
+    predict.add_argument("--task", help="multi-task model: the label column to predict")
     predict.add_argument(
         "--resume", action="store_true", help="continue an interrupted streaming prediction"
     )
@@ -381,6 +403,8 @@ def _run_train(args) -> None:
         model_params=_model_params(args),
         layer=args.layer,
         gene_key=args.gene_key,
+        obsm_key=args.obsm_key,
+        pca=args.pca,
         ensemble=args.ensemble,
         **_given(
             max_epochs=args.max_epochs,
@@ -400,10 +424,12 @@ def _run_train(args) -> None:
             loss=args.loss,
             focal_gamma=args.focal_gamma,
             upsample=args.upsample,
+            task_weights=args.task_weights,
         ),
     )
+    label_keys = [args.label_key, *args.also_label]
     if args.cv is not None:
-        result = cross_validate(data, label_key=args.label_key, k=args.cv, **options)
+        result = cross_validate(data, label_key=label_keys, k=args.cv, **options)
         if result.is_main_process:
             result.save(args.out)
             print(result.to_markdown())
@@ -411,7 +437,7 @@ def _run_train(args) -> None:
         return
     model = train(
         data,
-        label_key=args.label_key,
+        label_key=label_keys,
         split_key=args.split_key,
         loader={"workers": args.workers} if isinstance(data, Store) else None,
         checkpoint_dir=Path(args.out).with_name(f".{Path(args.out).name}.training"),
@@ -461,6 +487,7 @@ def _run_predict(args) -> None:
             key_added=args.key_added,
             chunk_size=args.chunk_size,
             resume=args.resume,
+            task=args.task,
             **_predict_options(args),
         )
         print(f"{result.n_cells} cells predicted ({result.coverage:.1%} gene coverage)")
@@ -468,7 +495,9 @@ def _run_predict(args) -> None:
         print(f"written to {out}")
         return
     adata = data
-    prediction = model.predict(adata, chunk_size=args.chunk_size, **_predict_options(args))
+    prediction = model.predict(
+        adata, chunk_size=args.chunk_size, task=args.task, **_predict_options(args)
+    )
     if out.suffix.lower() == ".h5ad":
         if adata.isbacked:  # copying a huge matrix is not what streaming is for
             adata = ad.AnnData(obs=adata.obs[[]].copy())

@@ -41,8 +41,25 @@ class DataConfig(_JSONConfig):
     target_sum: float = 1e4
     min_gene_coverage: float = 0.5
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    # more label columns, each with its own head on a shared encoder (multi-task)
+    extra_label_keys: tuple[str, ...] = ()
+    obsm_key: str | None = None  # train on adata.obsm[key] (an embedding) instead of genes
+    pca: int | None = None  # principal components of expression, fitted on training cells
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Every label column, the primary one (`label_key`) first."""
+        return (self.label_key, *self.extra_label_keys)
 
     def __post_init__(self) -> None:
+        keys = self.label_keys
+        if len(set(keys)) != len(keys):
+            raise InputError(f"label columns must differ, got {list(keys)}")
+        if self.obsm_key is not None and self.pca is not None:
+            msg = "choose one input: an obsm embedding (obsm_key) or pca of expression, not both"
+            raise InputError(msg)
+        if self.pca is not None and self.pca < 1:
+            raise InputError(f"pca must be a positive number of components, got {self.pca}")
         fractions = self.split_fractions
         if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
             msg = (
@@ -81,6 +98,9 @@ class TrainConfig(_JSONConfig):
     # 0: off; else each training class is repeated up to at least this fraction of the
     # largest class's cells (1: all as large as the largest); True means 1
     upsample: float = 0.0
+    # multi-task: the loss is sum_t task_weights[t] * loss_t over the label columns
+    # (DataConfig.label_keys order); None weighs every column 1
+    task_weights: tuple[float, ...] | None = None
     seed: int = 0
     accelerator: str = "cpu"
     devices: int | str = 1
@@ -116,6 +136,11 @@ class TrainConfig(_JSONConfig):
             raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.focal_gamma < 0:
             raise InputError(f"focal_gamma must be non-negative, got {self.focal_gamma}")
+        if self.task_weights is not None:
+            object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
+            if any(w < 0 for w in self.task_weights) or not any(self.task_weights):
+                msg = f"task_weights must be non-negative and not all 0, got {self.task_weights}"
+                raise InputError(msg)
 
 
 def auto_batch_size(n_train: int, cap: int = 256) -> int:

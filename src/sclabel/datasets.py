@@ -172,8 +172,8 @@ def synthetic_cohort(
     direction = np.array([STATE_DIRECTION[s] for s in state])[patient]
     for t in range(n_signal_types):
         cells = np.flatnonzero(cell_type == t)
-        rate[np.ix_(cells, severity_sets[t])] *= severity_fold ** level[cells, None]
-        rate[np.ix_(cells, state_sets[t])] *= state_fold ** direction[cells, None]
+        rate[np.ix_(cells, severity_sets[t])] *= float(severity_fold) ** level[cells, None]
+        rate[np.ix_(cells, state_sets[t])] *= float(state_fold) ** direction[cells, None]
     rate /= rate.sum(axis=1, keepdims=True)
     library = rng.lognormal(np.log(mean_library_size), 0.3, size=(patient.size, 1))
     shape = 1.0 / dispersion

@@ -50,6 +50,10 @@ def load_embedder(path: str | Path, *, pooling: str | None = None, max_len: int 
         from sclabel.model import Model
 
         model = Model.load(path)
+        if model.data_config.obsm_key is not None or model.projection is not None:
+            msg = f"{path} was trained on {model.training_input} input, not genes: it has no "
+            msg += "gene-level encoder to embed with; use the embedding it was trained on"
+            raise InputError(msg)
         if pooling is not None and model.family not in ("bert", "perceiver"):
             raise InputError(f"--pooling applies to bert/perceiver models, not {model.family}")
         module = model.module

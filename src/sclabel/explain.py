@@ -50,6 +50,8 @@ def explain(
 ) -> Explanation:
     """Feature-mask importances for every cell. Holds cells x genes floats: subset large data."""
     module = model.module
+    if model.projection is not None:
+        raise InputError("a pca-input model weighs principal components, not genes")
     if not hasattr(module, "explain_batch"):
         msg = f"{model.family} models have no feature mask; train with model='tabnet' to explain"
         raise InputError(msg)

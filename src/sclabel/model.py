@@ -12,10 +12,12 @@ import pandas as pd
 from sclabel import checkpoint
 from sclabel.config import DataConfig, ModelConfig, TrainConfig
 from sclabel.data.augment import DonorAugmentation
+from sclabel.data.features import Projection
 from sclabel.data.genes import Vocabulary
 from sclabel.errors import InputError
 from sclabel.models import Classifier, build
 from sclabel.models.ensemble import combine, size_of
+from sclabel.models.multitask import with_tasks
 
 
 class Model:
@@ -35,6 +37,8 @@ class Model:
         split: pd.DataFrame | None = None,
         is_main_process: bool = True,
         augmentation: DonorAugmentation | None = None,
+        extra_classes: dict[str, list[str]] | None = None,
+        projection: Projection | None = None,
     ) -> None:
         self.module = module.eval()
         self.vocabulary = vocabulary
@@ -47,6 +51,8 @@ class Model:
         self.split = split if split is not None else pd.DataFrame({"split": []})
         self.is_main_process = is_main_process
         self.augmentation = augmentation  # donor-difference vectors it was trained with
+        self.extra_classes = dict(extra_classes or {})  # further label columns (multi-task)
+        self.projection = projection  # pca input: fitted on the training cells
         self.is_quantized = False
 
     @property
@@ -59,15 +65,43 @@ class Model:
 
     @property
     def genes(self) -> tuple[str, ...]:
+        """Gene ids, or for an obsm-trained model the names of the embedding dimensions."""
         return self.vocabulary.ids
+
+    @property
+    def tasks(self) -> dict[str, list[str]]:
+        """Label column -> its classes, for every head (the primary column first)."""
+        return {self.data_config.label_key: self.classes, **self.extra_classes}
+
+    def task_index(self, task: str | None) -> int:
+        """The head answering label column `task` (None: the primary one)."""
+        names = list(self.tasks)
+        if task is None:
+            return 0
+        if task not in names:
+            raise InputError(f"this model predicts {names}, not {task!r}")
+        return names.index(task)
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.genes) if self.projection is None else self.projection.n_components
 
     def __repr__(self) -> str:
         return (
             f"Model(family={self.family!r}, "
             + (f"ensemble of {self.ensemble_size}, " if self.ensemble_size > 1 else "")
-            + f"{len(self.genes)} genes, {len(self.classes)} classes, "
-            f"label_key={self.data_config.label_key!r})"
+            + f"{self._inputs_text()}, {len(self.classes)} classes, "
+            f"label_key={self.data_config.label_key!r}"
+            + (f", also {list(self.extra_classes)}" if self.extra_classes else "")
+            + ")"
         )
+
+    def _inputs_text(self) -> str:
+        if self.data_config.obsm_key is not None:
+            return f"{self.n_inputs} dimensions of obsm[{self.data_config.obsm_key!r}]"
+        if self.projection is not None:
+            return f"{len(self.genes)} genes -> {self.n_inputs} principal components"
+        return f"{len(self.genes)} genes"
 
     def config_dict(self) -> dict[str, Any]:
         config = {
@@ -77,11 +111,13 @@ class Model:
             "ensemble_size": self.ensemble_size,
             "n_genes": len(self.genes),
             "n_classes": len(self.classes),
+            "n_inputs": self.n_inputs,
+            "extra_tasks": self.extra_classes,
             "data": self.data_config.to_dict(),
             "train": self.train_config.to_dict(),
             "preprocessing": {
                 "training_input": self.training_input,
-                "transform": "log1p(counts / total_counts * target_sum)",
+                "transform": self._transform(),
                 "target_sum": self.data_config.target_sum,
                 "gene_key": self.data_config.gene_key,
             },
@@ -92,6 +128,14 @@ class Model:
                 "info": self.augmentation.info,
             }
         return config
+
+    def _transform(self) -> str:
+        if self.data_config.obsm_key is not None:
+            return f"obsm[{self.data_config.obsm_key!r}] as given"
+        normalized = "log1p(counts / total_counts * target_sum)"
+        if self.projection is not None:
+            return f"top {self.projection.n_components} principal components of {normalized}"
+        return normalized
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint directory (see `sclabel.checkpoint`)."""
@@ -105,10 +149,16 @@ class Model:
             labels=self.classes,
             metrics=self.metrics,
             split=self.split,
-            extras=None
-            if self.augmentation is None
-            else {"augmentation": self.augmentation.tensors()},
+            extras=self._extras(),
         )
+
+    def _extras(self) -> dict[str, dict]:
+        extras = {}
+        if self.augmentation is not None:
+            extras["augmentation"] = self.augmentation.tensors()
+        if self.projection is not None:
+            extras["pca"] = self.projection.tensors()
+        return extras
 
     @classmethod
     def load(cls, path: str | Path) -> Model:
@@ -120,10 +170,18 @@ class Model:
             classes = [str(c) for c in parts["labels"]]
             if len(vocabulary.ids) != config["n_genes"] or len(classes) != config["n_classes"]:
                 raise ValueError("genes.json/labels.json do not match the sizes in config.json")
+            projection = None
+            if "pca" in parts["extras"]:
+                projection = Projection.from_tensors(parts["extras"]["pca"])
+            n_inputs = len(vocabulary.ids) if projection is None else projection.n_components
+            extra_classes = {
+                k: [str(c) for c in v] for k, v in config.get("extra_tasks", {}).items()
+            }
             size = int(config.get("ensemble_size", 1))
             members = [
-                build(
-                    config["family"], len(vocabulary.ids), len(classes), config["hyperparameters"]
+                with_tasks(
+                    build(config["family"], n_inputs, len(classes), config["hyperparameters"]),
+                    {k: len(v) for k, v in extra_classes.items()},
                 )
                 for _ in range(size)
             ]
@@ -151,6 +209,8 @@ class Model:
             metrics=parts["metrics"],
             split=parts["split"],
             augmentation=augmentation,
+            extra_classes=extra_classes,
+            projection=projection,
         )
 
     def quantized(self) -> Model:
@@ -204,6 +264,9 @@ class Model:
         from sclabel.training.api import read_labels
 
         label_key = label_key or self.data_config.label_key
+        # a label column the model has a head for is scored with that head
+        if label_key in self.tasks:
+            predict_options.setdefault("task", label_key)
         if split is not None:
             if split not in {"train", "val", "test"}:
                 raise InputError(f"split must be train, val or test, got {split!r}")

@@ -14,6 +14,7 @@ import torch
 
 from sclabel._atomic import atomic_path
 from sclabel.data import genes, io
+from sclabel.data.features import read_obsm
 from sclabel.data.loader import PRESENT_KEY, iterate_batches
 from sclabel.data.normalize import iter_prepared
 from sclabel.errors import InputError
@@ -100,11 +101,16 @@ def predict(
     chunk_size: int = 8192,
     batch_size: int = 2048,
     progress: bool = True,
+    task: str | None = None,
 ) -> Prediction:
-    """Predict every cell of `adata` (in memory or backed) in chunks of `chunk_size` rows."""
+    """Predict every cell of `adata` (in memory or backed) in chunks of `chunk_size` rows.
+
+    `task` picks the label column of a multi-task model (default: its primary column).
+    """
     if unknown_threshold is not None and not 0 <= unknown_threshold <= 1:
         raise InputError("unknown_threshold must be between 0 and 1")
-    alignment, chunks = query_batches(
+    index = model.task_index(task)
+    coverage, chunks = query_batches(
         model,
         adata,
         layer=layer,
@@ -116,14 +122,14 @@ def predict(
         progress=progress,
     )
     probabilities = np.concatenate(
-        [predict_proba(model.module, batches).numpy() for batches in chunks]
+        [predict_proba(model.module, batches, task=index).numpy() for batches in chunks]
     )
     return Prediction(
         obs_names=pd.Index(adata.obs_names),
-        classes=model.classes,
+        classes=list(model.tasks.values())[index],
         probabilities=probabilities,
         unknown_threshold=unknown_threshold,
-        coverage=alignment.coverage,
+        coverage=coverage,
     )
 
 
@@ -141,10 +147,20 @@ def query_batches(
 ):
     """Check, align and normalize a query the way `model` was trained.
 
-    Returns the gene alignment and, per chunk of rows, an iterator of model-ready batches
-    (each carrying the `present` gene mask), so prediction and explanation share one path.
+    Returns the fraction of model genes found and, per chunk of rows, an iterator of
+    model-ready batches (each carrying the `present` gene mask), so prediction and
+    explanation share one path. An obsm-trained model reads the query's `obsm` instead; a
+    pca-trained one projects the normalized chunks.
     """
     io.check_cells(adata)
+    if model.data_config.obsm_key is not None:
+        values = read_obsm(adata, model.data_config.obsm_key, width=model.n_inputs)
+        present = torch.ones(model.n_inputs, dtype=torch.bool)
+        starts = range(0, values.shape[0], chunk_size)
+        return 1.0, (
+            model_batches(values[i : i + chunk_size], present, batch_size=batch_size)
+            for i in starts
+        )
     X, var = io.matrix(adata, layer)
     values = io.detect_values(X)
     alignment = genes.align(
@@ -154,6 +170,8 @@ def query_batches(
         min_coverage=min_gene_coverage or model.data_config.min_gene_coverage,
     )
     present = torch.from_numpy(alignment.present)
+    if model.projection is not None:  # components of the genes, whichever were present
+        present = torch.ones(model.n_inputs, dtype=torch.bool)
     chunks = iter_prepared(
         X,
         kind=values.kind,
@@ -164,7 +182,9 @@ def query_batches(
         desc="predicting",
     )
 
-    return alignment, (
+    if model.projection is not None:
+        chunks = (model.projection.apply(chunk) for chunk in chunks)
+    return alignment.coverage, (
         model_batches(chunk, present, batch_size=batch_size, sparse=sparse) for chunk in chunks
     )
 

@@ -54,13 +54,24 @@ def predict_to_file(
     batch_size: int = 2048,
     resume: bool = False,
     progress: bool = True,
+    task: str | None = None,
 ) -> StreamResult:
-    """Predict every cell of a (backed) AnnData or a store into `out`, one chunk at a time."""
+    """Predict every cell of a (backed) AnnData or a store into `out`, one chunk at a time.
+
+    `task` picks the label column of a multi-task model (default: its primary column)."""
+    index = model.task_index(task)
+    classes = list(model.tasks.values())[index]
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
         raise InputError(f"--out must end in {', '.join(sorted(SUFFIXES))}, got {out.name}")
     if unknown_threshold is not None and not 0 <= unknown_threshold <= 1:
         raise InputError("unknown_threshold must be between 0 and 1")
+    if model.data_config.obsm_key is not None:
+        msg = (
+            f"this model reads obsm[{model.data_config.obsm_key!r}], which is held in memory "
+            "anyway: predict in memory (drop --backed and --resume)"
+        )
+        raise InputError(msg)
     reader = _ChunkReader(model, source, layer, gene_key, min_gene_coverage)
     parts = out.with_name(f".{out.name}.parts")
     meta = {
@@ -69,9 +80,12 @@ def predict_to_file(
         "n_cells": reader.n_cells,
         "chunk_size": chunk_size,
         "unknown_threshold": unknown_threshold,
+        "task": index,
     }
     _start_parts(parts, meta, resume)
     present = torch.from_numpy(reader.alignment.present)
+    if model.projection is not None:  # components of the genes, whichever were present
+        present = torch.ones(model.n_inputs, dtype=torch.bool)
     starts = range(0, reader.n_cells, chunk_size)
     with reader.names() as names:
         bar = tqdm(starts, desc="predicting", unit="chunk", disable=not progress or len(starts) < 2)
@@ -82,16 +96,18 @@ def predict_to_file(
             if part.exists():
                 continue  # done before an interruption
             X = reader.chunk(start, stop)
+            if model.projection is not None:
+                X = model.projection.apply(X)
             sparse = model.module.sparse_input
             batches = model_batches(X, present, batch_size=batch_size, sparse=sparse)
-            proba = predict_proba(model.module, batches).numpy()
-            frame = _frame(chunk_names, model.classes, proba, unknown_threshold)
+            proba = predict_proba(model.module, batches, task=index).numpy()
+            frame = _frame(chunk_names, classes, proba, unknown_threshold)
             with atomic_path(part) as tmp:
                 frame.to_parquet(tmp, index=False)
     files = sorted(parts.glob("part-*.parquet"))
     labels = [pq.read_table(f, columns=["label"]).column("label").to_pandas() for f in files]
     counts = pd.concat(labels).value_counts()  # one string column: small next to the parts
-    _join(files, out, model.classes, key_added)
+    _join(files, out, classes, key_added)
     shutil.rmtree(parts)
     return StreamResult(out, reader.n_cells, reader.alignment.coverage, counts)
 

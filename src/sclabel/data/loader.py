@@ -75,7 +75,7 @@ def iterate_batches(
     world_size: int = 1,
     sparse: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield batches of X (an in-memory CSR, or `StoreRows` streamed from a store)."""
+    """Yield batches of X (an in-memory CSR or dense array, or `StoreRows` from a store)."""
     options = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
     options.update(rank=rank, world_size=world_size)
     if hasattr(X, "batches"):  # StoreRows: block shuffle, reads in background threads
@@ -83,7 +83,10 @@ def iterate_batches(
         return
     for index in plan_epoch(X.shape[0], **options):
         rows = X[index]
-        batch = {X_KEY: torch_csr(rows) if sparse else torch.from_numpy(rows.toarray())}
+        if isinstance(rows, np.ndarray):  # dense input (an embedding, principal components)
+            batch = {X_KEY: torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))}
+        else:
+            batch = {X_KEY: torch_csr(rows) if sparse else torch.from_numpy(rows.toarray())}
         if y is not None:
             batch[Y_KEY] = torch.from_numpy(y[index])
         yield batch

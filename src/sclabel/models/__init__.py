@@ -10,12 +10,13 @@ from sclabel.models.base import Classifier, ModelOutput
 from sclabel.models.celltypist import CellTypistClassifier
 from sclabel.models.foundation import BertClassifier, PerceiverClassifier
 from sclabel.models.linear import LinearClassifier
-from sclabel.models.mlp import MLPClassifier
+from sclabel.models.mlp import FFNClassifier, MLPClassifier
 from sclabel.models.tabnet import TabNetClassifier
 
 MODELS: dict[str, type[Classifier]] = {
     "linear": LinearClassifier,
     "mlp": MLPClassifier,
+    "ffn": FFNClassifier,  # the disease-state study's feed-forward head (embeddings in)
     "tabnet": TabNetClassifier,  # scTab; `Model.explain` reads its feature mask
     "celltypist": CellTypistClassifier,  # built by `sclabel import-celltypist`
     "bert": BertClassifier,  # fine-tunes `sclabel pretrain` or Geneformer checkpoints

@@ -11,12 +11,19 @@ from torch import nn
 
 @dataclass
 class ModelOutput:
-    """What every model returns. The training loop adds cross-entropy on `logits` to the
-    sum of `loss_terms` (e.g. a sparsity penalty); `embedding` is what a later head can use."""
+    """What every model returns. The training loop adds the loss on `logits` to the sum of
+    `loss_terms` (e.g. a sparsity penalty); `embedding` is what a later head can use.
+    A multi-task model (models/multitask.py) adds one entry of `task_logits` per further
+    label column, in DataConfig.label_keys order; the loop weighs their losses in."""
 
     logits: torch.Tensor
     loss_terms: dict[str, torch.Tensor] = field(default_factory=dict)
     embedding: torch.Tensor | None = None
+    task_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def all_logits(self) -> list[torch.Tensor]:
+        """Logits of every task, the primary label column first."""
+        return [self.logits, *self.task_logits.values()]
 
 
 class Classifier(nn.Module):
@@ -26,6 +33,7 @@ class Classifier(nn.Module):
     sparse_input: bool = False  # forward accepts a torch sparse CSR `x` (prediction only)
     train_defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig values this family prefers
     max_batch_size: int = 256  # the cap of the automatic batch size (config.auto_batch_size)
+    embedding_dim: int | None = None  # width of ModelOutput.embedding; None: it has none
 
     def __init__(self, n_genes: int, n_classes: int, params) -> None:
         super().__init__()
@@ -38,13 +46,30 @@ class Classifier(nn.Module):
 
 
 @torch.no_grad()
-def predict_proba(module: nn.Module, batches, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Class probabilities (cells x classes, float32, on CPU) for an iterable of batches."""
+def predict_probas(
+    module: nn.Module, batches, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
+    """Class probabilities of every task (cells x classes each, float32, on CPU), the
+    primary label column first, for an iterable of batches."""
     was_training = module.training
     module.eval()
-    out = [
-        torch.softmax(module({k: v.to(device) for k, v in b.items()}).logits.float(), dim=1).cpu()
-        for b in batches
-    ]
+    parts: list[list[torch.Tensor]] = []
+    for b in batches:
+        out = module({k: v.to(device) for k, v in b.items()})
+        parts.append([torch.softmax(z.float(), dim=1).cpu() for z in out.all_logits()])
     module.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, getattr(module, "n_classes", 0))
+    if not parts:
+        return [torch.empty(0, n) for n in task_sizes(module)]
+    return [torch.cat(task) for task in zip(*parts, strict=True)]
+
+
+def predict_proba(
+    module: nn.Module, batches, device: torch.device | str = "cpu", task: int = 0
+) -> torch.Tensor:
+    """Class probabilities (cells x classes) of one task (0: the primary label column)."""
+    return predict_probas(module, batches, device)[task]
+
+
+def task_sizes(module: nn.Module) -> list[int]:
+    """Number of classes per task, the primary label column first."""
+    return [getattr(module, "n_classes", 0), *getattr(module, "extra_classes", {}).values()]

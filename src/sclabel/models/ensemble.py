@@ -28,9 +28,19 @@ class Ensemble(Classifier):
         super().__init__(first.n_genes, first.n_classes, first.params)
         self.members = nn.ModuleList(members)
         self.sparse_input = all(m.sparse_input for m in members)
+        self.extra_classes = getattr(first, "extra_classes", {})
 
     def forward(self, batch):
-        probabilities = torch.stack(
-            [torch.softmax(m(batch).logits.float(), dim=1) for m in self.members]
-        ).mean(dim=0)
-        return ModelOutput(logits=torch.log(probabilities.clamp_min(1e-30)))
+        outputs = [m(batch) for m in self.members]
+        logits = [
+            _mean_log_proba([o.all_logits()[t] for o in outputs])
+            for t in range(1 + len(self.extra_classes))
+        ]
+        return ModelOutput(
+            logits=logits[0], task_logits=dict(zip(self.extra_classes, logits[1:], strict=True))
+        )
+
+
+def _mean_log_proba(logits: list[torch.Tensor]) -> torch.Tensor:
+    probabilities = torch.stack([torch.softmax(z.float(), dim=1) for z in logits]).mean(dim=0)
+    return torch.log(probabilities.clamp_min(1e-30))

@@ -141,6 +141,7 @@ class FoundationClassifier(Classifier):
         self.standardize = nn.BatchNorm1d(self.width, affine=False)
         self.dropout = nn.Dropout(params.dropout)
         self.head = nn.Linear(self.width, n_classes)
+        self.embedding_dim = self.width
 
     def architecture(self) -> dict:
         if not self.params.architecture:

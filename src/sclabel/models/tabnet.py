@@ -128,6 +128,7 @@ class TabNetClassifier(Classifier):
             AttentiveTransformer(p.n_a, n_genes, p) for _ in range(p.n_steps)
         )
         self.head = nn.Linear(p.n_d, n_classes)
+        self.embedding_dim = p.n_d
 
     def _steps(self, x: torch.Tensor):
         """Yield (mask, decision) per step; masks are cells x genes, each row sums to 1."""

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from sclabel.data.augment import (
     config_from,
     fit_augmentation,
 )
+from sclabel.data.features import Projection, embedding_vocabulary, fit_pca, read_obsm
 from sclabel.data.loader import EVAL_BATCH, iterate_batches
 from sclabel.data.normalize import iter_prepared
 from sclabel.data.sampling import class_weights, upsample_indices
@@ -41,8 +43,9 @@ from sclabel.errors import InputError
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.model import Model
 from sclabel.models import MODELS, Classifier, build, check_augmentable, resolve_params
-from sclabel.models.base import predict_proba
+from sclabel.models.base import predict_probas
 from sclabel.models.ensemble import combine
+from sclabel.models.multitask import with_tasks
 from sclabel.training.loop import FitResult, fit
 from sclabel.training.parallel import fit_members_parallel
 
@@ -73,10 +76,22 @@ class TrainingData:
     split: pd.Series  # train/val/test per labeled cell (indexed by cell name)
     groups: pd.Series | None  # the split_by column, per labeled cell
     donors: dict[str, np.ndarray] | None  # per part, for donor augmentation
+    # further label columns -> their classes (multi-task); y is then cells x tasks
+    extra_classes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    projection: Projection | None = None  # pca=N: fitted on the training cells
 
     @property
     def n_genes(self) -> int:
         return len(self.vocabulary.ids)
+
+    @property
+    def n_inputs(self) -> int:
+        """Width of a model's input: genes, embedding dimensions or principal components."""
+        return self.n_genes if self.projection is None else self.projection.n_components
+
+    def class_codes(self, y: np.ndarray) -> np.ndarray:
+        """The primary label column's codes of `y` (1-D, or column 0 of cells x tasks)."""
+        return y if y.ndim == 1 else y[:, 0]
 
 
 def _given_split(obs: pd.DataFrame, split_key: str) -> pd.Series:
@@ -104,27 +119,30 @@ def load_training_data(
     matrices, one part at a time so peak memory is about the normalized data.
 
     From a `Store`, the parts stay on disk (`StoreRows`, streamed with `loader` options such
-    as block_size and workers) and only the obs columns used are read.
+    as block_size and workers) and only the obs columns used are read. With several label
+    columns, only cells labelled in all of them are used, and the split follows the first.
     """
     donor_key = donor_key or data_config.split_by
+    label_keys = data_config.label_keys
     if isinstance(source, Store):
-        used = [data_config.label_key, data_config.split_key, data_config.split_by, donor_key]
+        used = [*label_keys, data_config.split_key, data_config.split_by, donor_key]
         obs = pd.DataFrame({c: source.column(c) for c in dict.fromkeys(used) if c is not None})
     else:
         obs = source.obs
-    labels = read_labels(obs, data_config.label_key)
-    keep = labels.notna().to_numpy()
+    every_label = {key: read_labels(obs, key) for key in label_keys}
+    labels = every_label[data_config.label_key]
+    keep = np.logical_and.reduce([v.notna().to_numpy() for v in every_label.values()])
     if data_config.split_key is not None:
         split = _given_split(obs, data_config.split_key)
         keep &= split.notna().to_numpy()
     if not keep.all():
         log.info("%d unlabeled or unassigned cells are left out of training", int((~keep).sum()))
-    classes = sorted(pd.unique(labels[keep]))
-    if len(classes) < 2:
-        msg = (
-            f"label column {data_config.label_key!r} has {len(classes)} class(es); need at least 2"
-        )
-        raise InputError(msg)
+    task_classes = {key: sorted(pd.unique(v[keep])) for key, v in every_label.items()}
+    for key, names in task_classes.items():
+        if len(names) < 2:
+            msg = f"label column {key!r} has {len(names)} class(es); need at least 2"
+            raise InputError(msg)
+    classes = task_classes[data_config.label_key]
     groups = None
     if data_config.split_by is not None:
         _require_column(obs, data_config.split_by, "split")
@@ -140,9 +158,21 @@ def load_training_data(
         _require_column(obs, donor_key, "donor")
         donor_values = obs[donor_key][keep].astype(str).to_numpy()
     rows = np.flatnonzero(keep)
-    y = pd.Categorical(labels[keep], categories=classes).codes.astype(np.int64)
+    codes = [
+        pd.Categorical(every_label[key][keep], categories=names).codes.astype(np.int64)
+        for key, names in task_classes.items()
+    ]
+    y = codes[0] if len(codes) == 1 else np.stack(codes, axis=1)
     part = split.to_numpy()
-    if isinstance(source, Store):
+    projection = None
+    if isinstance(source, Store) and (data_config.obsm_key or data_config.pca):
+        raise InputError("a store holds genes only: train on obsm or pca input from an .h5ad")
+    if data_config.obsm_key is not None:
+        values = read_obsm(source, data_config.obsm_key)
+        vocabulary = embedding_vocabulary(data_config.obsm_key, values.shape[1])
+        used_key, input_kind = None, "embedding"
+        subsets = {name: (values[rows[part == name]], y[part == name]) for name in PARTS}
+    elif isinstance(source, Store):
         vocabulary, used_key = source.vocabulary, source.meta.get("gene_key")
         kinds = {s["values"] for s in source.meta["sources"]}
         input_kind = kinds.pop() if len(kinds) == 1 else "mixed"
@@ -154,10 +184,17 @@ def load_training_data(
         vocabulary, used_key, input_kind, matrices = _prepare_in_memory(
             source, data_config, rows, part, progress
         )
+        if data_config.pca is not None:
+            projection = fit_pca(matrices["train"], data_config.pca, seed=seed)
+            matrices = {name: projection.apply(m) for name, m in matrices.items()}
         subsets = {name: (matrices[name], y[part == name]) for name in PARTS}
-    missing = [c for i, c in enumerate(classes) if not (subsets["train"][1] == i).any()]
-    if missing:
-        log.warning("classes absent from the training split (cannot be learned): %s", missing)
+    train_y = subsets["train"][1].reshape(len(subsets["train"][1]), -1)
+    for t, (key, names) in enumerate(task_classes.items()):
+        missing = [c for i, c in enumerate(names) if not (train_y[:, t] == i).any()]
+        if missing:
+            log.warning(
+                "%s: classes absent from the training split (cannot be learned): %s", key, missing
+            )
     return TrainingData(
         classes=classes,
         vocabulary=vocabulary,
@@ -167,6 +204,8 @@ def load_training_data(
         split=split,
         groups=groups,
         donors=None if donor_values is None else {p: donor_values[part == p] for p in PARTS},
+        extra_classes={k: v for k, v in task_classes.items() if k != data_config.label_key},
+        projection=projection,
     )
 
 
@@ -201,7 +240,7 @@ def make_augmentation(
     if data.donors is None:
         raise InputError("donor augmentation needs donors: pass --split-by or --donor-key")
     X, y = data.subsets["train"]
-    cell_type = np.asarray(data.classes, dtype=object)[y]
+    cell_type = np.asarray(data.classes, dtype=object)[data.class_codes(y)]
     augmentation = fit_augmentation(X, cell_type, data.donors["train"], config, seed=seed)
     r2 = augmentation_r2(X, cell_type, data.donors["train"], augmentation, seed=seed)
     log.info(
@@ -231,16 +270,20 @@ def fit_members(
     if augmentation is not None:
         check_augmentable(family)
     data = upsample_training(data, config.upsample, config.seed)  # no-op unless asked
-    weights = class_weights(data.subsets["train"][1], len(data.classes))
     train, val = data.subsets["train"], data.subsets["val"]
+    task_classes = [data.classes, *data.extra_classes.values()]
+    train_y = train[1].reshape(len(train[1]), -1)
+    weights = [class_weights(train_y[:, t], len(c)) for t, c in enumerate(task_classes)]
+    if len(weights) == 1:
+        weights = weights[0]
 
     def build_member(member: int) -> Classifier:
         torch.manual_seed(config.seed + member)
-        module = build(family, data.n_genes, len(data.classes), params)
+        module = build(family, data.n_inputs, len(data.classes), params)
         bind = getattr(module, "bind", None)  # pretrained families: weights + gene tokens
         if bind is not None:
             bind(data.vocabulary)
-        return module
+        return with_tasks(module, {k: len(v) for k, v in data.extra_classes.items()})
 
     def train_member(member: int, member_config: TrainConfig) -> tuple[Classifier, FitResult]:
         member_config = dataclasses.replace(member_config, seed=config.seed + member)
@@ -293,13 +336,15 @@ def _fit_record(result: FitResult, seed: int) -> dict[str, Any]:
 def train(
     adata: ad.AnnData | Store,
     *,
-    label_key: str,
+    label_key: str | Sequence[str],
     split_by: str | None = None,
     split_key: str | None = None,
     model: str = "mlp",
     model_params: dict[str, Any] | None = None,
     layer: str | None = None,
     gene_key: str | None = None,
+    obsm_key: str | None = None,
+    pca: int | None = None,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     ensemble: int = 1,
     augment: bool | dict | AugmentConfig | None = None,
@@ -310,6 +355,15 @@ def train(
     **train_options: Any,
 ) -> Model:
     """Train a classifier of family `model` on `adata.obs[label_key]`.
+
+    Several label columns (`label_key=["severity", "state"]`) train one multi-task model: a
+    shared encoder with one head per column, the loss summed with `task_weights` (a
+    TrainConfig field; default 1 each). `Model.predict(..., task=column)` picks a head.
+
+    Input is the expression of the genes, or `obsm_key`: a per-cell embedding computed
+    elsewhere (scGPT, scVI, `sclabel embed`, PCA), or `pca=N`: the top N principal
+    components of normalized expression, fitted on the training cells only and saved with
+    the model (prediction projects new cells the same way).
 
     Cells are split by `split_key` (an obs column of train/val/test, e.g. from `sclabel
     prepare`), by `split_by` groups (e.g. donors), or stratified by label; the model is
@@ -335,6 +389,9 @@ def train(
     """
     if ensemble < 1:
         raise InputError("ensemble must be at least 1")
+    label_keys = [label_key] if isinstance(label_key, str) else list(label_key)
+    if not label_keys:
+        raise InputError("give at least one label column")
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         if checkpoint_dir.exists() and not resume:
@@ -350,11 +407,14 @@ def train(
         if hasattr(MODELS.get(model), "fit_direct"):
             raise InputError(f"the {model!r} family is fitted in memory; train it from an .h5ad")
     data_config = DataConfig(
-        label_key=label_key,
+        label_key=label_keys[0],
+        extra_label_keys=tuple(label_keys[1:]),
         split_by=split_by,
         split_key=split_key,
         layer=layer,
         gene_key=gene_key,
+        obsm_key=obsm_key,
+        pca=pca,
         split_fractions=split_fractions,
         **({"target_sum": adata.meta["target_sum"]} if from_store else {}),
     )
@@ -365,6 +425,7 @@ def train(
     augment_config = config_from(augment)
     if augment_config is not None:
         check_augmentable(model)  # before any data is read
+    _check_inputs(model, data_config, train_config, augment_config is not None)
     data = load_training_data(
         adata,
         data_config,
@@ -394,19 +455,7 @@ def train(
     metrics["fit"] = fits[0]
     if ensemble > 1:
         metrics["members"] = fits
-    X_test, y_test = data.subsets["test"]
-    if y_test.size:
-        proba = predict_proba(module, iterate_batches(X_test, batch_size=EVAL_BATCH)).numpy()
-        names = np.asarray(data.classes, dtype=object)
-        metrics["test"] = compute_metrics(
-            names[y_test], names[proba.argmax(1)], proba.max(1), data.classes
-        )
-        log.info(
-            "test: macro-F1 %.3f, accuracy %.3f on %d cells",
-            metrics["test"]["macro_f1"],
-            metrics["test"]["accuracy"],
-            y_test.size,
-        )
+    metrics.update(_test_metrics(module, data, data_config.label_keys))
     split_frame = pd.DataFrame({"split": data.split.astype(str)})
     if data.groups is not None:
         split_frame["group"] = data.groups.astype(str).to_numpy()
@@ -427,7 +476,57 @@ def train(
         split=split_frame,
         is_main_process=results[-1].is_main_process,
         augmentation=augmentation,
+        extra_classes=data.extra_classes,
+        projection=data.projection,
     )
+
+
+def _test_metrics(module: Classifier, data: TrainingData, label_keys) -> dict[str, Any]:
+    """Scores on the test cells: `test` for the primary label column, and with several
+    columns also `tasks`: every column's scores by its name."""
+    X_test, y_test = data.subsets["test"]
+    if not len(y_test):
+        return {}
+    probas = predict_probas(module, iterate_batches(X_test, batch_size=EVAL_BATCH))
+    y_test = y_test.reshape(len(y_test), -1)
+    all_classes = [data.classes, *data.extra_classes.values()]
+    scores = {}
+    for t, (key, classes) in enumerate(zip(label_keys, all_classes, strict=True)):
+        names, proba = np.asarray(classes, dtype=object), probas[t].numpy()
+        scores[key] = compute_metrics(
+            names[y_test[:, t]], names[proba.argmax(1)], proba.max(1), classes
+        )
+        log.info(
+            "test (%s): macro-F1 %.3f, accuracy %.3f on %d cells",
+            key,
+            scores[key]["macro_f1"],
+            scores[key]["accuracy"],
+            len(y_test),
+        )
+    result: dict[str, Any] = {"test": scores[label_keys[0]]}
+    if len(scores) > 1:
+        result["tasks"] = scores
+    return result
+
+
+def _check_inputs(family: str, data: DataConfig, config: TrainConfig, augment: bool) -> None:
+    """Refuse combinations of input, labels and family that cannot train, before any work."""
+    cls = MODELS[family]
+    if data.obsm_key is not None or data.pca is not None:
+        what = f"obsm {data.obsm_key!r}" if data.obsm_key else f"pca={data.pca}"
+        if hasattr(cls, "bind"):
+            msg = f"{family} reads genes as tokens; it cannot train on {what}. Drop that input"
+            raise InputError(msg)
+        if augment:
+            msg = f"donor augmentation shifts gene expression; it does not apply to {what}"
+            raise InputError(msg)
+    n_tasks = len(data.label_keys)
+    if n_tasks > 1 and hasattr(cls, "fit_direct"):
+        raise InputError(f"{family} has one output; several label columns need ffn or mlp")
+    weights = config.task_weights
+    if weights is not None and len(weights) != n_tasks:
+        msg = f"{len(weights)} task_weights given for {n_tasks} label column(s) {data.label_keys}"
+        raise InputError(msg)
 
 
 def _check_loss_applies(family: str, config: TrainConfig) -> None:
@@ -451,7 +550,7 @@ def upsample_training(data: TrainingData, target: float, seed: int = 0) -> Train
     if not target:
         return data
     X, y = data.subsets["train"]
-    positions = upsample_indices(y, target, seed)
+    positions = upsample_indices(data.class_codes(y), target, seed)
     log.info(
         "upsampling: %d -> %d training cells (every class at least %.0f%% of the largest); "
         "class weights come from the upsampled cells, and the default loss is plain ce",
@@ -547,7 +646,7 @@ class CrossValidation:
 def cross_validate(
     adata: ad.AnnData,
     *,
-    label_key: str,
+    label_key: str | Sequence[str],
     split_by: str | None = None,
     k: int = 5,
     model: str = "mlp",
@@ -567,7 +666,8 @@ def cross_validate(
     """
     _check_cv_options(adata, options)
     obs = adata.obs
-    labels = read_labels(obs, label_key)
+    label_keys = [label_key] if isinstance(label_key, str) else list(label_key)
+    labels = read_labels(obs, label_keys[0])  # folds are stratified by the first column
     keep = labels.notna().to_numpy()
     groups = None
     if split_by is not None:
@@ -575,7 +675,7 @@ def cross_validate(
         groups = obs[split_by][keep].astype(str)
     seed = int(options.get("seed", 0))
     folds = kfold_by_group(labels[keep], groups, k, seed, val_fraction=val_fraction)
-    used = [label_key, split_by, options.get("donor_key")]
+    used = [*label_keys, split_by, options.get("donor_key")]
     columns = [c for c in dict.fromkeys(used) if c is not None]
     split_key = _free_name("_sclabel_cv_split", obs.columns)
     records, config, main = [], {}, True
@@ -626,7 +726,14 @@ def _with_obs(adata: ad.AnnData, obs: pd.DataFrame) -> ad.AnnData:
     """A new AnnData with `obs` that shares X, layers, raw (and a backed file's X) with
     `adata`: nothing is copied, and `adata` itself is left as it was."""
     raw = None if adata.raw is None else {"X": adata.raw.X, "var": adata.raw.var}
-    return ad.AnnData(X=adata.X, obs=obs, var=adata.var, layers=dict(adata.layers), raw=raw)
+    return ad.AnnData(
+        X=adata.X,
+        obs=obs,
+        var=adata.var,
+        layers=dict(adata.layers),
+        obsm=dict(adata.obsm),
+        raw=raw,
+    )
 
 
 def _fold_record(fold: int, fitted: Model, split: pd.Series, groups) -> dict[str, Any]:

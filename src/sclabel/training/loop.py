@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from sclabel.config import TrainConfig, auto_batch_size
 from sclabel.data.loader import EVAL_BATCH, X_KEY, Y_KEY, iterate_batches, n_batches
-from sclabel.models.base import Classifier, predict_proba
+from sclabel.models.base import Classifier, ModelOutput, predict_probas
 from sclabel.training.losses import make_loss
 from sclabel.training.resume import TrainingState, load_state, save_state
 
@@ -63,13 +63,17 @@ def fit(
     train: tuple[sp.csr_matrix, np.ndarray],
     val: tuple[sp.csr_matrix, np.ndarray] | None,
     *,
-    class_weight: np.ndarray,
+    class_weight: np.ndarray | list[np.ndarray],
     config: TrainConfig,
     augment: Callable[[torch.Tensor, np.random.Generator], torch.Tensor] | None = None,
     state_dir: Path | None = None,
     run: dict | None = None,
 ) -> FitResult:
     """Train `module` in place; returns the history and the epoch whose weights were kept.
+
+    Labels are one class index per cell, or for a multi-task module cells x tasks with one
+    `class_weight` array per task; the loss is then the `config.task_weights` sum over tasks
+    and early stopping follows the mean validation macro-F1 over tasks.
 
     `augment(x, rng)` transforms each training batch's dense input (donor augmentation).
     With `state_dir`, the training state is saved after every epoch, and a state already
@@ -84,8 +88,7 @@ def fit(
     if state_dir is not None:  # before setup, so DDP broadcasts the restored weights
         restored = load_state(state_dir, module, optimizer, scheduler, run or {})
     model, optimizer = fabric.setup(module, optimizer)
-    loss_fn = make_loss(config.loss, class_weight, len(class_weight), **loss_options(config))
-    loss_fn = loss_fn.to(fabric.device)
+    objective = TaskLoss(class_weight, config).to(fabric.device)
     has_val = val is not None and val[0].shape[0] > 0
     if not has_val:
         log.info(
@@ -141,7 +144,7 @@ def fit(
                 batch[X_KEY] = augment(batch[X_KEY], rng)
             batch = fabric.to_device(batch)
             out = model(batch)
-            loss = loss_fn(out.logits.float(), batch[Y_KEY])
+            loss = objective(out, batch[Y_KEY])
             loss = loss + sum(out.loss_terms.values(), torch.zeros((), device=fabric.device))
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
@@ -154,13 +157,7 @@ def fit(
             recalibrate_batch_norm(module, epoch_batches(epoch), fabric.device)
         record = {"epoch": epoch, "loss": float(total) / max(steps, 1)}
         if has_val:
-            proba = predict_proba(
-                module, iterate_batches(val[0], batch_size=EVAL_BATCH), device=fabric.device
-            )
-            record["val_macro_f1"] = float(
-                f1_score(val[1], proba.argmax(1).numpy(), average="macro", zero_division=0)
-            )
-            record["val_loss"] = _weighted_nll(proba.numpy(), val[1], class_weight)
+            record.update(objective.validate(module, val, fabric.device))
         history.append(record)
         if has_val:
             score = (round(record["val_macro_f1"], 10), -record["val_loss"])
@@ -211,6 +208,46 @@ def recalibrate_batch_norm(module: torch.nn.Module, batches, device) -> None:
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     module.train(was_training)
+
+
+class TaskLoss(torch.nn.Module):
+    """The configured loss of every task (label column), weighted and summed."""
+
+    def __init__(self, class_weight: np.ndarray | list[np.ndarray], config: TrainConfig):
+        super().__init__()
+        weights = [class_weight] if isinstance(class_weight, np.ndarray) else list(class_weight)
+        self.losses = torch.nn.ModuleList(
+            make_loss(config.loss, w, len(w), **loss_options(config)) for w in weights
+        )
+        self.class_weight = weights
+        self.task_weights = config.task_weights or (1.0,) * len(weights)
+        if len(self.task_weights) != len(weights):
+            msg = f"{len(self.task_weights)} task_weights for {len(weights)} label columns"
+            raise ValueError(msg)
+
+    def forward(self, out: ModelOutput, y: torch.Tensor) -> torch.Tensor:
+        y = y if y.ndim == 2 else y[:, None]
+        terms = zip(self.task_weights, self.losses, out.all_logits(), strict=True)
+        return sum(w * loss(z.float(), y[:, t]) for t, (w, loss, z) in enumerate(terms))
+
+    def validate(self, module, val, device) -> dict[str, float | list[float]]:
+        """Validation macro-F1 (mean over tasks) and the weighted training objective."""
+        probas = predict_probas(module, iterate_batches(val[0], batch_size=EVAL_BATCH), device)
+        y = val[1] if val[1].ndim == 2 else val[1][:, None]
+        f1 = [
+            float(f1_score(y[:, t], p.argmax(1).numpy(), average="macro", zero_division=0))
+            for t, p in enumerate(probas)
+        ]
+        nll = [
+            _weighted_nll(p.numpy(), y[:, t], self.class_weight[t]) for t, p in enumerate(probas)
+        ]
+        record = {
+            "val_macro_f1": float(np.mean(f1)),
+            "val_loss": float(np.dot(self.task_weights, nll)),
+        }
+        if len(f1) > 1:
+            record["val_macro_f1_tasks"] = f1
+        return record
 
 
 def loss_options(config: TrainConfig) -> dict[str, float]:
