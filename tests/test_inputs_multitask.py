@@ -214,7 +214,9 @@ def test_cli_multi_task_train_predict_evaluate(split_cohort, tmp_path, capsys):
     main(["predict", str(path), "--model", str(out), "--task", "state", "--out", str(table)])
     frame = pd.read_csv(table, index_col="cell")
     assert set(frame["label"]) <= {"control", "progression", "convalescence"}
-    main(["evaluate", str(path), "--model", str(out), "--label-key", "state"])
+    report = tmp_path / "report"
+    main(["evaluate", str(path), "--model", str(out), "--label-key", "state", "--out", str(report)])
+    assert (report / "report.md").exists()
     assert "macro-F1" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"
     code = main(["predict", str(path), "--model", str(out), "--task", "age", "--out", str(bad)])
