@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from sclabel._frames import require_classes, require_columns
-from sclabel.data.splits import PARTS, make_split
+from sclabel.data.splits import PARTS, check_folds, make_split
 from sclabel.errors import InputError
 
 log = logging.getLogger("sclabel")
@@ -85,15 +85,16 @@ def patient_kfold(
 ) -> list[pd.Series]:
     """k splits like `patient_split`'s: every patient is a test patient in exactly one fold.
 
+    Unlike `splits.kfold_by_group` (donors dealt to even cell counts, for cell-type labels),
+    patients here are stratified by their sample-level label, so with few patients per
+    severity every fold still tests each severity.
+
     Each class's patients are shuffled and dealt to folds round-robin (continuing where the
     previous class stopped, so folds have equal patient counts). Within a fold, validation
     patients (about `val_fraction` of all patients, stratified the same way) come from the
     non-test patients; they are what `fit_cell_type_weights` should be fitted on.
     """
-    if not isinstance(k, int | np.integer) or k < 2:
-        raise InputError(f"cross-validation needs at least 2 folds, got k={k}")
-    if not 0 <= val_fraction < 1 - 1 / k:
-        raise InputError(f"val_fraction must be in [0, {1 - 1 / k:.2f}) for k={k}")
+    check_folds(k, val_fraction)
     strata = _patient_strata(obs, patient_key, label_key)
     if k > strata.size:
         raise InputError(f"k={k} folds need at least {k} patients; there are {strata.size}")

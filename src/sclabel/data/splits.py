@@ -112,7 +112,7 @@ def kfold_by_group(
     the test part is missing from train. Without groups, folds are stratified by label
     over cells, and validation cells are drawn per class from the rest.
     """
-    _check_folds(k, val_fraction)
+    check_folds(k, val_fraction)
     rng = np.random.default_rng(seed)
     values = labels.to_numpy()
     if groups is None:
@@ -132,7 +132,7 @@ def kfold_by_group(
     ]
 
 
-def _check_folds(k: int, val_fraction: float) -> None:
+def check_folds(k: int, val_fraction: float) -> None:
     if not isinstance(k, int | np.integer) or k < 2:
         raise InputError(f"cross-validation needs at least 2 folds, got {k}")
     if not 0 <= val_fraction < 1 - 1 / k:
