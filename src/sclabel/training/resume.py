@@ -66,6 +66,7 @@ def load_state(
     if not (path / "state.json").exists():
         return None
     meta = json.loads((path / "state.json").read_text())
+    run = json.loads(json.dumps(run))  # as saved: tuples (e.g. layer widths) become lists
     if meta["run"] != run:
         changed = sorted(k for k in run if meta["run"].get(k) != run[k])
         msg = (
