@@ -279,6 +279,18 @@ def test_cli_chain_and_bad_inputs(bert_dir, cellbench, geneformer_dir, tmp_path,
         )
         == 0
     )
+    # the embeddings as input to another head: .h5ad keeps obs (labels), no genes
+    cells = tmp_path / "cells.h5ad"
+    assert main(["embed", str(small), "--model", str(out), "--max-len", "64", "--out",
+                 str(cells), "--quiet"]) == 0  # fmt: skip
+    assert list(ad.read_h5ad(cells).obs.columns) == list(cellbench.obs.columns)
+    head = tmp_path / "head"
+    on_cells = ["--label-key", "cell_line", "--obsm-key", "X_sclabel", "--model", "ffn"]
+    assert main(["train", str(cells), *on_cells, "--max-epochs", "2", "--out", str(head),
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(["predict", str(cells), "--model", str(head), "--out",
+                 str(tmp_path / "head.csv"), "--quiet"]) == 0  # fmt: skip
+    assert len(pd.read_csv(tmp_path / "head.csv")) == cellbench[::5].n_obs
     tuned = tmp_path / "tuned"
     train_args = ["train", str(small), "--label-key", "cell_line", "--model", "bert", "--from"]
     assert main([*train_args, str(out), "--freeze-layers", "1", "--param", "max_len=32",

@@ -231,3 +231,18 @@ def test_cross_validation_carries_the_embedding(split_cohort):
         adata, label_key="state", split_by="patient", k=3, obsm_key="X_emb", model="mlp", **FAST
     )
     assert result.summary["macro_f1"]["mean"] > 0.95
+
+
+def test_an_embedding_only_anndata_trains_and_predicts_but_not_on_genes(split_cohort, tmp_path):
+    from sclabel.embed import write_embeddings
+
+    codes = pd.Categorical(split_cohort.obs["state"]).codes
+    blocks = iter([np.eye(3, dtype=np.float32)[codes]])
+    path = tmp_path / "emb.h5ad"
+    write_embeddings(blocks, split_cohort.obs_names, path, key_added="X_e", obs=split_cohort.obs)
+    data = sclabel.read(path)
+    assert data.n_vars == 0 and list(data.obs.columns) == list(split_cohort.obs.columns)
+    model = sclabel.train(data, label_key="state", split_key="part", obsm_key="X_e", **FAST)
+    assert (model.predict(data, progress=False).labels == data.obs["state"].to_numpy()).all()
+    with pytest.raises(InputError, match=r"no genes; train on an embedding \(obsm: \['X_e'\]\)"):
+        sclabel.train(data, label_key="state", split_key="part", **FAST)

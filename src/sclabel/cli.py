@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sclabel import cli_foundation
+from sclabel import cli_experiment, cli_foundation
 from sclabel.errors import InputError
 
 log = logging.getLogger("sclabel")
@@ -34,6 +34,7 @@ EXAMPLES = {
     "--out atlas.store",
     "import-celltypist": "sclabel import-celltypist Immune_All_Low.pkl --out immune-model",
     **cli_foundation.EXAMPLES,
+    **cli_experiment.EXAMPLES,
 }
 
 
@@ -316,6 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="mlp", help="model family")
     demo.add_argument("--max-epochs", type=int, default=40)
     cli_foundation.add_parsers(command, input_options)
+    cli_experiment.add_parsers(command, input_options)
     return parser
 
 
@@ -749,6 +751,7 @@ RUNNERS = {
     "simulate": _run_simulate,
     "import-celltypist": _run_import_celltypist,
     **cli_foundation.RUNNERS,
+    **cli_experiment.RUNNERS,
 }
 
 

@@ -158,7 +158,7 @@ def run_embed(args) -> None:
         chunk_size=args.chunk_size,
         progress=not args.quiet,
     )
-    write_embeddings(blocks, adata.obs_names, args.out, key_added=args.key_added)
+    write_embeddings(blocks, adata.obs_names, args.out, key_added=args.key_added, obs=adata.obs)
     print(f"{adata.n_obs} cell embeddings written to {args.out}")
     if args.genes:
         from sclabel._atomic import atomic_path

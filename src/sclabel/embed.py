@@ -152,10 +152,17 @@ def _embed(module, x: torch.Tensor) -> np.ndarray:
 
 
 def write_embeddings(
-    blocks: Iterator[np.ndarray], obs_names: pd.Index, out: str | Path, *, key_added: str
+    blocks: Iterator[np.ndarray],
+    obs_names: pd.Index,
+    out: str | Path,
+    *,
+    key_added: str,
+    obs: pd.DataFrame | None = None,
 ) -> Path:
     """Stream blocks into `.parquet` (one row group per chunk) or `.npy`; an `.h5ad` gets
-    obs names and `.obsm[key_added]` only. Written under a temporary name."""
+    the cells' `obs` columns (labels, patients: any head can train on it with
+    `--obsm-key key_added`) and `.obsm[key_added]`, no genes. Written under a temporary
+    name."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -184,7 +191,9 @@ def write_embeddings(
                 with open(tmp, "wb") as handle:  # np.save(path) would append ".npy"
                     np.save(handle, matrix)
             else:
-                result = ad.AnnData(obs=pd.DataFrame(index=obs_names.astype(str)))
+                frame = pd.DataFrame(index=obs_names) if obs is None else obs.copy()
+                frame.index = obs_names.astype(str)
+                result = ad.AnnData(obs=frame)
                 result.obsm[key_added] = matrix
                 result.write_h5ad(tmp)
     return out

@@ -152,7 +152,7 @@ def query_batches(
     explanation share one path. An obsm-trained model reads the query's `obsm` instead; a
     pca-trained one projects the normalized chunks.
     """
-    io.check_cells(adata)
+    io.check_cells(adata, genes=model.data_config.obsm_key is None)
     if model.data_config.obsm_key is not None:
         values = read_obsm(adata, model.data_config.obsm_key, width=model.n_inputs)
         present = torch.ones(model.n_inputs, dtype=torch.bool)

@@ -59,7 +59,7 @@ def read(path: str | Path, *, backed: bool = False) -> ad.AnnData:
         raise InputError(msg) from err
     if backed and not name.endswith(".h5ad"):
         log.info("backed mode applies to .h5ad only; %s was read into memory", path.name)
-    check_cells(adata)
+    check_cells(adata, genes=not len(adata.obsm))  # embeddings alone (sclabel embed) are input
     return adata
 
 
@@ -162,9 +162,10 @@ def as_strings(values: pd.Series) -> pd.Series:
     return values.where(values.isna(), values.astype(str))
 
 
-def check_cells(adata: ad.AnnData) -> None:
-    """Refuse an AnnData with no cells/genes or with duplicate cell names."""
-    if adata.n_obs == 0 or adata.n_vars == 0:
+def check_cells(adata: ad.AnnData, *, genes: bool = True) -> None:
+    """Refuse an AnnData with no cells, no genes (when `genes`: an embedding-only AnnData
+    has none) or duplicate cell names."""
+    if adata.n_obs == 0 or (genes and adata.n_vars == 0):
         msg = (
             f"the matrix is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
             "check that this is the right file and that filtering kept some cells"

@@ -212,6 +212,9 @@ def load_training_data(
 def _prepare_in_memory(adata, data_config, rows, part, progress):
     """Align and normalize the kept cells of each part into an in-memory CSR."""
     X, var = io.matrix(adata, data_config.layer)
+    if X is None or X.shape[1] == 0:
+        msg = f"this AnnData has no genes; train on an embedding (obsm: {list(adata.obsm)})"
+        raise InputError(msg)
     values = io.detect_values(X)
     log.info("input: %s", values.detail)
     vocabulary, used_key = genes.Vocabulary.from_var(var, data_config.gene_key)
