@@ -177,3 +177,17 @@ def test_stratified_split_index_and_type():
     assert split.name == "split"
     assert list(split.cat.categories) == ["train", "val", "test"]
     assert split.notna().all()
+
+
+def test_groups_with_one_label_each_are_stratified_by_it():
+    """Severity belongs to a patient: with 3 patients per class, every part gets each class
+    (random dealing of 9 patients leaves a class out of val or test in most seeds)."""
+    patients = np.repeat([f"p{i}" for i in range(9)], 20)
+    severity = np.repeat(["mild", "severe", "control"] * 3, 20)
+    labels = pd.Series(severity)
+    for seed in range(10):
+        split = make_split(labels, groups=pd.Series(patients), seed=seed)
+        for part in ("train", "val", "test"):
+            assert set(labels[split == part]) == {"mild", "severe", "control"}
+        per_patient = pd.Series(split.to_numpy()).groupby(patients).nunique()
+        assert (per_patient == 1).all()  # patients stay whole

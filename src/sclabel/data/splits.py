@@ -63,13 +63,30 @@ def _grouped(labels: np.ndarray, groups: np.ndarray, fractions, rng) -> np.ndarr
             "train/val/test; choose a column with more donors/samples or omit --split-by"
         )
         raise InputError(msg)
-    n_train, n_val = _counts(names.size, fractions)
-    assign = {g: "train" for g in names[:n_train]}
-    assign |= {g: "val" for g in names[n_train : n_train + n_val]}
-    assign |= {g: "test" for g in names[n_train + n_val :]}
     table = pd.crosstab(groups, labels)  # groups x classes, cell counts
+    assign = _stratified_groups(table, names, fractions, rng)
+    if assign is None:
+        n_train, n_val = _counts(names.size, fractions)
+        assign = {g: "train" for g in names[:n_train]}
+        assign |= {g: "val" for g in names[n_train : n_train + n_val]}
+        assign |= {g: "test" for g in names[n_train + n_val :]}
     _cover_classes_in_train(assign, table)
     return pd.Series(groups).map(assign).to_numpy(dtype=object)
+
+
+def _stratified_groups(table: pd.DataFrame, names, fractions, rng) -> dict | None:
+    """For sample-level labels (every group has one label, e.g. a patient's severity): deal
+    each class's groups by `fractions`, so with few patients per class every part still
+    sees each class where it can. None when labels vary within groups (cell types) or when a
+    part would be left empty; the caller then deals groups at random."""
+    if not ((table > 0).sum(axis=1) == 1).all():
+        return None
+    group_label = table.loc[names].idxmax(axis=1).to_numpy()  # in the shuffled order
+    parts = _stratified(group_label, fractions, rng)
+    needed = {"train"} | {p for p, f in zip(PARTS[1:], fractions[1:], strict=True) if f > 0}
+    if not needed <= set(parts):
+        return None
+    return dict(zip(names, parts, strict=True))
 
 
 def _cover_classes_in_train(assign: dict, table: pd.DataFrame) -> None:
