@@ -45,6 +45,13 @@ def add_parsers(command, input_options) -> None:
     source.add_argument("--pca", type=int, default=50, help="PCs of expression; 0: the genes")
     disease.add_argument("--layer", help="matrix instead of X: a layer name or 'raw'")
     disease.add_argument("--model", default="ffn", help="model family (ffn: the study's head)")
+    disease.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="model hyperparameter, repeatable (e.g. --param hidden=[2048,1024,512])",
+    )
     disease.add_argument("--folds", type=int, help="k folds by patient instead of one split")
     disease.add_argument(
         "--fractions",
@@ -76,6 +83,7 @@ def add_parsers(command, input_options) -> None:
 
 
 def run_experiment(args) -> None:
+    from sclabel.cli import _params
     from sclabel.data.io import open_input
     from sclabel.data.store import Store
     from sclabel.experiments import run_disease_experiment
@@ -91,6 +99,8 @@ def run_experiment(args) -> None:
         for name in ("max_epochs", "batch_size", "lr", "patience")
         if getattr(args, name) is not None
     }
+    if args.param:
+        options["model_params"] = _params(args.param)
     result = run_disease_experiment(
         adata,
         labels=args.labels,
