@@ -27,8 +27,8 @@ of `--repeats` runs (the machine may be shared). Also compared on CellBench itse
 thread: one np.lexsort over all non-zeros (row, -score, token), numba's np.argsort per row,
 and sclabel's per-row radix kernel.
 
-Usage: python benchmarks/tokenizer.py [--copies 15] [--repeats 2]
-Writes benchmarks/results/tokenizer.json and its table in benchmarks/RESULTS.md.
+Usage: python benchmarks/tokenizer.py [--dataset cellbench|kang] [--copies 15] [--repeats 2]
+Writes benchmarks/results/tokenizer.json (kang: tokenizer_kang.json) and a table in RESULTS.md.
 """
 
 from __future__ import annotations
@@ -57,19 +57,40 @@ from sclabel.data.tokenize import GeneTokenizer, rank_order, tokenize  # noqa: E
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
-RESULT = HERE / "results" / "tokenizer.json"
-MD_START, MD_END = "<!-- tokenizer:start -->", "<!-- tokenizer:end -->"
+# per dataset: the source file, the obs column carried, and where results are recorded
+DATASETS = {
+    "cellbench": {
+        "file": "cellbench_sc_celllines.h5ad",
+        "label": "cell_line",
+        "describe": "CellBench (plate-based, deep)",
+        "result": HERE / "results" / "tokenizer.json",
+        "markers": ("<!-- tokenizer:start -->", "<!-- tokenizer:end -->"),
+    },
+    "kang": {
+        "file": "kang_pbmc_stim.h5ad",
+        "label": "condition",
+        "describe": "Kang PBMC (10x droplets), symbols mapped to Ensembl IDs,",
+        "result": HERE / "results" / "tokenizer_kang.json",
+        "markers": ("<!-- tokenizer-kang:start -->", "<!-- tokenizer-kang:end -->"),
+    },
+}
 MAX_LEN, TARGET_SUM, ANCHOR_CHUNK, CHUNK = 2048, 1e4, 512, 2048
 LOOM = "Geneformer's tokenizer (loompy scan, dense views), loom file"
 
 
-def make_file(work: Path, copies: int) -> Path:
-    """CellBench repeated `copies` times (unique cell names), written once."""
-    path = work / f"cellbench_x{copies}.h5ad"
+def make_file(work: Path, copies: int, dataset: str, tokenizer: GeneTokenizer) -> Path:
+    """The dataset repeated `copies` times (unique cell names), written once. Genes are
+    Ensembl IDs, as Geneformer's tokenizer requires (Kang's symbols mapped through its name
+    table; unmapped and repeated genes are dropped)."""
+    spec = DATASETS[dataset]
+    path = work / f"{dataset}_x{copies}.h5ad"
     if not path.exists():
         work.mkdir(parents=True, exist_ok=True)
-        cells = ad.read_h5ad(SHARED / "cellbench_sc_celllines.h5ad")
-        cells.obs = cells.obs[["cell_line", "batch"]]
+        cells = ad.read_h5ad(SHARED / spec["file"])
+        cells.obs = cells.obs[[spec["label"]]]
+        ids = pd.Index([tokenizer.symbol_to_id.get(g, g) for g in cells.var_names])
+        cells = cells[:, ids.str.startswith("ENSG") & ~ids.duplicated()].copy()
+        cells.var_names = [tokenizer.symbol_to_id.get(g, g) for g in cells.var_names]
         parts = [cells.copy() for _ in range(copies)]
         for i, part in enumerate(parts):
             part.obs_names = [f"{name}-{i}" for name in part.obs_names]
@@ -102,7 +123,7 @@ def anchor_file(path: Path, tokenizer: GeneTokenizer) -> list[np.ndarray]:
     return cells
 
 
-def make_loom(work: Path, path: Path) -> Path | None:
+def make_loom(work: Path, path: Path, label: str) -> Path | None:
     """The same cells as a .loom (genes x cells, `ensembl_id` rows, `n_counts` columns), as
     Geneformer's tokenizer expects; None when loompy is not installed."""
     try:
@@ -119,7 +140,7 @@ def make_loom(work: Path, path: Path) -> Path | None:
             row_attrs={"ensembl_id": np.asarray(cells.var_names, dtype=str)},
             col_attrs={
                 "n_counts": np.asarray(X.sum(axis=1)).ravel(),
-                "cell_line": np.asarray(cells.obs["cell_line"], dtype=str),
+                label: np.asarray(cells.obs[label], dtype=str),
             },
         )
     return loom
@@ -238,7 +259,8 @@ def sort_strategies(tokenizer: GeneTokenizer) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--copies", type=int, default=15, help="CellBench copies (1,408 each)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cellbench")
+    parser.add_argument("--copies", type=int, default=15, help="copies (CellBench: 1,408 cells)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per timing; best kept")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "tokenizer")
     parser.add_argument("--note", default="", help="a sentence for the table")
@@ -246,7 +268,8 @@ def main() -> None:
     if not (SHARED / "geneformer_v1").exists():
         sys.exit(f"real data not found in {SHARED}; see ../shared/data/README.md")
     tokenizer = GeneTokenizer.from_geneformer(SHARED / "geneformer_v1")
-    path = make_file(args.work, args.copies)
+    spec = DATASETS[args.dataset]
+    path = make_file(args.work, args.copies, args.dataset, tokenizer)
     cells = ad.read_h5ad(path)
     n, cores = cells.n_obs, os.cpu_count() or 1
     token, median = tokenizer.gene_table(cells.var)
@@ -263,7 +286,7 @@ def main() -> None:
 
         def run(out=out, threads=threads):
             shutil.rmtree(out, ignore_errors=True)
-            return tokenize([path], out, tokenizer, columns=["cell_line"], threads=threads,
+            return tokenize([path], out, tokenizer, columns=[spec["label"]], threads=threads,
                             progress=False)  # fmt: skip
 
         timing, store = best_of(args.repeats, run)
@@ -276,7 +299,7 @@ def main() -> None:
     record("anchor (Geneformer's way), file", timing)
     timing, _ = best_of(args.repeats, lambda: anchor_memory(raw, token, median))
     record("anchor (Geneformer's way), in memory", timing)
-    loom = make_loom(args.work, path)
+    loom = make_loom(args.work, path, spec["label"])
     loom_agreement = None
     if loom is not None:
         timing, loom_cells = best_of(args.repeats, lambda: anchor_loom(loom, tokenizer))
@@ -292,6 +315,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {cores} CPU cores, no GPU",
         "command": "python benchmarks/tokenizer.py " + " ".join(sys.argv[1:]),
         "date": str(date.today()),
+        "dataset": args.dataset,
         "n_cells": n,
         "nnz_per_cell": raw.nnz / n,
         "store_cells": store.n_cells,
@@ -301,8 +325,9 @@ def main() -> None:
         "loom_vs_anchor_agreement": loom_agreement,
         "sort_strategies": sort_strategies(tokenizer),
     }
-    RESULT.write_text(json.dumps(result, indent=1))
-    bc.update_results(markdown(result), MD_START, MD_END, "Rank-value tokenizer throughput")
+    spec["result"].write_text(json.dumps(result, indent=1))
+    start, end = spec["markers"]
+    bc.update_results(markdown(result, start, end), start, end, "Rank-value tokenizer throughput")
 
 
 def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
@@ -311,14 +336,15 @@ def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return same / sum(len(x) for x in b)
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, start: str, end: str) -> str:
     rows = result["methods"]
     anchors = {k: v["cells_per_s"] for k, v in rows.items() if k.startswith("anchor")}
     loom = rows.get(LOOM, {}).get("cells_per_s")
     sort = result["sort_strategies"]
     lines = [
         f"Machine: {result['machine']}. Date: {result['date']}. Command: `{result['command']}`.",
-        f"Data: CellBench repeated to {result['n_cells']:,} cells "
+        f"Data: {DATASETS[result.get('dataset', 'cellbench')]['describe']} repeated to "
+        f"{result['n_cells']:,} cells "
         f"({result['nnz_per_cell']:,.0f} non-zeros per cell), Geneformer V1 vocabulary; the "
         f"fastest of repeated runs, files in the page cache. {result.get('note', '')}",
         "",
@@ -349,7 +375,7 @@ def markdown(result: dict) -> str:
         f"Ranking alone on CellBench ({sort['cells']:,} cells, {sort['nnz']:,} non-zeros, one "
         f"thread): {runs} (same tokens: {sort['same']}).",
     ]
-    return MD_START + "\n" + "\n".join(lines) + "\n" + MD_END
+    return start + "\n" + "\n".join(lines) + "\n" + end
 
 
 if __name__ == "__main__":
