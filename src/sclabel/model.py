@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import numpy as np
 import pandas as pd
+import torch
 
 from sclabel import checkpoint
 from sclabel.config import DataConfig, ModelConfig, TrainConfig
@@ -85,6 +87,17 @@ class Model:
     @property
     def n_inputs(self) -> int:
         return len(self.genes) if self.projection is None else self.projection.n_components
+
+    def present_inputs(self, gene_present: np.ndarray) -> torch.Tensor:
+        """The `present` mask of a batch: the query's genes, or for pca input every
+        component (each is computed from whichever genes were present)."""
+        if self.projection is not None:
+            return torch.ones(self.n_inputs, dtype=torch.bool)
+        return torch.from_numpy(gene_present)
+
+    def inputs(self, prepared):
+        """Model input from prepared (aligned, normalized) rows: projected for pca input."""
+        return prepared if self.projection is None else self.projection.apply(prepared)
 
     def __repr__(self) -> str:
         return (

@@ -169,9 +169,7 @@ def query_batches(
         gene_key=gene_key,
         min_coverage=min_gene_coverage or model.data_config.min_gene_coverage,
     )
-    present = torch.from_numpy(alignment.present)
-    if model.projection is not None:  # components of the genes, whichever were present
-        present = torch.ones(model.n_inputs, dtype=torch.bool)
+    present = model.present_inputs(alignment.present)
     chunks = iter_prepared(
         X,
         kind=values.kind,
@@ -181,11 +179,9 @@ def query_batches(
         progress=progress,
         desc="predicting",
     )
-
-    if model.projection is not None:
-        chunks = (model.projection.apply(chunk) for chunk in chunks)
     return alignment.coverage, (
-        model_batches(chunk, present, batch_size=batch_size, sparse=sparse) for chunk in chunks
+        model_batches(model.inputs(chunk), present, batch_size=batch_size, sparse=sparse)
+        for chunk in chunks
     )
 
 

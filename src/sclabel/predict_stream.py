@@ -23,7 +23,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
-import torch
 from tqdm.auto import tqdm
 
 from sclabel._atomic import atomic_path
@@ -83,9 +82,7 @@ def predict_to_file(
         "task": index,
     }
     _start_parts(parts, meta, resume)
-    present = torch.from_numpy(reader.alignment.present)
-    if model.projection is not None:  # components of the genes, whichever were present
-        present = torch.ones(model.n_inputs, dtype=torch.bool)
+    present = model.present_inputs(reader.alignment.present)
     starts = range(0, reader.n_cells, chunk_size)
     with reader.names() as names:
         bar = tqdm(starts, desc="predicting", unit="chunk", disable=not progress or len(starts) < 2)
@@ -95,9 +92,7 @@ def predict_to_file(
             part = parts / f"part-{i:06d}.parquet"
             if part.exists():
                 continue  # done before an interruption
-            X = reader.chunk(start, stop)
-            if model.projection is not None:
-                X = model.projection.apply(X)
+            X = model.inputs(reader.chunk(start, stop))
             sparse = model.module.sparse_input
             batches = model_batches(X, present, batch_size=batch_size, sparse=sparse)
             proba = predict_proba(model.module, batches, task=index).numpy()
