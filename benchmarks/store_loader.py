@@ -20,6 +20,7 @@ Writes benchmarks/results/store_loader.json and its table in benchmarks/RESULTS.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -89,8 +90,9 @@ def store_loader(paths, threads):
     store = Store.open(paths["store"])
     workers, densify = threads
     rows = StoreRows(store, np.arange(store.n_cells), workers=workers, densify_threads=densify)
-    for batch in rows.batches(batch_size=BATCH, shuffle=True, seed=0):
-        yield batch["x"]
+    for epoch in itertools.count():  # as many epochs as the timed batches need
+        for batch in rows.batches(batch_size=BATCH, shuffle=True, seed=0, epoch=epoch):
+            yield batch["x"]
 
 
 def backed_random(paths, *_):
@@ -193,7 +195,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=100_000)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per loader")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "loader")
-    parser.add_argument("--only", help="comma-separated loader names to run")
+    parser.add_argument("--only", nargs="+", help="loader names to run (quote each)")
     parser.add_argument("--note", default="", help="a sentence for the table (e.g. CPU shared)")
     parser.add_argument("--cold", action="store_true", help="empty the page cache per loader")
     args = parser.parse_args()
@@ -215,7 +217,7 @@ def main() -> None:
         "note": args.note,
         "loaders": {},
     }
-    wanted = args.only.split(",") if args.only else list(LOADERS)
+    wanted = args.only or list(LOADERS)
     for name in wanted:
         make, workers = LOADERS[name]
         if args.cold:

