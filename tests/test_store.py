@@ -11,7 +11,7 @@ from sclabel.data import genes
 from sclabel.data.normalize import iter_prepared
 from sclabel.data.store import Store
 from sclabel.data.store_build import build_store
-from sclabel.data.store_loader import StoreRows
+from sclabel.data.store_loader import StoreRows, _fill_dense
 from sclabel.errors import InputError
 
 FAST = {"max_epochs": 6, "batch_size": 128, "progress": False}
@@ -50,6 +50,18 @@ def test_store_rows_equal_in_memory_normalization(cells, store):
     assert store.obs_names().equals(cells.obs_names)
     assert (store.column("cell_type").astype(str).to_numpy() == cells.obs["cell_type"]).all()
     assert [s["n_cells"] for s in store.meta["sources"]] == [500, 1000]
+
+
+@pytest.mark.parametrize("n_genes", [1, 7, 8, 9, 37, 203])
+def test_densify_writes_every_row_whatever_its_alignment(n_genes):
+    # rows of odd widths start at every offset from a 32-byte boundary, so the streamed
+    # middle, the head and the tail of a row are all exercised; the buffer starts dirty
+    csr = sp.random(50, n_genes, density=0.3, format="csr", dtype=np.float32, random_state=1)
+    order = np.random.default_rng(0).permutation(50)[:40]
+    out = np.full((41, n_genes), np.nan, np.float32)
+    _fill_dense(csr.indptr, csr.indices, csr.data, order, out, 3, 40)
+    assert np.array_equal(out[3:40], csr[order[3:40]].toarray())
+    assert np.isnan(out[:3]).all() and np.isnan(out[40:]).all()  # rows outside lo:hi untouched
 
 
 def test_recorded_split_keeps_each_donor_in_one_part(store):

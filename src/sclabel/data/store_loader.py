@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from sclabel.data._stream_store import store_fence, stream_row
 from sclabel.data.loader import X_KEY, Y_KEY, plan_epoch, torch_csr
 from sclabel.data.normalize import log_normalize
 from sclabel.data.store import ReadBuffer, Store
@@ -34,16 +35,18 @@ from sclabel.data.store import ReadBuffer, Store
 def _fill_dense(indptr, indices, data, order, out, lo, hi):  # pragma: no cover
     """out[i] = row order[i] (already normalized) for i in lo:hi, densified.
 
-    Each output row is zeroed and then filled while it is in cache (a row of 20,000 genes
-    is 80 kB). Measured on 2,048 x 20,670 batches with ~1,000 non-zeros per row: 5x faster
-    than resetting only the entries the buffer's previous batch wrote, because those resets
-    and the new writes each miss the cache on almost every line of the row anyway.
-    Disjoint row ranges may run on several threads at once."""
+    Each row is scattered into a zeroed buffer that stays in cache, streamed out to `out`
+    with non-temporal stores (see _stream_store) and the buffer's entries reset. Disjoint
+    row ranges may run on several threads at once."""
+    stage = np.zeros(out.shape[1], np.float32)
     for i in range(lo, hi):
-        out[i, :] = 0.0
         r = order[i]
         for k in range(indptr[r], indptr[r + 1]):
-            out[i, indices[k]] = data[k]
+            stage[indices[k]] = data[k]
+        stream_row(out[i], stage)
+        for k in range(indptr[r], indptr[r + 1]):
+            stage[indices[k]] = 0.0
+    store_fence()
 
 
 class _Ring:
