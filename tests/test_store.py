@@ -191,3 +191,22 @@ def test_store_refuses_to_overwrite_other_folders_and_damaged_stores(cells, tmp_
     data.write_bytes(data.read_bytes()[:-8])
     with pytest.raises(InputError, match="wrong size"):
         Store.open(built.path)
+
+
+def test_read_ahead_keeps_order_and_raises_a_failed_read_in_its_place():
+    from sclabel.data.store_build import _read_ahead
+
+    assert list(_read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def chunks():
+        yield from (0, 1)
+        raise InputError("chunk 2 is damaged")
+
+    seen = []
+    with pytest.raises(InputError, match="chunk 2"):
+        for item in _read_ahead(chunks()):
+            seen.append(item)
+    assert seen == [0, 1]
+    ahead = _read_ahead(iter(range(100)))
+    assert next(ahead) == 0
+    ahead.close()  # a consumer that stops early leaves no thread reading

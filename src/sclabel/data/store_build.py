@@ -7,7 +7,8 @@ column so every run on the store uses the same one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anndata as ad
@@ -133,7 +134,7 @@ def _append_source(
         source.var, writer.vocabulary, gene_key=gene_key, min_coverage=min_gene_coverage
     )
     kind, start = None, writer.n_cells
-    for chunk, obs in source.iter_chunks(chunk_size):
+    for chunk, obs in _read_ahead(source.iter_chunks(chunk_size)):
         if kind is None:  # judged on the first chunk; every chunk is then checked against it
             kind = io.detect_values(chunk).kind
         chunk, factor = count_space(chunk, kind, writer.target_sum, writer.n_cells - start)
@@ -151,6 +152,21 @@ def _append_source(
             "gene_coverage": alignment.coverage,
         }
     )
+
+
+def _read_ahead(items: Iterable) -> Iterator:
+    """`items`, each next one read on a thread while the caller works on the current one.
+
+    h5py holds the GIL while it reads, but validating, ranking (numba) and writing release
+    it, so reading chunk i + 1 overlaps the work on chunk i; one extra chunk is in memory.
+    A failed read is raised here, in order."""
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="sclabel-read-ahead") as pool:
+        source = iter(items)
+        pending = pool.submit(next, source, end)
+        while (item := pending.result()) is not end:
+            pending = pool.submit(next, source, end)
+            yield item
 
 
 def _obs_columns(source) -> list[str]:
