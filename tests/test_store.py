@@ -174,6 +174,10 @@ def test_bad_sources_leave_no_store(cells, tmp_path):
         build_store([cells[:100].copy(), negative], tmp_path / "s", progress=False)
     with pytest.raises(InputError, match="no input"):
         build_store([], tmp_path / "s")
+    late = cells[:300].copy()  # the third chunk fails while it is written, on its thread
+    late.obs_names = [*late.obs_names[:280], *(f"bad\nname{i}" for i in range(20))]
+    with pytest.raises(InputError, match="newlines"):
+        build_store([late], tmp_path / "s", chunk_size=128, progress=False)
     assert not (tmp_path / "s").exists()
     assert not list(tmp_path.iterdir())
 

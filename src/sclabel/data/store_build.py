@@ -133,14 +133,21 @@ def _append_source(
     alignment = genes.align(
         source.var, writer.vocabulary, gene_key=gene_key, min_coverage=min_gene_coverage
     )
-    kind, start = None, writer.n_cells
-    for chunk, obs in _read_ahead(source.iter_chunks(chunk_size)):
-        if kind is None:  # judged on the first chunk; every chunk is then checked against it
-            kind = io.detect_values(chunk).kind
-        chunk, factor = count_space(chunk, kind, writer.target_sum, writer.n_cells - start)
-        rows = alignment.apply(chunk) if reorder is None else reorder(chunk, factor, alignment)
-        writer.append(rows, factor, obs[columns])
-        bar.update(chunk.shape[0])
+    kind, start, done, writing = None, writer.n_cells, 0, None
+    # chunk i is written on a thread while chunk i + 1 is read (another thread) and prepared
+    with ThreadPoolExecutor(1, thread_name_prefix="sclabel-write") as write:
+        for chunk, obs in _read_ahead(source.iter_chunks(chunk_size)):
+            if kind is None:  # judged on the first chunk; each chunk is then checked against it
+                kind = io.detect_values(chunk).kind
+            chunk, factor = count_space(chunk, kind, writer.target_sum, done)
+            rows = alignment.apply(chunk) if reorder is None else reorder(chunk, factor, alignment)
+            if writing is not None:
+                writing.result()  # one write at a time, in order; its error raised here
+            writing = write.submit(writer.append, rows, factor, obs[columns])
+            done += chunk.shape[0]
+            bar.update(chunk.shape[0])
+        if writing is not None:
+            writing.result()
     if writer.n_cells - start != source.n_cells:
         raise InputError(f"{source.name}: expected {source.n_cells} cells, read fewer")
     writer.sources.append(
