@@ -28,9 +28,10 @@ Both turn raw counts into each cell's gene tokens ordered by (count / cell total
 
 sclabel runs on one thread and on every core; the anchor is one Python thread (Geneformer
 spreads files over processes, which would help both the same way). Each timing is the best
-of `--repeats` runs (the machine may be shared). Also compared on CellBench itself, one
-thread: one np.lexsort over all non-zeros (row, -score, token), numba's np.argsort per row,
-and sclabel's per-row radix kernel.
+of `--repeats` rounds in which every method runs once in turn (the machine is shared and
+its speed drifts; round-robin spreads that over all methods). Also compared on CellBench
+itself, one thread: one np.lexsort over all non-zeros (row, -score, token), numba's
+np.argsort per row, and sclabel's per-row radix kernel.
 
 Usage: python benchmarks/tokenizer.py [--dataset cellbench|kang] [--copies 15] [--repeats 2]
 Writes benchmarks/results/tokenizer.json (kang: tokenizer_kang.json) and a table in RESULTS.md.
@@ -246,6 +247,22 @@ def best_of(repeats: int, fn) -> tuple[dict, object]:
     return best, result
 
 
+def interleaved(methods: dict, repeats: int, n_cells: int) -> tuple[dict, dict]:
+    """Every method once per round, `repeats` rounds; each method's fastest run is kept.
+    Round-robin, so a slow spell of this shared machine hits every method alike instead
+    of all the repeats of one."""
+    rows: dict[str, dict] = {}
+    outputs: dict[str, object] = {}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            run, outputs[name] = best_of(1, fn)
+            if name not in rows or run["seconds"] < rows[name]["seconds"]:
+                rows[name] = {**run, "cells_per_s": n_cells / run["seconds"]}
+    for name, row in rows.items():
+        print(f"{name:45s} {row['cells_per_s']:>8,.0f} cells/s {row}", flush=True)
+    return rows, outputs
+
+
 @numba.njit(nogil=True)
 def _argsort_rows(indptr, keys, out):  # pragma: no cover
     for r in range(indptr.size - 1):
@@ -310,42 +327,34 @@ def main() -> None:
     n, cores = cells.n_obs, os.cpu_count() or 1
     token, median = tokenizer.gene_table(cells.var)
     raw, factor = count_space(cells.X, "counts", TARGET_SUM)
-    rows: dict[str, dict] = {}
-
-    def record(name: str, run: dict) -> None:
-        rows[name] = {**run, "cells_per_s": n / run["seconds"]}
-        print(f"{name:45s} {rows[name]['cells_per_s']:>8,.0f} cells/s {run}", flush=True)
-
-    rank_order(raw[:10], factor[:10], token, median, threads=1)  # compile the kernels
+    methods = {}  # name -> zero-argument function; all run in turn, `repeats` rounds
     for threads in sorted({1, cores}):
-        out = args.work / f"corpus_{threads}"
 
-        def run(out=out, threads=threads):
+        def run(out=args.work / f"corpus_{threads}", threads=threads):
             shutil.rmtree(out, ignore_errors=True)
             return tokenize([path], out, tokenizer, columns=[spec["label"]], threads=threads,
                             progress=False)  # fmt: skip
 
-        timing, store = best_of(args.repeats, run)
-        record(f"sclabel tokenize -> store, {threads} thread(s)", timing)
-        timing, ranked = best_of(
-            args.repeats, lambda t=threads: ours_memory(raw, factor, token, median, threads=t)
+        methods[f"sclabel tokenize -> store, {threads} thread(s)"] = run
+        methods[f"sclabel rank_order in memory, {threads} thread(s)"] = lambda t=threads: (
+            ours_memory(raw, factor, token, median, threads=t)
         )
-        record(f"sclabel rank_order in memory, {threads} thread(s)", timing)
-    timing, anchor = best_of(args.repeats, lambda: anchor_file(path, tokenizer))
-    record("anchor (Geneformer's way), file", timing)
-    timing, _ = best_of(args.repeats, lambda: anchor_memory(raw, token, median))
-    record("anchor (Geneformer's way), in memory", timing)
+    methods["anchor (Geneformer's way), file"] = lambda: anchor_file(path, tokenizer)
+    methods["anchor (Geneformer's way), in memory"] = lambda: anchor_memory(raw, token, median)
     loom = make_loom(args.work, path, spec["label"])
-    loom_agreement = None
     if loom is not None:
-        timing, loom_cells = best_of(args.repeats, lambda: anchor_loom(loom, tokenizer))
-        record(LOOM, timing)
-        loom_agreement = agreement(loom_cells, anchor)
+        methods[LOOM] = lambda: anchor_loom(loom, tokenizer)
         if has_datasets():
             out = args.work / "geneformer_dataset"
-            timing, _ = best_of(args.repeats, lambda: anchor_loom_to_disk(
-                loom, tokenizer, spec["label"], out))  # fmt: skip
-            record(LOOM_DISK, timing)
+            methods[LOOM_DISK] = lambda: anchor_loom_to_disk(loom, tokenizer, spec["label"], out)
+    rank_order(raw[:10], factor[:10], token, median, threads=1)  # compile the kernels
+    rows, outputs = interleaved(methods, args.repeats, n)
+    ranked = outputs[f"sclabel rank_order in memory, {cores} thread(s)"]
+    store, anchor = (
+        outputs[f"sclabel tokenize -> store, {cores} thread(s)"],
+        outputs["anchor (Geneformer's way), file"],
+    )
+    loom_agreement = agreement(outputs[LOOM], anchor) if LOOM in outputs else None
     ours = [
         chunk.tokens[a : min(b, a + MAX_LEN)]
         for chunk in ranked
