@@ -106,6 +106,21 @@ def test_epochs_reuse_buffers_and_open_iterators_do_not_share_them(cells, store,
     assert len(rows._idle) == 2
 
 
+def test_parts_of_a_store_taking_turns_share_one_set_of_buffers(cells, store):
+    expected = normalized(cells, store.vocabulary).toarray()
+    idle: list = []
+    halves = np.array_split(np.arange(store.n_cells), 2)
+    train, val = (StoreRows(store, h, block_size=16, workers=2, idle=idle) for h in halves)
+    for epoch in range(2):
+        for part, ids in ((train, halves[0]), (val, halves[1])):
+            for batch in part.batches(ids, batch_size=100, shuffle=True, epoch=epoch):
+                np.testing.assert_allclose(batch["x"].numpy(), expected[batch["y"]], atol=1e-6)
+    assert len(idle) == 1  # one ring and one set of read buffers served both parts
+    other = StoreRows(store, halves[0], workers=2, densify_threads=1, idle=idle)
+    list(other.batches(batch_size=100))
+    assert len(idle) == 2  # another thread layout does not take the shared set
+
+
 def test_threads_give_the_same_batches_as_inline_reading(store):
     ids = np.arange(store.n_cells)
     runs = []

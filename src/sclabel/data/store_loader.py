@@ -81,7 +81,7 @@ class _Ring:
 class _Memory:
     ring: _Ring
     buffers: list[ReadBuffer]
-    threaded: bool
+    spec: tuple  # (genes, threaded, prefetch, densify threads, readers) it was made for
 
 
 class StoreRows:
@@ -98,6 +98,7 @@ class StoreRows:
         workers: int = 1,
         prefetch: int = 2,
         densify_threads: int = 2,
+        idle: list | None = None,
     ):
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -107,7 +108,9 @@ class StoreRows:
         self.prefetch = prefetch
         self.densify_threads = densify_threads
         self._size_factor = store.size_factor
-        self._idle: list[_Memory] = []  # memory of finished iterators, reused by the next
+        # memory of finished iterators, reused by the next; StoreRows that take turns (a
+        # store's train, validation and test parts) share one list, so one set serves them
+        self._idle: list[_Memory] = [] if idle is None else idle
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -150,8 +153,9 @@ class StoreRows:
         """Batch ring and read buffers, kept from one epoch to the next: allocating ~1 GB
         again page-faults on every first touch, a tenth of a short epoch's time. An iterator
         running while another is still open gets its own."""
+        spec = (self.shape[1], threaded, self.prefetch, self.densify_threads, self.workers)
         for memory in list(self._idle):
-            if memory.ring.rows >= rows and memory.threaded == threaded:
+            if memory.spec == spec and memory.ring.rows >= rows:
                 self._idle.remove(memory)
                 return memory
         if threaded:  # slots in use at once: the queue, one being filled, one held by the consumer
@@ -159,7 +163,7 @@ class StoreRows:
         else:
             ring = _Ring(2, rows, self.shape[1])
         buffers = [ReadBuffer() for _ in range(self.workers + 2 if threaded else 1)]
-        return _Memory(ring, buffers, threaded)
+        return _Memory(ring, buffers, spec)
 
     def _read_window(self, job: tuple[list[np.ndarray], ReadBuffer]):
         """Read and normalize a window's cells in one pass (numpy's vectorized log1p is ~10x

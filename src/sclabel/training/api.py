@@ -176,8 +176,12 @@ def load_training_data(
         vocabulary, used_key = source.vocabulary, source.meta.get("gene_key")
         kinds = {s["values"] for s in source.meta["sources"]}
         input_kind = kinds.pop() if len(kinds) == 1 else "mixed"
+        idle: list = []  # the parts run one after another and share their loader buffers
         subsets = {
-            name: (StoreRows(source, rows[part == name], **(loader or {})), y[part == name])
+            name: (
+                StoreRows(source, rows[part == name], idle=idle, **(loader or {})),
+                y[part == name],
+            )
             for name in PARTS
         }
     else:
@@ -571,7 +575,8 @@ def upsample_training(data: TrainingData, target: float, seed: int = 0) -> Train
 def _take_rows(X: sp.csr_matrix | StoreRows, positions: np.ndarray):
     if isinstance(X, StoreRows):  # duplicated rows are read once per window
         options = ("block_size", "buffer_batches", "workers", "prefetch", "densify_threads")
-        return StoreRows(X.store, X.rows[positions], **{k: getattr(X, k) for k in options})
+        kept = {k: getattr(X, k) for k in options}
+        return StoreRows(X.store, X.rows[positions], idle=X._idle, **kept)
     return X[positions]
 
 
