@@ -13,7 +13,7 @@ order. Compared on one generated file (statistics fitted to ../shared/data's mou
   tiledbsoma-ml          ExperimentDataset (shuffle chunks of 64, io batch 65,536) on a SOMA
                          copy, dense raw counts normalized in torch
 
-Usage: python benchmarks/store_loader.py [--cells 100000] [--batches 30]
+Usage: python benchmarks/store_loader.py [--cells 100000] [--batches 150]
 Writes benchmarks/results/store_loader.json and its table in benchmarks/RESULTS.md.
 """
 
@@ -193,7 +193,7 @@ def write_markdown(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=100_000)
-    parser.add_argument("--batches", type=int, default=30, help="timed batches per loader")
+    parser.add_argument("--batches", type=int, default=150, help="timed batches per loader")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "loader")
     parser.add_argument("--only", nargs="+", help="loader names to run (quote each)")
     parser.add_argument("--note", default="", help="a sentence for the table (e.g. CPU shared)")
