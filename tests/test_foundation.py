@@ -14,6 +14,7 @@ import torch
 import sclabel
 from conftest import shared_file
 from sclabel.cli import main
+from sclabel.data.store import Store
 from sclabel.errors import InputError
 from sclabel.pretrain import (
     PretrainConfig,
@@ -348,6 +349,15 @@ def test_cli_chain_and_bad_inputs(bert_dir, cellbench, geneformer_dir, tmp_path,
     assert main(["pretrain", str(plain), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "sclabel tokenize" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    cut = tmp_path / "cut.store"  # a Geneformer-style corpus, cut to 64 genes a cell
+    assert main(["tokenize", str(small), "--geneformer", str(geneformer_dir), "--truncate",
+                 "--max-len", "64", "--out", str(cut), "--quiet"]) == 0  # fmt: skip
+    assert (np.diff(Store.open(cut).indptr) == 64).all()
+    capsys.readouterr()
+    assert main(["pretrain", str(cut), "--arch", "perceiver", "--out", str(tmp_path / "p"),
+                 "--quiet"]) == 2  # fmt: skip
+    assert "without --truncate" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
     assert main(["embed", str(small), "--model", str(out), "--out", str(tmp_path / "e.txt")]) == 2
     assert not (tmp_path / "e.txt").exists()
     labels = tmp_path / "genes.csv"

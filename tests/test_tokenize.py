@@ -4,6 +4,7 @@ store, fitting medians and bad input."""
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import pickle
 
@@ -190,6 +191,23 @@ def test_streaming_in_small_chunks_equals_one_chunk(geneformer, cellbench_file, 
         assert (small.path / f"{name}.bin").read_bytes() == (
             whole.path / f"{name}.bin"
         ).read_bytes()
+
+
+def test_a_truncated_corpus_holds_each_full_rows_first_genes(geneformer, cellbench_file, tmp_path):
+    path, adata = cellbench_file
+    geneformer = copy.copy(geneformer)
+    geneformer.max_len = 300  # below every CellBench cell's gene count, so every row is cut
+    full = tokenize([path], tmp_path / "full", geneformer, chunk_size=64, progress=False)
+    cut = tokenize([path], tmp_path / "cut", geneformer, chunk_size=64, truncate=True,
+                   progress=False)  # fmt: skip
+    assert cut.meta["tokenizer"]["truncated"] and not full.meta["tokenizer"]["truncated"]
+    lengths = np.diff(full.indptr)
+    assert (lengths > 300).all() and (np.diff(cut.indptr) == 300).all()
+    rows = np.arange(full.n_cells)
+    for a, b in zip(token_rows(full, rows, 300), token_rows(cut, rows, 300), strict=True):
+        np.testing.assert_array_equal(a, b)
+    whole = token_rows(cut, rows, max_len=10**6)[2]  # asking for more gives no more
+    assert (whole == 300).all()
 
 
 def test_fit_medians_match_exact_medians_within_the_stated_error(tmp_path):

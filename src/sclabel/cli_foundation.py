@@ -36,7 +36,13 @@ def add_parsers(command, input_options) -> None:
     source.add_argument("--fit", action="store_true", help="fit vocabulary + medians on inputs")
     tokenize.add_argument("--max-len", type=int, default=2048, help="model input size")
     tokenize.add_argument("--columns", help="comma-separated obs columns to carry (labels, ...)")
-    tokenize.add_argument("--chunk-size", type=int, default=8192)
+    tokenize.add_argument(
+        "--truncate",
+        action="store_true",
+        help="keep only each cell's first --max-len genes, as Geneformer's corpus does: "
+        "smaller and faster to write; enough for BERT, not for Perceiver pretraining",
+    )
+    tokenize.add_argument("--chunk-size", type=int, default=2048, help="cells per chunk")
 
     pretrain = command("pretrain", "Masked pretraining of a BERT or Perceiver on a corpus.")
     pretrain.add_argument("corpus", help="a corpus folder from `sclabel tokenize`")
@@ -106,6 +112,7 @@ def run_tokenize(args) -> None:
         tokenizer,
         columns=_columns(args.columns),
         chunk_size=args.chunk_size,
+        truncate=args.truncate,
         progress=not args.quiet,
     )
     print(f"{store.n_cells} cells tokenized into {args.out}")

@@ -186,6 +186,13 @@ def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig)
         raise InputError(
             f"{store.path} is not a tokenized corpus; make one with `sclabel tokenize`"
         )
+    if config.arch == "perceiver" and store.meta.get("tokenizer", {}).get("truncated"):
+        raise InputError(
+            f"{store.path} keeps only each cell's first {store.meta['tokenizer']['max_len']} "
+            "genes (`sclabel tokenize --truncate`); Perceiver pretraining queries genes a "
+            "cell does not express, so it needs every expressed gene: tokenize again "
+            "without --truncate"
+        )
     tokenizer = GeneTokenizer.load(store.path)
     n_tokens = int(tokenizer.gene_tokens.max()) + 1
     fabric = make_fabric(config)  # type: ignore[arg-type]  # has the Fabric fields

@@ -169,7 +169,7 @@ class GeneTokenizer:
             kind, done = None, 0
             for chunk, _ in source.iter_chunks(chunk_size):
                 kind = kind or io.detect_values(chunk).kind
-                raw, factor = count_space(chunk, kind, target_sum, done)
+                raw, factor = count_space(chunk, kind, target_sum, done, copy=False)
                 _hist_add(hist, raw.indptr, raw.indices, raw.data, factor, column)
                 done += raw.shape[0]
                 bar.update(raw.shape[0])
