@@ -229,3 +229,30 @@ def test_read_ahead_keeps_order_and_raises_a_failed_read_in_its_place():
     ahead = _read_ahead(iter(range(100)))
     assert next(ahead) == 0
     ahead.close()  # a consumer that stops early leaves no thread reading
+
+
+def test_file_chunks_hold_about_a_fixed_number_of_values(monkeypatch, tmp_path):
+    """Deep cells come in fewer rows per chunk (big arrays page-fault on every chunk)."""
+    import anndata as ad
+
+    from sclabel.data import store_build
+
+    monkeypatch.setattr(store_build, "CHUNK_VALUES", 2000)
+    rng = np.random.default_rng(0)
+    depth = np.r_[np.full(400, 100), np.full(600, 10)]  # 100 genes a cell, then 10
+    rows = [rng.choice(300, d, replace=False) for d in depth]
+    X = sp.csr_matrix(
+        (np.ones(depth.sum(), np.float32), np.concatenate(rows), np.r_[0, np.cumsum(depth)]),
+        shape=(1000, 300),
+    )
+    path = tmp_path / "cells.h5ad"
+    ad.AnnData(X).write_h5ad(path)
+    chunks = list(store_build.AnnDataSource(path).iter_chunks(chunk_size=150))
+    sizes = [chunk.shape[0] for chunk, _ in chunks]
+    assert sizes[:3] == [150, 20, 20]  # a first chunk of chunk_size, then 2,000 / 100 rows
+    assert sizes[-1] <= 150 and sizes[-2] == 150  # shallow cells: capped by chunk_size
+    assert max(chunk.nnz for chunk, _ in chunks[1:]) <= 2000
+    whole = sp.vstack([chunk for chunk, _ in chunks])
+    assert (whole != X).nnz == 0
+    names = np.concatenate([obs.index for _, obs in chunks])
+    assert names.tolist() == [str(i) for i in range(1000)]

@@ -22,6 +22,8 @@ from sclabel.data.splits import make_split
 from sclabel.data.store import MARKER, Store, StoreWriter
 from sclabel.errors import InputError
 
+CHUNK_VALUES = 2**21  # values (non-zeros) per chunk read from a file: 8 MB per array
+
 
 class AnnDataSource:
     """An AnnData (in memory or backed `.h5ad`) as a source of row chunks for a store."""
@@ -37,9 +39,20 @@ class AnnDataSource:
         self.n_cells = self.adata.n_obs
 
     def iter_chunks(self, chunk_size: int):
-        for start in range(0, self.n_cells, chunk_size):
-            stop = min(start + chunk_size, self.n_cells)
-            yield self.X[start:stop], self.obs.iloc[start:stop]
+        """Row chunks of at most `chunk_size` cells and, after the first, about CHUNK_VALUES
+        stored values (non-zeros; every value of a dense matrix), sized by the last one's
+        density. Why: an array over ~32 MB is a fresh mmap each time, and on deep cells
+        (CellBench, 5,364 genes a cell: 2,048 cells make 44 MB arrays) page faults took a
+        third of `sclabel tokenize`'s CPU time; 512-cell chunks cut that fourfold."""
+        start, rows = 0, min(chunk_size, 256)
+        while start < self.n_cells:
+            stop = min(start + rows, self.n_cells)
+            chunk = self.X[start:stop]
+            yield chunk, self.obs.iloc[start:stop]
+            values = chunk.nnz if sp.issparse(chunk) else np.size(chunk)
+            per_cell = max(values / (stop - start), 1.0)
+            rows = int(min(chunk_size, max(16, CHUNK_VALUES // per_cell)))
+            start = stop
 
 
 def build_store(

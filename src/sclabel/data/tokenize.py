@@ -439,8 +439,9 @@ def tokenize(sources, out: str | Path, tokenizer: GeneTokenizer, *,
     genes highest rank first with raw counts, and the size factor target_sum / total over
     all of the cell's genes in its file (Geneformer's n_counts); obs `columns` as in
     `build_store`. Full rows unless `truncate` (then max_len). The folder appears when done.
-    Chunks of ~2,000 cells keep each temporary array small enough for malloc to reuse (with
-    8,192 the kernel spends as long in page faults as in ranking)."""
+    Chunks of at most ~2,000 cells (and ~2M non-zeros, see `AnnDataSource`) keep each
+    temporary array small enough for malloc to reuse (with 8,192 droplet cells the kernel
+    spent as long in page faults as in ranking)."""
     from sclabel.data.store_build import AnnDataSource, build_store
 
     if not sources:
