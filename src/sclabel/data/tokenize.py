@@ -259,10 +259,10 @@ def _hist_median(hist):  # pragma: no cover
 
 @numba.njit(nogil=True, cache=True)
 def _rank_rows(  # pragma: no cover
-    indptr, indices, counts, x, token, median, relabel, limit, start, n_out, out_col, out_count
+    indptr, indices, counts, x, token, median, relabel, limit, at, n_out, out_col, out_count
 ):
-    """Rank rows into out_*[start[r]:start[r] + n_out[r]] (columns written as
-    relabel[column]; `_compact` closes the gaps); `median` is float64, -1: no token.
+    """Rank rows one after another into out_*[at:] (columns written as relabel[column]),
+    n_out[r] entries each; `median` is float64, -1: no token.
 
     Per row each gene is a uint64, ~float32 score bits << 32 | its position, sorted by a
     stable LSD radix sort (3 passes of 11 bits, a pass skipped when every key shares the
@@ -332,17 +332,7 @@ def _rank_rows(  # pragma: no cover
         n_out[r] = min(m, limit)
         for i in range(n_out[r]):
             k = lo + np.int64(buf[src, i] & low)
-            out_col[start[r] + i], out_count[start[r] + i] = relabel[indices[k]], counts[k]
-
-
-@numba.njit(nogil=True, cache=True)
-def _compact(start, n_out, columns, values):  # pragma: no cover
-    """Move each ranked row down to close the gaps of genes left out; in place, in order."""
-    at = 0
-    for r in range(n_out.size):
-        for i in range(n_out[r]):
-            columns[at + i], values[at + i] = columns[start[r] + i], values[start[r] + i]
-        at += n_out[r]
+            out_col[at], out_count[at], at = relabel[indices[k]], counts[k], at + 1
 
 
 @dataclass
@@ -388,15 +378,19 @@ def _rank(counts, size_factor, token, median, max_len, threads, relabel=None):
         lo, hi = X.indptr[rows.start], X.indptr[rows.stop]
         x = np.log1p(X.data[lo:hi] * np.repeat(factor[rows], lengths[rows]))  # the loader's
         _rank_rows(X.indptr[rows.start : rows.stop + 1], X.indices, X.data, x, token, median,
-                   relabel, limit, start[rows], n_out[rows], columns, values)  # fmt: skip
+                   relabel, limit, start[rows.start], n_out[rows], columns, values)  # fmt: skip
 
     n = X.shape[0]  # blocks of whole rows, ~2^18 non-zeros (1 MB per array) each
     stops = np.unique(np.r_[np.searchsorted(X.indptr, np.arange(1, X.nnz, 2**18))[1:], n])
     blocks = [slice(a, b) for a, b in zip(np.r_[0, stops[:-1]], stops, strict=True) if b > a]
     list(_pool(threads or min(8, os.cpu_count() or 1)).map(block, blocks))
     indptr = np.r_[0, np.cumsum(n_out)]
-    if indptr[-1] < start[-1]:
-        _compact(start, n_out, columns, values)
+    for rows in blocks:  # each block's rows are contiguous from its reserved start: close
+        src, dst = start[rows.start], indptr[rows.start]  # the gaps of genes left out
+        if src != dst:  # (in order, so a block only moves down; numpy copies overlaps safely)
+            size = indptr[rows.stop] - dst
+            columns[dst : dst + size] = columns[src : src + size]
+            values[dst : dst + size] = values[src : src + size]
     return indptr, columns[: indptr[-1]], values[: indptr[-1]]
 
 
