@@ -2,6 +2,8 @@
 
 import inspect
 
+import pytest
+
 import sclabel
 
 
@@ -43,3 +45,21 @@ def test_import_has_no_side_effects(tmp_path):
     assert result.returncode == 0
     assert result.stdout == "" and result.stderr == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_import_and_cli_help_load_no_heavy_library():
+    """`sclabel --help` answered in 7 s when the package imported torch and scikit-learn."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sclabel; from sclabel.cli import _parser; _parser(); "
+        "print(sorted({'torch', 'sklearn', 'anndata', 'lightning'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert sclabel.train.__module__ == "sclabel.training.api"  # names resolve when used
+    assert "datasets" in dir(sclabel) and sclabel.datasets.__name__ == "sclabel.datasets"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        sclabel.nope  # noqa: B018

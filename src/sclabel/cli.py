@@ -166,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue a killed run (state kept per epoch)"
     )
-    from sclabel.training.losses import LOSSES
+    from sclabel.config import LOSSES
 
     train.add_argument(
         "--loss", choices=LOSSES, help="training loss (default weighted_ce; ce with --upsample)"

@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from sclabel.errors import InputError
-from sclabel.training.losses import LOSSES
+
+# the training losses (training/losses.py) and the option names each accepts beyond its
+# class weights; kept here, free of torch, so the CLI's --help needs no torch
+LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
+    "ce": (),
+    "weighted_ce": (),
+    "focal": ("gamma",),
+    "dice": ("smooth",),
+    "bce": (),
+}
+LOSSES = tuple(LOSS_OPTIONS)
 
 
 class _JSONConfig:

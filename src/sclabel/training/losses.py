@@ -23,17 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sclabel.config import LOSS_OPTIONS, LOSSES
 from sclabel.errors import InputError
 
-# option names each loss accepts (beyond its class weights)
-LOSS_OPTIONS: dict[str, tuple[str, ...]] = {
-    "ce": (),
-    "weighted_ce": (),
-    "focal": ("gamma",),
-    "dice": ("smooth",),
-    "bce": (),
-}
-LOSSES = tuple(LOSS_OPTIONS)
+__all__ = ["LOSSES", "LOSS_OPTIONS", "make_loss"]
 
 
 class _Loss(torch.nn.Module):
