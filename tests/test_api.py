@@ -63,3 +63,7 @@ def test_import_and_cli_help_load_no_heavy_library():
     assert "datasets" in dir(sclabel) and sclabel.datasets.__name__ == "sclabel.datasets"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         sclabel.nope  # noqa: B018
+    # the module sclabel.predict, imported first, must not hide the function
+    code = "import sclabel.predict, sclabel; print(type(sclabel.predict).__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "function", result.stderr

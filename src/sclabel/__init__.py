@@ -9,6 +9,8 @@ report = sclabel.evaluate(prediction, query.obs["cell_type"], out_dir="report")
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 # name -> the module that defines it. Imported on first use, so `import sclabel` and
@@ -60,3 +62,16 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule sets it as an attribute of its package: the first import of
+    sclabel.predict (the module, from anywhere) would hide sclabel.predict (the function)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
