@@ -256,3 +256,34 @@ def test_file_chunks_hold_about_a_fixed_number_of_values(monkeypatch, tmp_path):
     assert (whole != X).nnz == 0
     names = np.concatenate([obs.index for _, obs in chunks])
     assert names.tolist() == [str(i) for i in range(1000)]
+
+
+@pytest.mark.parametrize("n_genes", [5, 300, 70_000])  # 1, 2 and 3 radix passes
+def test_unsorted_rows_with_repeated_genes_are_stored_sorted_and_summed(n_genes, tmp_path):
+    import anndata as ad
+
+    from sclabel.data.store import canonical_rows
+
+    rng = np.random.default_rng(n_genes)
+    lengths = rng.integers(0, 40, 200)
+    lengths[::17] = 0  # empty rows too
+    X = sp.csr_matrix(
+        (
+            rng.integers(1, 5, lengths.sum()).astype(np.float32),  # integers: exact sums
+            rng.integers(0, n_genes, lengths.sum()).astype(np.int32),
+            np.r_[0, np.cumsum(lengths)],
+        ),
+        shape=(200, n_genes),
+    )
+    assert not X.has_canonical_format
+    expected = X.copy()
+    expected.sum_duplicates()
+    got = canonical_rows(X)
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    assert canonical_rows(expected) is expected  # already canonical: left as it is
+    cells = ad.AnnData(X[np.diff(X.indptr) > 0])  # a store refuses cells without counts
+    store = build_store([cells], tmp_path / "s", progress=False, min_gene_coverage=0.0)
+    stored = store.read_rows(np.arange(store.n_cells))
+    assert stored.has_canonical_format
+    assert (stored != expected[np.diff(X.indptr) > 0]).nnz == 0

@@ -58,6 +58,64 @@ def _unique_per_row(indptr, indices, n_genes) -> bool:  # pragma: no cover
     return True
 
 
+@numba.njit(nogil=True, cache=True)
+def _sort_rows(indptr, indices, data):  # pragma: no cover
+    """(indptr, indices, data) of the rows with entries ordered by gene and repeated genes
+    summed in the order they appear. Why not scipy's sum_duplicates: rows from R-converted
+    files often come unsorted, and its per-row std::sort took 4.2 of the 5.8 s a CellBench
+    store build needed (~20 ns per non-zero); this is a stable radix sort per row, 8 bits
+    of the gene a pass, with each entry's position in the low half of a uint64."""
+    width, top = 1, 0
+    for r in range(indptr.size - 1):
+        width = max(width, indptr[r + 1] - indptr[r])
+    for k in range(indices.size):
+        top = max(top, indices[k])
+    passes = 1
+    while top >> (8 * passes):
+        passes += 1
+    keys, spare = np.empty(width, np.uint64), np.empty(width, np.uint64)
+    hist = np.empty(256, np.int64)
+    out_indptr = np.zeros(indptr.size, np.int64)
+    out_indices, out_data = np.empty(indices.size, np.int32), np.empty(data.size, data.dtype)
+    at = 0
+    for r in range(indptr.size - 1):
+        lo, m = indptr[r], indptr[r + 1] - indptr[r]
+        for i in range(m):
+            keys[i] = (np.uint64(indices[lo + i]) << np.uint64(32)) | np.uint64(i)
+        for p in range(passes):
+            shift = np.uint64(32 + 8 * p)
+            hist[:] = 0
+            for i in range(m):
+                hist[(keys[i] >> shift) & np.uint64(255)] += 1
+            total = 0
+            for d in range(256):
+                hist[d], total = total, total + hist[d]
+            for i in range(m):
+                d = (keys[i] >> shift) & np.uint64(255)
+                spare[hist[d]] = keys[i]
+                hist[d] += 1
+            keys, spare = spare, keys
+        previous = -1
+        for i in range(m):
+            gene = np.int64(keys[i] >> np.uint64(32))
+            value = data[lo + np.int64(keys[i] & np.uint64(0xFFFFFFFF))]
+            if gene == previous:
+                out_data[at - 1] += value
+            else:
+                out_indices[at], out_data[at], at, previous = gene, value, at + 1, gene
+        out_indptr[r + 1] = at
+    return out_indptr, out_indices[:at], out_data[:at]
+
+
+def canonical_rows(X: sp.csr_matrix) -> sp.csr_matrix:
+    """X with each row's genes sorted and unique (the loader relies on it); X itself when
+    it already is."""
+    if X.has_canonical_format:
+        return X
+    indptr, indices, data = _sort_rows(X.indptr, X.indices, X.data)
+    return sp.csr_matrix((data, indices, indptr), shape=X.shape)
+
+
 class StoreWriter:
     """Append row chunks (already aligned to the store's genes) to a store being built.
 
@@ -96,7 +154,7 @@ class StoreWriter:
             raise ValueError("chunk shape does not match the store's genes or obs")
         X = sp.csr_matrix(X, dtype=np.float32)
         if not self.rank_order:
-            X.sum_duplicates()  # the loader relies on unique, sorted gene positions per row
+            X = canonical_rows(X)
         elif not _unique_per_row(X.indptr, X.indices, X.shape[1]):
             raise ValueError("a rank-ordered chunk repeats a gene within a row")
         names = obs.index.astype(str)
