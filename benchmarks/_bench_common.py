@@ -1,4 +1,4 @@
-"""Memory and timing helpers shared by the benchmark workers (stdlib only, Linux /proc).
+"""Memory, timing and result-header helpers shared by the benchmarks (stdlib only, Linux /proc).
 
 Both worker interpreters (.venv and .venv-celltypist) import this file from benchmarks/, so
 it must not import numpy, sclabel or celltypist.
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import sys
 import threading
 import time
+from datetime import date
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -148,6 +150,17 @@ def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def machine(device: str = "no GPU") -> str:
+    """The machine line every result file and RESULTS.md table starts from."""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {device}"
+
+
+def run_header(script: str, device: str = "no GPU") -> dict:
+    """machine, command (this run's, as typed from the project root) and date of a result."""
+    command = f"python benchmarks/{Path(script).name} " + " ".join(sys.argv[1:])
+    return {"machine": machine(device), "command": command, "date": str(date.today())}
 
 
 def write_json(path: str | Path, value: dict) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -259,7 +258,7 @@ def main() -> None:
         command = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {command}"
     result = {
         "date": str(date.today()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "machine": bc.machine(),
         "command": command,
         "runs": {"synthetic cohort": synthetic_run(args.quick), "Kang PBMC": kang_run(args.quick)},
     }

@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from datetime import date
@@ -284,7 +282,7 @@ def main() -> None:
         done = {(name, r["seed"]): r for name, runs in old["runs"].items() for r in runs}
     splits = {name: value for name, value in load_splits().items() if name in args.splits}
     entry = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "machine": bc.machine(),
         "date": date.today().isoformat(),
         "commands": ["python benchmarks/finetune_stability.py " + " ".join(sys.argv[1:])],
         "pretrained": pre,

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import anndata as ad
@@ -273,9 +270,7 @@ def main() -> None:
         splits = load_splits()
         store, seconds = build_corpus(splits, folder)
         result = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
-            "date": date.today().isoformat(),
-            "command": "python benchmarks/foundation.py " + " ".join(sys.argv[1:]),
+            **bc.run_header(__file__),
             "corpus": {"n_cells": store.n_cells, "seconds": seconds},
         }
         result["speed"] = speed(store, speed_steps, folder)

@@ -25,11 +25,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +143,7 @@ def main() -> None:
     store = Store.open(make_data(args.work, args.cells)["store"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU (CPU run)"
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {name}",
-        "command": "python benchmarks/gpu_throughput.py " + " ".join(sys.argv[1:]),
-        "date": str(date.today()),
+        **bc.run_header(__file__, name),
         "n_cells": store.n_cells,
         "n_genes": store.meta["n_genes"],
         "steps": args.steps,

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,9 +72,7 @@ def main() -> None:
     config = DataConfig(label_key="cell_type", split_by="donor")
     data = load_training_data(adata, config, progress=False)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
-        "command": "python benchmarks/learning_curve.py " + " ".join(sys.argv[1:]),
-        "date": str(date.today()),
+        **bc.run_header(__file__),
         "data": f"synthetic_hard({n_cells}) of sctab_comparison.py, donor split 70/15/15",
         "runs": {},
     }

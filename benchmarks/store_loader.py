@@ -23,10 +23,8 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import anndata as ad
@@ -208,9 +206,7 @@ def main() -> None:
     paths = make_data(args.work, args.cells, warm=not args.cold)
     store = Store.open(paths["store"])
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
-        "command": "python benchmarks/store_loader.py " + " ".join(sys.argv[1:]),
-        "date": str(date.today()),
+        **bc.run_header(__file__),
         "n_cells": store.n_cells,
         "n_genes": store.meta["n_genes"],
         "nnz_per_cell": store.meta["nnz"] / store.n_cells,

@@ -46,11 +46,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import anndata as ad
@@ -379,9 +377,7 @@ def main() -> None:
     ]
     same = sum(int((a == b).sum()) for a, b in zip(ours, anchor, strict=True))
     result = {
-        "machine": f"{platform.machine()}, {cores} CPU cores, no GPU",
-        "command": "python benchmarks/tokenizer.py " + " ".join(sys.argv[1:]),
-        "date": str(date.today()),
+        **bc.run_header(__file__),
         "dataset": args.dataset,
         "n_cells": n,
         "nnz_per_cell": raw.nnz / n,
