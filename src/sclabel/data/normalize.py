@@ -28,8 +28,8 @@ def count_space(
     log1p:  expm1 of the values (already normalized), factors 1.
     The store keeps exactly this, so it normalizes later as `prepare_rows` does now.
     The result is a new matrix unless `copy=False` and the values are counts: then it may
-    share the chunk's arrays, for callers that only read it (tokenizing; a deep file's
-    copy took a tenth of `sclabel tokenize`'s time).
+    share the chunk's arrays, for callers that only read it (store building, tokenizing: a
+    deep file's copy took a tenth of `sclabel tokenize`'s time).
     """
     chunk = to_csr(chunk)
     check_chunk(chunk, kind, first_row)

@@ -152,9 +152,8 @@ def _append_source(
         for chunk, obs in _read_ahead(source.iter_chunks(chunk_size)):
             if kind is None:  # judged on the first chunk; each chunk is then checked against it
                 kind = io.detect_values(chunk).kind
-            # reorder only reads the counts; the writer's sum_duplicates needs its own copy
-            chunk, factor = count_space(chunk, kind, writer.target_sum, done,
-                                        copy=reorder is None)  # fmt: skip
+            # no copy: nothing below changes the rows (the writer sorts into new arrays)
+            chunk, factor = count_space(chunk, kind, writer.target_sum, done, copy=False)
             rows = alignment.apply(chunk) if reorder is None else reorder(chunk, factor, alignment)
             if writing is not None:
                 writing.result()  # one write at a time, in order; its error raised here
