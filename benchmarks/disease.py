@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
 
 import sclabel  # noqa: E402
-from sclabel._frames import markdown_table  # noqa: E402
 from sclabel.cli import main as cli_main  # noqa: E402
+from sclabel.data.obs import markdown_table  # noqa: E402
 from sclabel.datasets import synthetic_cohort  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

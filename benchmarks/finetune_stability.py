@@ -45,8 +45,8 @@ import _bench_common as bc  # noqa: E402
 from foundation import build_corpus, load_splits  # noqa: E402
 
 import sclabel  # noqa: E402
-from sclabel.data.store import Store  # noqa: E402
-from sclabel.pretrain import PretrainConfig, loss_fell, pretrain  # noqa: E402
+from sclabel.foundation.pretrain import PretrainConfig, loss_fell, pretrain  # noqa: E402
+from sclabel.store.format import Store  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "finetune_stability.json"

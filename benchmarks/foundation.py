@@ -36,11 +36,12 @@ from compare_celltypist import DATA  # noqa: E402
 from sctab_comparison import datasets as real_datasets  # noqa: E402
 
 import sclabel  # noqa: E402
-from sclabel.benchmark import run_benchmark  # noqa: E402
 from sclabel.config import DataConfig  # noqa: E402
-from sclabel.data.tokenize import GeneTokenizer, tokenize  # noqa: E402
-from sclabel.pretrain import PretrainConfig, loss_fell, pretrain  # noqa: E402
-from sclabel.training.api import load_training_data  # noqa: E402
+from sclabel.foundation.corpus import tokenize  # noqa: E402
+from sclabel.foundation.pretrain import PretrainConfig, loss_fell, pretrain  # noqa: E402
+from sclabel.foundation.vocabulary import GeneTokenizer  # noqa: E402
+from sclabel.studies.benchmark import run_benchmark  # noqa: E402
+from sclabel.training.data import load_training_data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "foundation.json"
@@ -141,7 +142,7 @@ def quality(splits: dict, models: dict, epochs: int) -> dict:
 def probe(splits: dict, models: dict) -> dict:
     from sklearn.decomposition import PCA
 
-    from sclabel.embed import cell_embeddings, load_embedder
+    from sclabel.inference.embed import cell_embeddings, load_embedder
 
     out = {}
     for name, (adata, label) in splits.items():
@@ -172,8 +173,9 @@ def _probe_f1(X, y, train) -> float:
 
 
 def _log_normalized(adata) -> np.ndarray:
-    from sclabel.data import genes, io
+    from sclabel.data import genes
     from sclabel.data.normalize import prepare_rows
+    from sclabel.io import read as io
 
     X, var = io.matrix(adata, None)
     vocabulary, key = genes.Vocabulary.from_var(var)

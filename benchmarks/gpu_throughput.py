@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
 from store_loader import SHARED, make_data  # noqa: E402
 
-from sclabel.data.store import Store  # noqa: E402
-from sclabel.data.store_loader import StoreRows  # noqa: E402
 from sclabel.models import build  # noqa: E402
+from sclabel.store.format import Store  # noqa: E402
+from sclabel.store.loader import StoreRows  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BATCH = 2048

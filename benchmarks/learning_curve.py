@@ -20,8 +20,8 @@ import _bench_common as bc  # noqa: E402
 from sctab_comparison import synthetic_hard  # noqa: E402
 
 from sclabel.config import DataConfig  # noqa: E402
-from sclabel.scaling import plot_learning_curve, run_scaling  # noqa: E402
-from sclabel.training.api import load_training_data  # noqa: E402
+from sclabel.studies.scaling import plot_learning_curve, run_scaling  # noqa: E402
+from sclabel.training.data import load_training_data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "learning_curve.json"

@@ -30,9 +30,9 @@ import _bench_common as bc  # noqa: E402
 from compare_celltypist import DATA, _read, _stratified, load_pbmc68k  # noqa: E402
 
 import sclabel  # noqa: E402
-from sclabel.benchmark import run_benchmark  # noqa: E402
 from sclabel.config import DataConfig  # noqa: E402
-from sclabel.training.api import load_training_data  # noqa: E402
+from sclabel.studies.benchmark import run_benchmark  # noqa: E402
+from sclabel.training.data import load_training_data  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "sctab_comparison.json"

@@ -35,11 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
 
-from sclabel.data.h5ad_writer import write_h5ad_chunks  # noqa: E402
-from sclabel.data.store import Store  # noqa: E402
-from sclabel.data.store_build import build_store  # noqa: E402
-from sclabel.data.store_loader import StoreRows  # noqa: E402
-from sclabel.scale_data import fit_profile, generate  # noqa: E402
+from sclabel.io.h5ad_writer import write_h5ad_chunks  # noqa: E402
+from sclabel.store.build import build_store  # noqa: E402
+from sclabel.store.format import Store  # noqa: E402
+from sclabel.store.loader import StoreRows  # noqa: E402
+from sclabel.studies.simulate import fit_profile, generate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data" / "mouse_bladder_2100.h5ad"

@@ -61,12 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
 
 from sclabel.data.normalize import count_space  # noqa: E402
-from sclabel.data.tokenize import (  # noqa: E402
-    GeneTokenizer,
-    rank_order,
-    token_rows,
-    tokenize,
-)
+from sclabel.foundation.corpus import token_rows, tokenize  # noqa: E402
+from sclabel.foundation.ranking import rank_order  # noqa: E402
+from sclabel.foundation.vocabulary import GeneTokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import traceback
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,3 +44,51 @@ def saved_model(trained_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "mlp"
     trained_model.save(path)
     return path
+
+
+def model_batch(model, adata) -> dict:
+    """Every cell of `adata` as one batch of the model's input (the prediction pipeline's)."""
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    x = model.input_spec.bind(adata).rows(slice(0, adata.n_obs))
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*args, cwd=None) -> CliResult:
+    """`sclabel ARGS` in this process: exit status, stdout and stderr as a subprocess would
+    give them (an exception the CLI lets through becomes a traceback and status 1)."""
+    from sclabel.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("default")  # printed, as a real run prints them
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as stop:  # argparse: --help, usage errors
+                code = stop.code if isinstance(stop.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+            for w in caught:
+                err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
+    finally:
+        os.chdir(here)
+    return CliResult(code, out.getvalue(), err.getvalue())

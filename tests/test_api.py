@@ -14,11 +14,18 @@ def test_public_names_are_explicit():
             "Model",
             "Prediction",
             "Report",
+            "build_store",
+            "cross_validate",
             "datasets",
+            "embed",
             "evaluate",
             "import_celltypist",
             "predict",
+            "predict_to_file",
+            "pretrain",
             "read",
+            "run_disease_experiment",
+            "tokenize",
             "train",
         ]
     )
@@ -53,13 +60,13 @@ def test_import_and_cli_help_load_no_heavy_library():
     import sys
 
     code = (
-        "import sys, sclabel; from sclabel.cli import _parser; _parser(); "
+        "import sys, sclabel; from sclabel.cli import build_parser; build_parser(); "
         "print(sorted({'torch', 'sklearn', 'anndata', 'lightning'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-    assert sclabel.train.__module__ == "sclabel.training.api"  # names resolve when used
+    assert sclabel.train.__module__ == "sclabel.training.train"  # names resolve when used
     assert "datasets" in dir(sclabel) and sclabel.datasets.__name__ == "sclabel.datasets"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         sclabel.nope  # noqa: B018

@@ -12,9 +12,9 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import f1_score, recall_score
 
 import sclabel
-from sclabel import baselines
-from sclabel.baselines import XGBoostPCA
 from sclabel.data.sampling import class_weights
+from sclabel.studies import baselines
+from sclabel.studies.baselines import XGBoostPCA
 
 FAST = {"n_components": 20, "max_depth": 3, "learning_rate": 0.3, "n_jobs": 2}
 

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 import sclabel
-from sclabel.benchmark import Variant, run_benchmark
 from sclabel.cli import main
 from sclabel.config import DataConfig
-from sclabel.scaling import nested_subsets, run_scaling
-from sclabel.training.api import load_training_data
+from sclabel.studies.benchmark import Variant, run_benchmark
+from sclabel.studies.scaling import nested_subsets, run_scaling
+from sclabel.training.data import load_training_data
 
 OPTIONS = {"max_epochs": 3, "progress": False}
 

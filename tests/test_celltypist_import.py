@@ -3,8 +3,6 @@ same labels as CellTypist itself (reference from benchmarks/celltypist_reference
 
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import anndata
@@ -14,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 import sclabel
-from conftest import shared_file
+from conftest import run, shared_file
 from sclabel.errors import InputError
 
 MODEL = "celltypist_models/ref_pbmc_clean_celltypist_model_AIFI_L3_2024-04-19.pkl"
@@ -84,17 +82,10 @@ def test_a_pickle_that_is_not_a_celltypist_model(tmp_path):
 
 def test_cli_import_then_predict(tmp_path):
     model_file = shared_file(MODEL)
-    run = [sys.executable, "-m", "sclabel.cli", "--quiet"]
-    result = subprocess.run(
-        [*run, "import-celltypist", model_file, "--out", tmp_path / "model"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run("--quiet", "import-celltypist", model_file, "--out", tmp_path / "model")
     assert result.returncode == 0, result.stderr
-    result = subprocess.run(
-        [*run, "predict", shared_file("kang_pbmc_stim.h5ad"), "--model", tmp_path / "model",
-         "--out", tmp_path / "labels.csv"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run("--quiet", "predict", shared_file("kang_pbmc_stim.h5ad"), "--model",
+                 tmp_path / "model", "--out", tmp_path / "labels.csv")  # fmt: skip
     assert result.returncode == 0, result.stderr
     labels = pd.read_csv(tmp_path / "labels.csv", index_col="cell")["label"]
     reference = pd.read_csv(REFERENCE, index_col="cell")["label"]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import sclabel
-from sclabel.checkpoint import FILES, FORMAT_VERSION
 from sclabel.errors import InputError
+from sclabel.inference.checkpoint import FILES, FORMAT_VERSION
 
 
 @pytest.fixture

@@ -1,10 +1,16 @@
-"""The CLI through a real subprocess: success paths, --help, and one-line errors with exit 2."""
+"""The CLI: success paths, --help, and one-line errors with exit 2.
+
+Commands run in this process through `sclabel.cli.main` (as `sclabel ARGS` would, with its
+output captured), which is many times faster than a fresh Python per command; the smoke
+tests at the end run the real `sclabel` entry point in a subprocess.
+"""
 
 import argparse
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata
 import numpy as np
@@ -12,6 +18,7 @@ import pandas as pd
 import pytest
 
 import sclabel
+from conftest import run  # the CLI in this process
 
 COMMANDS = [
     "train",
@@ -28,7 +35,7 @@ COMMANDS = [
 ]
 
 
-def run(*args, cwd=None):
+def run_subprocess(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "sclabel.cli", *map(str, args)],
         capture_output=True,
@@ -79,9 +86,9 @@ def workdir(tmp_path_factory):
 
 
 def test_every_command_has_help_with_an_example():
-    from sclabel.cli import _parser
+    from sclabel.cli import build_parser
 
-    parser = _parser()
+    parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(COMMANDS) < set(commands.choices)  # the foundation and experiment ones too
     for command in commands.choices:
@@ -230,9 +237,22 @@ def test_tampered_checkpoint(workdir, tmp_path):
 
 
 def test_debug_shows_the_traceback(workdir):
-    result = run("--debug", "info", workdir / "no-model")
+    result = run_subprocess("--debug", "info", workdir / "no-model")
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "InputError" in result.stderr
+
+
+def test_the_installed_command_answers_help_and_version(workdir):
+    result = subprocess.run(
+        [Path(sys.executable).with_name("sclabel"), "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("sclabel "), result.stderr
+    result = run_subprocess("predict", "--help")
+    assert result.returncode == 0 and "Example: sclabel predict" in result.stdout
+    result = run_subprocess("predict", workdir / "query.h5ad", "--model", workdir / "nope",
+                            "--out", workdir / "never.csv")  # fmt: skip
+    assert_one_line_error(result, "model not found")
+    assert not (workdir / "never.csv").exists()
 
 
 def test_demo_runs_on_scanpy_pbmc(tmp_path):

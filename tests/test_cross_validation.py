@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import sclabel
-from conftest import FAST
+from conftest import FAST, run
 from sclabel.config import DataConfig
 from sclabel.data.sampling import upsample_indices
 from sclabel.data.splits import kfold_by_group
-from sclabel.data.store_build import build_store
 from sclabel.errors import InputError
-from sclabel.training.api import cross_validate, load_training_data, upsample_training
+from sclabel.store.build import build_store
+from sclabel.training.cv import cross_validate
+from sclabel.training.data import load_training_data
+from sclabel.training.fit import upsample_training
 
 
 def imbalanced(synthetic, keep_rare: int = 12):
@@ -167,10 +167,9 @@ def test_cross_validate_a_backed_file_with_options(synthetic, tmp_path):
 
 
 def cli(*args, cwd):
-    command = [sys.executable, "-m", "sclabel.cli", "--quiet", "train", "cells.h5ad",
-               "--label-key", "cell_type", "--split-by", "donor", "--model", "linear",
-               "--max-epochs", "4", *args]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+    command = ["--quiet", "train", "cells.h5ad", "--label-key", "cell_type", "--split-by",
+               "donor", "--model", "linear", "--max-epochs", "4", *args]  # fmt: skip
+    return run(*command, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def test_parallel_ensemble_members_equal_sequential_training(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_training_from_a_store(tmp_path):
-    from sclabel.data.store_build import build_store
+    from sclabel.store.build import build_store
 
     adata = sclabel.datasets.synthetic(1200, 200, 4, 6, seed=2)
     build_store([adata], tmp_path / "store", label_key="cell_type", split_by="donor",

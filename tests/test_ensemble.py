@@ -5,9 +5,8 @@ import pytest
 import torch
 
 import sclabel
-from conftest import FAST
+from conftest import FAST, model_batch
 from sclabel.errors import InputError
-from sclabel.predict import query_batches
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +30,7 @@ def test_members_differ_by_seed_and_are_recorded(ensemble_model):
 
 def test_prediction_is_the_mean_of_member_probabilities(ensemble_model, query):
     prediction = ensemble_model.predict(query, progress=False)
-    options = {"layer": None, "gene_key": None, "min_gene_coverage": None}
-    _, chunks = query_batches(
-        ensemble_model, query, chunk_size=10_000, batch_size=10_000, **options
-    )
-    batch = next(next(chunks))
+    batch = model_batch(ensemble_model, query)
     with torch.no_grad():
         members = [
             torch.softmax(m.eval()(batch).logits, 1).numpy() for m in ensemble_model.module.members

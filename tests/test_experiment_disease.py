@@ -15,7 +15,7 @@ import pytest
 from sclabel.cli import main
 from sclabel.datasets import synthetic_cohort
 from sclabel.errors import InputError
-from sclabel.experiments import SECTIONS, run_disease_experiment
+from sclabel.studies.disease import SECTIONS, run_disease_experiment
 
 # two of four cell types carry a strong signal; every patient has its own expression
 # offset (the cohort's default patient effect), which a cell-level split lets a model learn

@@ -14,15 +14,15 @@ import torch
 import sclabel
 from conftest import shared_file
 from sclabel.cli import main
-from sclabel.data.store import Store
 from sclabel.errors import InputError
-from sclabel.pretrain import (
+from sclabel.foundation.pretrain import (
     PretrainConfig,
     length_grouped_batches,
     loss_fell,
     mask_tokens,
     pretrain,
 )
+from sclabel.store.format import Store
 
 pytestmark = pytest.mark.slow
 SMALL = {"max_len": 64, "batch_size": 16, "warmup_steps": 10, "progress": False}
@@ -42,7 +42,8 @@ def geneformer_dir():
 
 @pytest.fixture(scope="module")
 def corpus(cellbench, geneformer_dir, tmp_path_factory):
-    from sclabel.data.tokenize import GeneTokenizer, tokenize
+    from sclabel.foundation.corpus import tokenize
+    from sclabel.foundation.vocabulary import GeneTokenizer
 
     tokenizer = GeneTokenizer.from_geneformer(geneformer_dir)
     out = tmp_path_factory.mktemp("corpus") / "cellbench.store"
@@ -214,7 +215,7 @@ def test_perceiver_pretrains_fine_tunes_and_embeds(perceiver_dir, cellbench, tmp
         cellbench, label_key="cell_line", model="perceiver", model_params=params, **TUNE
     )
     assert model.metrics["test"]["macro_f1"] > 0.6
-    from sclabel.embed import cell_embeddings, load_embedder
+    from sclabel.inference.embed import cell_embeddings, load_embedder
 
     embedder = load_embedder(out, max_len=64)
     blocks = list(cell_embeddings(embedder, cellbench[:40], chunk_size=16, progress=False))
@@ -228,7 +229,7 @@ def test_embeddings_from_pretrained_bert_carry_the_cell_line(bert_dir, cellbench
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from sclabel.embed import cell_embeddings, load_embedder
+    from sclabel.inference.embed import cell_embeddings, load_embedder
 
     out, _ = bert_dir
     embedder = load_embedder(out, max_len=64)
@@ -240,8 +241,8 @@ def test_embeddings_from_pretrained_bert_carry_the_cell_line(bert_dir, cellbench
 
 
 def test_gene_classification_on_contextual_embeddings(bert_dir, cellbench):
-    from sclabel.embed import gene_embeddings, load_embedder
-    from sclabel.gene_classify import classify_genes
+    from sclabel.foundation.gene_classify import classify_genes, gene_embeddings
+    from sclabel.inference.embed import load_embedder
 
     out, _ = bert_dir
     table = gene_embeddings(load_embedder(out, max_len=64), cellbench, max_cells=300)

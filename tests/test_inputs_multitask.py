@@ -13,9 +13,9 @@ from conftest import FAST
 from sclabel import Model
 from sclabel.cli import main
 from sclabel.errors import InputError
+from sclabel.inference.engine import predict_to_file
 from sclabel.models import build
-from sclabel.predict_stream import predict_to_file
-from sclabel.training.api import cross_validate
+from sclabel.training.cv import cross_validate
 
 
 def normalized(adata) -> sp.csr_matrix:
@@ -75,8 +75,10 @@ def test_obsm_input_trains_saves_and_predicts_from_the_querys_obsm(split_cohort,
     query.obsm["X_emb"] = np.full((50, 8), np.nan, dtype=np.float32)
     with pytest.raises(InputError, match="NaN or infinite values in 50 cells"):
         loaded.predict(query, progress=False)
-    with pytest.raises(InputError, match="held in memory"):
-        predict_to_file(loaded, adata, tmp_path / "p.parquet", progress=False)
+    # one engine: the file sink takes an embedding model too, with the same answers
+    streamed = predict_to_file(loaded, adata, tmp_path / "p.parquet", progress=False)
+    table = pd.read_parquet(streamed.path)
+    np.testing.assert_array_equal(table["label"].to_numpy(), loaded.predict(adata).labels)
 
 
 def test_pca_is_fitted_on_training_cells_only(split_cohort):
@@ -234,7 +236,7 @@ def test_cross_validation_carries_the_embedding(split_cohort):
 
 
 def test_an_embedding_only_anndata_trains_and_predicts_but_not_on_genes(split_cohort, tmp_path):
-    from sclabel.embed import write_embeddings
+    from sclabel.inference.embed import write_embeddings
 
     codes = pd.Categorical(split_cohort.obs["state"]).codes
     blocks = iter([np.eye(3, dtype=np.float32)[codes]])

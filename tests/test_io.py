@@ -1,4 +1,4 @@
-"""sclabel.data.io: reading every supported format, picking layers, judging values."""
+"""sclabel.io.read: reading every supported format, picking layers, judging values."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from sclabel.data import io
 from sclabel.errors import InputError
+from sclabel.io import read as io
 
 N_CELLS, N_GENES = 7, 5
 ENSEMBL = [f"ENSG{i:011d}" for i in range(1, N_GENES + 1)]

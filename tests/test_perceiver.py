@@ -10,13 +10,12 @@ import torch
 
 from conftest import shared_file
 from sclabel.errors import InputError
-from sclabel.models import perceiver
-from sclabel.models.perceiver import (
+from sclabel.foundation import perceiver
+from sclabel.foundation.objectives import make_masked_batch, negative_binomial_nll
+from sclabel.foundation.perceiver import (
     PerceiverConfig,
     PerceiverEncoder,
     PerceiverForMaskedExpression,
-    make_masked_batch,
-    negative_binomial_nll,
 )
 
 TINY = {"d_model": 32, "n_latents": 8, "n_heads": 4, "n_self_layers": 1}

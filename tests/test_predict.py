@@ -46,8 +46,8 @@ def test_unknown_threshold_marks_unsure_cells(trained_model, query):
 def test_table_output(trained_model, query, tmp_path, suffix):
     pred = trained_model.predict(query, progress=False)
     path = pred.to_table(tmp_path / f"pred{suffix}")
-    if suffix == ".parquet":
-        table = pd.read_parquet(path)
+    if suffix == ".parquet":  # one layout for every table: "cell" is the first column
+        table = pd.read_parquet(path).set_index("cell")
     else:
         table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", index_col="cell")
     assert list(table.index) == list(query.obs_names)

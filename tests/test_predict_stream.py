@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 import sclabel
-import sclabel.predict_stream as stream
+import sclabel.inference.engine as stream
 from sclabel.cli import main
-from sclabel.data.store_build import build_store
 from sclabel.errors import InputError
+from sclabel.store.build import build_store
+from sclabel.store.format import Store
 
 FAST = {"max_epochs": 4, "batch_size": 128, "progress": False}
 
@@ -136,7 +137,7 @@ def test_cli_simulate_writes_a_store_and_an_h5ad_from_a_fitted_profile(setup, tm
     args = ["--quiet", "simulate", str(folder / "cells.h5ad"), "--cells", "3000"]
     args += ["--cell-type-key", "cell_type", "--donors", "12", "--split-by", "donor"]
     assert main([*args, "--save-profile", str(profile), "--out", str(store)]) == 0
-    built = sclabel.data.store.Store.open(store)
+    built = Store.open(store)
     assert built.n_cells == 3000
     assert set(built.column("cell_type").astype(str)) == {"type_0", "type_1", "type_2"}
     split = built.column("split").astype(str)

@@ -14,7 +14,7 @@ import pytest
 import sclabel
 from sclabel.cli import main
 from sclabel.evaluation.ontology import CellOntology
-from sclabel.prepare import prepare
+from sclabel.studies.prepare import prepare
 
 TENX = "10x 3' v3"
 NAMES = [

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_file
-from sclabel import safe_pickle
 from sclabel.errors import InputError
+from sclabel.io import safe_pickle
 
 
 class _Exploit:

@@ -15,9 +15,10 @@ from threadpoolctl import threadpool_limits
 
 import sclabel
 from conftest import shared_file
-from sclabel import scale_data
 from sclabel.errors import InputError
-from sclabel.scale_data import ScaleProfile, fit_profile, generate, to_anndata
+from sclabel.studies import profile as profile_module
+from sclabel.studies import simulate as scale_data
+from sclabel.studies.simulate import ScaleProfile, fit_profile, generate, to_anndata
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,7 +76,7 @@ def test_cellbench_batches_give_a_fitted_per_gene_donor_spread():
     profile = fit_profile(real, cell_type_key="cell_line", donor_key="batch")
     assert sorted(profile.cell_types) == sorted(real.obs["cell_line"].unique())
     # CEL-seq2 plates vs Drop-seq differ gene by gene, more than the no-donor default
-    assert np.median(profile.donor_sd) > scale_data.DEFAULT_DONOR_SD
+    assert np.median(profile.donor_sd) > profile_module.DEFAULT_DONOR_SD
     assert np.percentile(profile.donor_sd, 90) > 2 * np.percentile(profile.donor_sd, 10)
     assert profile.meta["donor_key"] == "batch"
 

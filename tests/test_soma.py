@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 import sclabel
 from conftest import shared_file
-from sclabel.data.soma import is_soma, open_soma
 from sclabel.errors import InputError
+from sclabel.io.soma import is_soma, open_soma
 
 tiledbsoma = pytest.importorskip("tiledbsoma")
 from tiledbsoma.io import from_anndata  # noqa: E402

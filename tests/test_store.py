@@ -9,10 +9,10 @@ import scipy.sparse as sp
 import sclabel
 from sclabel.data import genes
 from sclabel.data.normalize import iter_prepared
-from sclabel.data.store import Store
-from sclabel.data.store_build import build_store
-from sclabel.data.store_loader import StoreRows, _fill_dense
 from sclabel.errors import InputError
+from sclabel.store.build import build_store
+from sclabel.store.format import Store
+from sclabel.store.loader import StoreRows, _fill_dense
 
 FAST = {"max_epochs": 6, "batch_size": 128, "progress": False}
 
@@ -213,7 +213,7 @@ def test_store_refuses_to_overwrite_other_folders_and_damaged_stores(cells, tmp_
 
 
 def test_read_ahead_keeps_order_and_raises_a_failed_read_in_its_place():
-    from sclabel.data.store_build import _read_ahead
+    from sclabel.store.build import _read_ahead
 
     assert list(_read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
 
@@ -235,9 +235,9 @@ def test_file_chunks_hold_about_a_fixed_number_of_values(monkeypatch, tmp_path):
     """Deep cells come in fewer rows per chunk (big arrays page-fault on every chunk)."""
     import anndata as ad
 
-    from sclabel.data import store_build
+    from sclabel.io import sources
 
-    monkeypatch.setattr(store_build, "CHUNK_VALUES", 2000)
+    monkeypatch.setattr(sources, "CHUNK_VALUES", 2000)
     rng = np.random.default_rng(0)
     depth = np.r_[np.full(400, 100), np.full(600, 10)]  # 100 genes a cell, then 10
     rows = [rng.choice(300, d, replace=False) for d in depth]
@@ -247,7 +247,7 @@ def test_file_chunks_hold_about_a_fixed_number_of_values(monkeypatch, tmp_path):
     )
     path = tmp_path / "cells.h5ad"
     ad.AnnData(X).write_h5ad(path)
-    chunks = list(store_build.AnnDataSource(path).iter_chunks(chunk_size=150))
+    chunks = list(sources.AnnDataSource(path).iter_chunks(chunk_size=150))
     sizes = [chunk.shape[0] for chunk, _ in chunks]
     assert sizes[:3] == [150, 20, 20]  # a first chunk of chunk_size, then 2,000 / 100 rows
     assert sizes[-1] <= 150 and sizes[-2] == 150  # shallow cells: capped by chunk_size
@@ -262,7 +262,7 @@ def test_file_chunks_hold_about_a_fixed_number_of_values(monkeypatch, tmp_path):
 def test_unsorted_rows_with_repeated_genes_are_stored_sorted_and_summed(n_genes, tmp_path):
     import anndata as ad
 
-    from sclabel.data.store import canonical_rows
+    from sclabel.store.format import canonical_rows
 
     rng = np.random.default_rng(n_genes)
     lengths = rng.integers(0, 40, 200)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import sclabel
+from conftest import model_batch
 from sclabel.errors import InputError
 from sclabel.models import build
 from sclabel.models.tabnet import GhostBatchNorm
-from sclabel.predict import query_batches
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,7 @@ def test_entmax_masks_are_sparse_distributions_over_genes(marker_data):
         marker_data, label_key="cell_type", model="tabnet", max_epochs=3, progress=False,
         model_params={"n_steps": 2, "n_d": 16, "n_a": 16},
     )  # fmt: skip
-    _, chunks = query_batches(model, marker_data[:64].copy(), layer=None, gene_key=None,
-                              min_gene_coverage=None, chunk_size=64, batch_size=64)  # fmt: skip
-    batch = next(next(chunks))
+    batch = model_batch(model, marker_data[:64].copy())
     with torch.no_grad():
         masks = [mask for mask, _ in model.module.eval()._steps(batch["x"])]
     assert len(masks) == 2

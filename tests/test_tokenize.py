@@ -17,19 +17,14 @@ import torch
 
 import sclabel
 from conftest import shared_file
-from sclabel import safe_pickle
 from sclabel.data import genes
 from sclabel.data.normalize import count_space, iter_prepared
-from sclabel.data.store import StoreWriter
-from sclabel.data.tokenize import (
-    MEDIAN_ERROR,
-    GeneTokenizer,
-    rank_order,
-    rank_select,
-    token_rows,
-    tokenize,
-)
 from sclabel.errors import InputError
+from sclabel.foundation.corpus import token_rows, tokenize
+from sclabel.foundation.ranking import rank_order, rank_select
+from sclabel.foundation.vocabulary import MEDIAN_ERROR, GeneTokenizer
+from sclabel.io import safe_pickle
+from sclabel.store.format import StoreWriter
 
 GENES = [f"ENSG0000000000{i}" for i in range(1, 5)]  # tokens 2, 3, 4, 5
 # the hand-checked example: counts of G1..G4 and of U, a gene without a token

@@ -116,7 +116,7 @@ def test_mixed_precision_runs_through_fabric(synthetic):
     model = sclabel.train(
         synthetic, label_key="cell_type", model="mlp", precision="bf16-mixed", **FAST
     )
-    assert model.train_config.precision == "bf16-mixed"
+    assert model.hardware.precision == "bf16-mixed"  # hardware is recorded apart from TrainConfig
     assert model.metrics["test"]["macro_f1"] > 0.5
     assert all(p.dtype == torch.float32 for p in model.module.parameters())  # weights stay fp32
 

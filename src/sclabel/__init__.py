@@ -13,41 +13,64 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
+from sclabel import _deprecated
+
 # name -> the module that defines it. Imported on first use, so `import sclabel` and
 # `sclabel --help` do not load torch and scikit-learn (3.7 s before the CLI could answer).
 _EXPORTS = {
     "InputError": "sclabel.errors",
-    "Model": "sclabel.model",
-    "Prediction": "sclabel.predict",
+    "Model": "sclabel.inference.model",
+    "Prediction": "sclabel.inference.prediction",
     "Report": "sclabel.evaluation.report",
+    "build_store": "sclabel.store.build",
+    "cross_validate": "sclabel.training.cv",
+    "embed": "sclabel.inference.embed",
     "evaluate": "sclabel.evaluation.report",
-    "import_celltypist": "sclabel.celltypist_import",
-    "predict": "sclabel.predict",
-    "read": "sclabel.data.io",
-    "train": "sclabel.training.api",
+    "import_celltypist": "sclabel.inference.celltypist",
+    "predict": "sclabel.inference.engine",
+    "predict_to_file": "sclabel.inference.engine",
+    "pretrain": "sclabel.foundation.pretrain",
+    "read": "sclabel.io.read",
+    "run_disease_experiment": "sclabel.studies.disease",
+    "tokenize": "sclabel.foundation.corpus",
+    "train": "sclabel.training.train",
 }
 __all__ = [
     "InputError",
     "Model",
     "Prediction",
     "Report",
+    "build_store",
+    "cross_validate",
     "datasets",
+    "embed",
     "evaluate",
     "import_celltypist",
     "predict",
+    "predict_to_file",
+    "pretrain",
     "read",
+    "run_disease_experiment",
+    "tokenize",
     "train",
 ]
 
 if TYPE_CHECKING:
     from sclabel import datasets
-    from sclabel.celltypist_import import import_celltypist
-    from sclabel.data.io import read
     from sclabel.errors import InputError
     from sclabel.evaluation.report import Report, evaluate
-    from sclabel.model import Model
-    from sclabel.predict import Prediction, predict
-    from sclabel.training.api import train
+    from sclabel.foundation.corpus import tokenize
+    from sclabel.foundation.pretrain import pretrain
+    from sclabel.inference.celltypist import import_celltypist
+    from sclabel.inference.embed import embed
+    from sclabel.inference.engine import predict, predict_to_file
+    from sclabel.inference.model import Model
+    from sclabel.inference.prediction import Prediction
+    from sclabel.io.read import read
+    from sclabel.store.build import build_store
+    from sclabel.studies.disease import run_disease_experiment
+    from sclabel.training.cv import cross_validate
+    from sclabel.training.train import train
 
 
 def __getattr__(name: str):
@@ -75,3 +98,4 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+_deprecated.install()  # old import paths (sclabel.model, ...) answer with a warning

@@ -92,7 +92,7 @@ class ModelConfig(_JSONConfig):
 
 @dataclass(frozen=True)
 class TrainConfig(_JSONConfig):
-    """Optimisation and hardware; defaults suit a laptop CPU."""
+    """Optimisation settings; defaults suit a laptop CPU. Devices are `Hardware`'s."""
 
     max_epochs: int = 30
     batch_size: int | None = None  # None: n_train // 20 within [32, family cap] (auto_batch_size)
@@ -112,13 +112,13 @@ class TrainConfig(_JSONConfig):
     # (DataConfig.label_keys order); None weighs every column 1
     task_weights: tuple[float, ...] | None = None
     seed: int = 0
-    accelerator: str = "cpu"
-    devices: int | str = 1
-    strategy: str = "auto"  # "ddp" for several devices; Fabric picks up torchrun/SLURM ranks
-    num_nodes: int = 1
-    parallel_members: bool = False  # ensemble members one per device instead of DDP
-    precision: str = "32-true"
-    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """Also reads checkpoints of sclabel 0.1, whose train entry held the hardware and
+        progress options too (they are not optimisation settings and are dropped here)."""
+        own = {k: v for k, v in values.items() if k not in HARDWARE_FIELDS and k != "progress"}
+        return super().from_dict(own)
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or (self.batch_size is not None and self.batch_size < 1):
@@ -151,6 +151,33 @@ class TrainConfig(_JSONConfig):
             if any(w < 0 for w in self.task_weights) or not any(self.task_weights):
                 msg = f"task_weights must be non-negative and not all 0, got {self.task_weights}"
                 raise InputError(msg)
+
+
+@dataclass(frozen=True)
+class Hardware(_JSONConfig):
+    """Where training runs (Lightning Fabric): separate from the optimisation settings, so a
+    model trained on a GPU and one trained on a laptop record the same TrainConfig."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"  # "ddp" for several devices; Fabric picks up torchrun/SLURM ranks
+    num_nodes: int = 1
+    parallel_members: bool = False  # ensemble members one per device instead of DDP
+    precision: str = "32-true"
+
+
+HARDWARE_FIELDS = tuple(f.name for f in dataclasses.fields(Hardware))
+
+
+def split_options(
+    options: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> tuple[TrainConfig, Hardware, bool]:
+    """`train(**options)`'s keywords as (TrainConfig, Hardware, progress): a family's
+    preferred settings (`defaults`) first, then the caller's."""
+    options = {**(defaults or {}), **options}
+    progress = bool(options.pop("progress", True))
+    hardware = Hardware.from_dict({k: options.pop(k) for k in HARDWARE_FIELDS if k in options})
+    return TrainConfig.from_dict(options), hardware, progress
 
 
 def auto_batch_size(n_train: int, cap: int = 256) -> int:

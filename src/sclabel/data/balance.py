@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sclabel._frames import markdown_table, require_classes, require_columns
+from sclabel.data.obs import markdown_table, require_classes, require_columns
 from sclabel.data.patient_splits import cell_level_split, patient_kfold, patient_split
 from sclabel.errors import InputError
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-def _balanced_capacity(obs: pd.DataFrame, label_key: str | None, cell_type_key: str) -> pd.Series:
+def balanced_capacity(obs: pd.DataFrame, label_key: str | None, cell_type_key: str) -> pd.Series:
     """Cells per type usable for a 1:1:...:1 draw (all cells when `label_key` is None)."""
     types = obs[cell_type_key].astype(object)
     if label_key is None:
@@ -185,7 +185,7 @@ def choose_cell_types(
         raise InputError(
             f"need 1 <= min_per_type <= total, got min_per_type={min_per_type}, total={total}"
         )
-    capacity = _balanced_capacity(obs, label_key, cell_type_key).sort_values(
+    capacity = balanced_capacity(obs, label_key, cell_type_key).sort_values(
         ascending=False, kind="stable"
     )
     unit = len(require_classes(obs[label_key], label_key)) if label_key else 1

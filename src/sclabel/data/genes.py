@@ -60,7 +60,7 @@ def candidate_keys(var: pd.DataFrame) -> dict[str, np.ndarray]:
     return keys
 
 
-def _key_values(var: pd.DataFrame, gene_key: str) -> np.ndarray:
+def key_values(var: pd.DataFrame, gene_key: str) -> np.ndarray:
     if gene_key == "var_names":
         return normalize_ids(var.index)
     if gene_key not in var.columns:
@@ -94,7 +94,7 @@ class Vocabulary:
         if gene_key is None:
             ensembl = [k for k, v in keys.items() if id_kind(v) == "Ensembl IDs"]
             gene_key = ensembl[0] if ensembl else "var_names"
-        ids = _key_values(var, gene_key)
+        ids = key_values(var, gene_key)
         symbols = next(
             (v for k, v in keys.items() if k != gene_key and id_kind(v) == "gene symbols"), None
         )
@@ -153,7 +153,7 @@ def align(
     min_coverage: float = 0.5,
 ) -> GeneAlignment:
     """Map query genes onto `vocabulary`, choosing the identifier pair that overlaps most."""
-    query = {gene_key: _key_values(var, gene_key)} if gene_key else candidate_keys(var)
+    query = {gene_key: key_values(var, gene_key)} if gene_key else candidate_keys(var)
     model = {"ids": np.asarray(vocabulary.ids, dtype=object)}
     if vocabulary.symbols is not None:
         model["symbols"] = np.asarray(vocabulary.symbols, dtype=object)

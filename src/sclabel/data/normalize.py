@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from sclabel.data.genes import GeneAlignment
-from sclabel.data.io import ValueKind, check_chunk
+from sclabel.io.read import ValueKind, check_chunk
 
 
 def to_csr(chunk) -> sp.csr_matrix:
@@ -97,7 +97,7 @@ def iter_prepared(
     starts = range(0, n, chunk_size)
     for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress or len(starts) < 2):
         if rows is None:
-            chunk, first = _row_block(X, start, start + chunk_size), start
+            chunk, first = row_block(X, start, start + chunk_size), start
         else:
             index = rows[start : start + chunk_size]
             chunk, first = X[index], index
@@ -106,7 +106,7 @@ def iter_prepared(
         )
 
 
-def _row_block(X, start: int, stop: int):
+def row_block(X, start: int, stop: int):
     """Rows start:stop; for an in-memory CSR a view without copying (prepare_rows copies once)."""
     if isinstance(X, sp.csr_matrix | sp.csr_array):
         stop = min(stop, X.shape[0])

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from sclabel._frames import require_classes, require_columns
+from sclabel.data.obs import require_classes, require_columns
 from sclabel.data.splits import PARTS, check_folds, make_split
 from sclabel.errors import InputError
 

@@ -26,9 +26,9 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from tqdm.auto import tqdm
 
-from sclabel._frames import markdown_table, require_classes
+from sclabel.data.obs import markdown_table, require_classes
 from sclabel.errors import InputError
-from sclabel.evaluation.plots import _save, plt
+from sclabel.evaluation.plots import plt, save_figure
 
 log = logging.getLogger("sclabel")
 ELBOW_RULE = "maximum vertical gap below the chord of the [0, 1]-scaled inertia curve"
@@ -191,7 +191,7 @@ def _plots(x, result: ClusteringResult, columns, out_dir: Path, seed: int) -> di
     ax.set_ylabel("inertia")
     ax.legend()
     ax.set_title("k-means inertia")
-    paths = {"elbow": str(_save(fig, out_dir / "kmeans_elbow.png"))}
+    paths = {"elbow": str(save_figure(fig, out_dir / "kmeans_elbow.png"))}
     xy = x[:, :2] if x.shape[1] <= 2 else PCA(2, random_state=seed).fit_transform(x)
     if xy.shape[1] == 1:
         xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
@@ -207,5 +207,5 @@ def _plots(x, result: ClusteringResult, columns, out_dir: Path, seed: int) -> di
         ax.set_ylabel("PC2")
         ax.set_title(f"PCA coloured by {name}")
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-        paths[name] = str(_save(fig, out_dir / f"pca_{safe}.png"))
+        paths[name] = str(save_figure(fig, out_dir / f"pca_{safe}.png"))
     return paths

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sclabel._frames import one_label_per_group, require_classes
+from sclabel.data.obs import one_label_per_group, require_classes
 from sclabel.errors import InputError
 from sclabel.evaluation.metrics import compute_metrics
 

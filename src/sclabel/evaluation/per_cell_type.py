@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from sclabel.errors import InputError
-from sclabel.evaluation.plots import _save, plt
+from sclabel.evaluation.plots import plt, save_figure
 
 COLUMNS = ("cell_type", "n_cells", "accuracy", "macro_f1")
 
@@ -107,4 +107,4 @@ def per_cell_type_plot(
     ax.set_title(title or f"{metric.replace('_', '-')} per cell type")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -39,7 +39,7 @@ def confusion_plot(metrics: dict, path: Path) -> Path:
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, label="fraction of true class")
     ax.set_title("confusion matrix (row-normalized)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def per_class_f1_plot(metrics: dict, path: Path) -> Path:
@@ -55,7 +55,7 @@ def per_class_f1_plot(metrics: dict, path: Path) -> Path:
     ax.set_xlabel("F1")
     ax.legend(loc="lower right")
     ax.set_title("per-class F1")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_plot(metrics: dict, path: Path) -> Path:
@@ -77,4 +77,4 @@ def reliability_plot(metrics: dict, path: Path) -> Path:
     ax_n.set_xlabel("confidence")
     ax_n.set_ylabel("cells")
     ax_n.set_xlim(0, 1)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from sclabel._atomic import atomic_dir
 from sclabel.errors import InputError
 from sclabel.evaluation import plots
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.evaluation.ontology import CellOntology, ontology_adjusted
-from sclabel.predict import Prediction
+from sclabel.inference.prediction import Prediction
+from sclabel.io.atomic import atomic_dir, check_dir
 
 PLOTS = {
     "confusion_matrix.png": plots.confusion_plot,
@@ -87,6 +87,11 @@ class Report:
         lines += ["", "## Plots", ""]
         lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
         return "\n".join(lines) + "\n"
+
+
+def check_report_dir(path: str | Path) -> Path:
+    """Refuse a report folder `evaluate` would refuse, before long work (training) starts."""
+    return check_dir(path, marker="metrics.json", what="report")
 
 
 def evaluate(

@@ -6,7 +6,8 @@ import dataclasses
 from typing import Any
 
 from sclabel.errors import InputError
-from sclabel.models.base import Classifier, ModelOutput
+from sclabel.models import rules
+from sclabel.models.base import Capabilities, Classifier, ModelOutput
 from sclabel.models.celltypist import CellTypistClassifier
 from sclabel.models.foundation import BertClassifier, PerceiverClassifier
 from sclabel.models.linear import LinearClassifier
@@ -23,7 +24,15 @@ MODELS: dict[str, type[Classifier]] = {
     "perceiver": PerceiverClassifier,  # fine-tunes `sclabel pretrain --arch perceiver`
 }
 
-__all__ = ["MODELS", "Classifier", "ModelOutput", "build", "check_augmentable", "resolve_params"]
+__all__ = [
+    "MODELS",
+    "Capabilities",
+    "Classifier",
+    "ModelOutput",
+    "build",
+    "check_family",
+    "resolve_params",
+]
 
 
 def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -39,11 +48,12 @@ def resolve_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
     return dataclasses.asdict(params_cls(**params))
 
 
-def check_augmentable(family: str) -> None:
-    """Donor augmentation shifts batches in the gradient loop; a family fitted by its own
-    solver (`fit_direct`, e.g. celltypist) never sees those batches."""
-    if hasattr(MODELS[family], "fit_direct"):
-        raise InputError(f"donor augmentation needs a gradient-trained family, not {family}")
+def check_family(family: str, **asked) -> None:
+    """Refuse options `family` cannot honour (the table in models/rules.py), before any
+    data is read; `asked` holds what the user asked for (see `rules.check`)."""
+    if family not in MODELS:
+        raise InputError(f"unknown model family {family!r}; choose from {sorted(MODELS)}")
+    rules.check(family, MODELS[family].capabilities, **asked)
 
 
 def build(family: str, n_genes: int, n_classes: int, params: dict[str, Any]) -> Classifier:

@@ -26,10 +26,24 @@ class ModelOutput:
         return [self.logits, *self.task_logits.values()]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family can do, declared once on its class; `sclabel.training.checks` turns
+    these into the one table of what combinations of options work, checked before any data
+    is read, and every caller asks here instead of probing for methods or family names."""
+
+    gradient: bool = True  # trained by the gradient loop; False: `fit_direct` (own solver)
+    pretrained: bool = False  # `bind` loads pretrained weights and maps genes to its tokens
+    genes_only: bool = False  # reads genes (as tokens): no obsm or pca input
+    embeds: bool = True  # ModelOutput.embedding: extra heads, `sclabel embed`
+    explains: bool = False  # `explain_batch`: per-cell gene importances
+
+
 class Classifier(nn.Module):
     """Base for model families; a family sets `Params` (a dataclass) and implements forward."""
 
     Params: type
+    capabilities: ClassVar[Capabilities] = Capabilities()
     sparse_input: bool = False  # forward accepts a torch sparse CSR `x` (prediction only)
     train_defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig values this family prefers
     max_batch_size: int = 256  # the cap of the automatic batch size (config.auto_batch_size)
@@ -43,6 +57,17 @@ class Classifier(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:  # pragma: no cover
         raise NotImplementedError
+
+    def bind(self, vocabulary) -> None:
+        """Before training (capabilities.pretrained): load weights, map genes to tokens."""
+
+    def fit_direct(self, train, val, *, class_weight, config):  # pragma: no cover
+        """Fit with the family's own solver (capabilities.gradient is False)."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by the gradient loop")
+
+    def explain_batch(self, x: torch.Tensor):  # pragma: no cover
+        """(importances, logits) of a batch (capabilities.explains)."""
+        raise NotImplementedError(f"{type(self).__name__} has no gene importances")
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from torch import nn
 
 from sclabel.data.loader import PRESENT_KEY, X_KEY
 from sclabel.errors import InputError
-from sclabel.models.base import Classifier, ModelOutput
+from sclabel.models.base import Capabilities, Classifier, ModelOutput
 
 log = logging.getLogger("sclabel")
 
@@ -39,6 +39,8 @@ class CellTypistParams:
 
 class CellTypistClassifier(Classifier):
     Params = CellTypistParams
+    # scikit-learn's solver on in-memory cells; one output, no hidden layer to share
+    capabilities = Capabilities(gradient=False, embeds=False)
 
     def __init__(self, n_genes: int, n_classes: int, params: CellTypistParams) -> None:
         super().__init__(n_genes, n_classes, params)

@@ -27,6 +27,7 @@ class Ensemble(Classifier):
         first = members[0]
         super().__init__(first.n_genes, first.n_classes, first.params)
         self.members = nn.ModuleList(members)
+        self.capabilities = first.capabilities
         self.sparse_input = all(m.sparse_input for m in members)
         self.extra_classes = getattr(first, "extra_classes", {})
 
@@ -39,6 +40,14 @@ class Ensemble(Classifier):
         return ModelOutput(
             logits=logits[0], task_logits=dict(zip(self.extra_classes, logits[1:], strict=True))
         )
+
+    @torch.no_grad()
+    def explain_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Members' gene importances averaged (each sums to 1 per cell, so the mean does
+        too), with the ensemble's logits."""
+        parts = [m.explain_batch(x) for m in self.members]
+        importance = torch.stack([weights for weights, _ in parts]).mean(dim=0)
+        return importance, _mean_log_proba([logits for _, logits in parts])
 
 
 def _mean_log_proba(logits: list[torch.Tensor]) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 
 from sclabel.data.loader import X_KEY
 from sclabel.errors import InputError
-from sclabel.models.base import Classifier, ModelOutput
+from sclabel.models.base import Capabilities, Classifier, ModelOutput
 
 # a BERT small enough to pretrain and fine-tune in a CPU test
 TINY_BERT = {
@@ -91,7 +91,7 @@ class FoundationParams:
 
 def load_tokenizer(folder: str | Path):
     """Our tokenizer JSON files, or Geneformer V1's pickles (read by a restricted unpickler)."""
-    from sclabel.data.tokenize import GeneTokenizer
+    from sclabel.foundation.vocabulary import GeneTokenizer
 
     folder = Path(folder)
     if (folder / "tokenizer.json").is_file():
@@ -119,7 +119,7 @@ class TokenizedCells(nn.Module):
         return float((self.gene_token >= 0).float().mean())
 
     def forward(self, x: torch.Tensor):
-        from sclabel.data.tokenize import rank_select
+        from sclabel.foundation.ranking import rank_select
 
         return rank_select(x, self.gene_token, self.gene_median, self.max_len)
 
@@ -128,6 +128,7 @@ class FoundationClassifier(Classifier):
     """Shared by the BERT and Perceiver families: tokens -> `encode` -> pooled -> head."""
 
     Params = FoundationParams
+    capabilities = Capabilities(pretrained=True, genes_only=True)
     max_batch_size = 32  # a batch holds cells x max_len token states per layer
     train_defaults = {"lr": 5e-5, "weight_decay": 0.001, "lr_gamma": 1.0, "max_epochs": 10}
 
@@ -223,14 +224,14 @@ class PerceiverClassifier(FoundationClassifier):
     family = "perceiver"
 
     def make_encoder(self, architecture: dict) -> nn.Module:
-        from sclabel.models.perceiver import PerceiverConfig, PerceiverEncoder
+        from sclabel.foundation.perceiver import PerceiverConfig, PerceiverEncoder
 
         config = PerceiverConfig.from_dict(_config_fields(architecture, PerceiverConfig))
         self.width = config.d_model
         return PerceiverEncoder(config)
 
     def load_pretrained(self, folder: str) -> None:
-        from sclabel.models import perceiver
+        from sclabel.foundation import perceiver
 
         self.encoder.load_state_dict(perceiver.load(folder).encoder.state_dict())
 

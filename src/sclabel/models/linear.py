@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sclabel.data.loader import X_KEY
-from sclabel.models.base import Classifier, ModelOutput
+from sclabel.models.base import Capabilities, Classifier, ModelOutput
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class LinearParams:
 
 class LinearClassifier(Classifier):
     Params = LinearParams
+    capabilities = Capabilities(embeds=False)  # no hidden layer for more heads to share
     sparse_input = True  # a sparse product skips densifying query rows (several x faster)
 
     def __init__(self, n_genes: int, n_classes: int, params: LinearParams) -> None:

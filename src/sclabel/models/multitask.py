@@ -28,6 +28,7 @@ class MultiTask(Classifier):
         self.extra_classes = dict(extra_classes)  # label column -> number of classes
         # a list, not a ModuleDict: label columns may hold dots, which module names cannot
         self.heads = nn.ModuleList(nn.Linear(base.embedding_dim, n) for n in extra_classes.values())
+        self.capabilities = base.capabilities
         self.sparse_input = base.sparse_input
         self.max_batch_size = base.max_batch_size
         self.embedding_dim = base.embedding_dim
@@ -39,6 +40,9 @@ class MultiTask(Classifier):
             for name, head in zip(self.extra_classes, self.heads, strict=True)
         }
         return out
+
+    def explain_batch(self, x):
+        return self.base.explain_batch(x)  # the primary label column's head
 
 
 def with_tasks(module: Classifier, extra_classes: dict[str, int]) -> Classifier:

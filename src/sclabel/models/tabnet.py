@@ -19,7 +19,7 @@ from torch import nn
 
 from sclabel.data.loader import X_KEY
 from sclabel.errors import InputError
-from sclabel.models.base import Classifier, ModelOutput
+from sclabel.models.base import Capabilities, Classifier, ModelOutput
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ class AttentiveTransformer(nn.Module):
 
 class TabNetClassifier(Classifier):
     Params = TabNetParams
+    capabilities = Capabilities(explains=True)  # the attentive transformer's feature mask
     train_defaults = {"lr": 0.005, "weight_decay": 0.05, "grad_clip": 1.0}
     max_batch_size = 2048  # scTab's batch; the automatic size reaches it from 40,960 cells
 

@@ -19,7 +19,7 @@ import torch
 from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
-from sclabel.config import TrainConfig, auto_batch_size
+from sclabel.config import Hardware, TrainConfig, auto_batch_size
 from sclabel.data.loader import EVAL_BATCH, X_KEY, Y_KEY, iterate_batches, n_batches
 from sclabel.models.base import Classifier, ModelOutput, predict_probas
 from sclabel.training.losses import make_loss
@@ -44,15 +44,15 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_fabric(config: TrainConfig):
+def make_fabric(hardware: Hardware):
     from lightning.fabric import Fabric
 
     fabric = Fabric(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        strategy=config.strategy,
-        num_nodes=config.num_nodes,
-        precision=config.precision,
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        strategy=hardware.strategy,
+        num_nodes=hardware.num_nodes,
+        precision=hardware.precision,
     )
     fabric.launch()
     return fabric
@@ -65,6 +65,8 @@ def fit(
     *,
     class_weight: np.ndarray | list[np.ndarray],
     config: TrainConfig,
+    hardware: Hardware | None = None,
+    progress: bool = True,
     augment: Callable[[torch.Tensor, np.random.Generator], torch.Tensor] | None = None,
     state_dir: Path | None = None,
     run: dict | None = None,
@@ -78,7 +80,7 @@ def fit(
     `augment(x, rng)` transforms each training batch's dense input (donor augmentation).
     With `state_dir`, the training state is saved after every epoch, and a state already
     there (from a killed run described by the same `run`) is continued."""
-    fabric = make_fabric(config)
+    fabric = make_fabric(hardware or Hardware())
     fabric.seed_everything(config.seed, verbose=False)
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -120,7 +122,7 @@ def fit(
         range(first_epoch, config.max_epochs),
         desc="training",
         unit="epoch",
-        disable=not config.progress or fabric.global_rank != 0,
+        disable=not progress or fabric.global_rank != 0,
     )
 
     def epoch_batches(epoch: int):

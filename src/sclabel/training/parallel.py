@@ -18,35 +18,36 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from sclabel.config import TrainConfig
+from sclabel.config import Hardware
 from sclabel.models.base import Classifier
 from sclabel.training.loop import FitResult
 
 
 def fit_members_parallel(
     ensemble: int,
-    config: TrainConfig,
-    train_member: Callable[[int, TrainConfig], tuple[Classifier, FitResult]],
+    hardware: Hardware,
+    train_member: Callable[[int, Hardware], tuple[Classifier, FitResult]],
     build_member: Callable[[int], Classifier],
     shared: Path | None = None,
 ) -> tuple[list[Classifier], list[FitResult]]:
-    """`train_member(m, config)` trains member m; `build_member(m)` makes an untrained one.
+    """`train_member(m, hardware)` trains member m on `hardware`; `build_member(m)` makes an
+    untrained one.
 
     `shared`: a folder every rank can read (needed across machines); default: a temporary
     folder, which only processes on one machine share."""
     from lightning.fabric import Fabric
 
     launcher = Fabric(
-        accelerator=config.accelerator,
-        devices=config.devices,
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
         strategy="ddp",
-        num_nodes=config.num_nodes,
+        num_nodes=hardware.num_nodes,
     )
     launcher.launch()
     rank, world = launcher.global_rank, launcher.world_size
     # one device per process: this rank's own GPU, or one CPU process
     device = [launcher.local_rank] if launcher.device.type == "cuda" else 1
-    local = dataclasses.replace(config, devices=device, strategy="auto", num_nodes=1)
+    local = dataclasses.replace(hardware, devices=device, strategy="auto", num_nodes=1)
     if shared is None:
         made = tempfile.mkdtemp(prefix="sclabel-members-") if rank == 0 else None
         folder = Path(launcher.broadcast(made))

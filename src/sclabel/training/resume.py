@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from sclabel._atomic import atomic_path
 from sclabel.errors import InputError
+from sclabel.io.atomic import atomic_path
 
 
 @dataclass

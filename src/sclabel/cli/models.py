@@ -1,0 +1,60 @@
+"""`sclabel info` and `sclabel import-celltypist`: look at and bring in saved models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sclabel.cli._options import Command
+
+
+def info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint directory")
+    p.add_argument("--export-split", help="write the training split as CSV")
+    p.add_argument("--json", action="store_true", help="print config.json and metrics")
+
+
+def run_info(args) -> None:
+    from sclabel.inference.model import Model
+
+    model = Model.load(args.model)
+    if args.json:
+        print(json.dumps({"config": model.config_dict(), "metrics": model.metrics}, indent=2))
+    else:
+        print(model.summary())
+    if args.export_split:
+        model.export_split(args.export_split)
+        print(f"split written to {args.export_split}")
+
+
+def import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="CellTypist model file (.pkl)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+
+
+def run_import_celltypist(args) -> None:
+    from sclabel.inference.celltypist import import_celltypist
+    from sclabel.io.atomic import check_dir
+
+    check_dir(args.out, marker="config.json", what="checkpoint")
+    model = import_celltypist(args.model)
+    model.save(args.out)
+    print(f"{model!r} written to {args.out}")
+
+
+COMMANDS = [
+    Command(
+        "info",
+        "Describe a saved model.",
+        "sclabel info my-model --export-split split.csv",
+        info_arguments,
+        run_info,
+    ),
+    Command(
+        "import-celltypist",
+        "Convert a CellTypist model (.pkl) into a sclabel checkpoint; no pickle code is run.",
+        "sclabel import-celltypist Immune_All_Low.pkl --out immune-model",
+        import_arguments,
+        run_import_celltypist,
+    ),
+]

@@ -1,0 +1,107 @@
+"""`sclabel predict` and `sclabel evaluate`: apply a saved model to a dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+from sclabel.cli._options import Command, input_options, open_data, predict_options, read_anndata
+
+
+def predict_arguments(p: argparse.ArgumentParser) -> None:
+    input_options(p)
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=".csv, .tsv or .parquet (a table), or .h5ad (the input AnnData with the answers "
+        "added; from a store: the cells and answers)",
+    )
+    p.add_argument("--unknown-threshold", type=float, help="label cells below it 'unknown'")
+    p.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
+    p.add_argument("--chunk-size", type=int, default=8192, help="rows read at a time")
+    p.add_argument("--key-added", default="sclabel", help="prefix of the obs/obsm keys")
+    p.add_argument("--task", help="multi-task model: the label column to predict")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted prediction into --out"
+    )
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (faster on CPU)")
+
+
+def run_predict(args) -> None:
+    from sclabel.inference.engine import predict_to_file
+    from sclabel.inference.model import Model
+    from sclabel.inference.outputs import check_output
+
+    check_output(args.out)  # before the model and the data are read
+    model = Model.load(args.model)
+    if args.int8:
+        model = model.quantized()
+    result = predict_to_file(
+        model,
+        open_data(args),
+        args.out,
+        key_added=args.key_added,
+        chunk_size=args.chunk_size,
+        resume=args.resume,
+        task=args.task,
+        **predict_options(args),
+    )
+    print(f"{result.n_cells} cells predicted ({result.coverage:.1%} gene coverage)")
+    print(result.label_counts.sort_values(ascending=False).head(10).to_string())
+    print(f"written to {result.path}")
+
+
+def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    input_options(p)
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--label-key", help="obs column with true labels (default: training's)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="only these cells")
+    p.add_argument("--out", default="sclabel-report", help="report folder to write")
+    p.add_argument(
+        "--ontology", action="store_true", help="add Cell Ontology-aware scores (offline CL)"
+    )
+    p.add_argument("--ontology-key", help="obs column with CL ids of the true labels")
+    p.add_argument("--group-by", help="obs column (e.g. tissue) for a per-group table")
+    p.add_argument("--unknown-threshold", type=float, help="label cells below it 'unknown'")
+    p.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
+
+
+def run_evaluate(args) -> None:
+    from sclabel.evaluation.report import check_report_dir
+    from sclabel.inference.model import Model
+
+    check_report_dir(args.out)
+    model = Model.load(args.model)
+    report = model.evaluate(
+        read_anndata(args),
+        label_key=args.label_key,
+        split=args.split,
+        out_dir=args.out,
+        ontology=args.ontology,
+        ontology_key=args.ontology_key,
+        group_by=args.group_by,
+        **predict_options(args),
+    )
+    m = report.metrics
+    print(f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, ECE {m['ece']:.4f}")
+    if "ontology" in m:
+        print(f"Cell Ontology-aware macro-F1 {m['ontology']['macro_f1']:.4f}")
+    print(f"report written to {report.path}/report.md")
+
+
+COMMANDS = [
+    Command(
+        "predict",
+        "Predict labels for every cell of a dataset.",
+        "sclabel predict query.h5ad --model my-model --out labels.csv",
+        predict_arguments,
+        run_predict,
+    ),
+    Command(
+        "evaluate",
+        "Score a model against known labels and write a report.",
+        "sclabel evaluate atlas.h5ad --model my-model --split test --out report/",
+        evaluate_arguments,
+        run_evaluate,
+    ),
+]

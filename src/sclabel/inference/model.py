@@ -1,0 +1,336 @@
+"""`Model`: a trained module plus everything needed to apply it to new data."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import pandas as pd
+import torch
+
+from sclabel.config import HARDWARE_FIELDS, DataConfig, Hardware, ModelConfig, TrainConfig
+from sclabel.data.augment import DonorAugmentation
+from sclabel.data.features import Projection
+from sclabel.data.genes import Vocabulary
+from sclabel.data.inputs import InputSpec
+from sclabel.errors import InputError
+from sclabel.inference import checkpoint
+from sclabel.models import Classifier, build
+from sclabel.models.ensemble import combine, size_of
+from sclabel.models.multitask import with_tasks
+
+
+class Model:
+    """A trained classifier that knows its genes, classes, preprocessing and split."""
+
+    def __init__(
+        self,
+        module: Classifier,
+        *,
+        inputs: InputSpec,
+        classes: list[str],
+        data_config: DataConfig,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        hardware: Hardware | None = None,
+        metrics: dict[str, Any] | None = None,
+        split: pd.DataFrame | None = None,
+        is_main_process: bool = True,
+        augmentation: DonorAugmentation | None = None,
+        extra_classes: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.module = module.eval()
+        self.input_spec = inputs  # genes, normalization and input kind, fitted at training
+        self.classes = list(classes)
+        self.data_config = data_config
+        self.model_config = model_config
+        self.train_config = train_config
+        self.hardware = hardware or Hardware()  # where it was trained (provenance only)
+        self.metrics = metrics or {}
+        self.split = split if split is not None else pd.DataFrame({"split": []})
+        self.is_main_process = is_main_process
+        self.augmentation = augmentation  # donor-difference vectors it was trained with
+        self.extra_classes = dict(extra_classes or {})  # further label columns (multi-task)
+        self.is_quantized = False
+
+    @property
+    def family(self) -> str:
+        return self.model_config.family
+
+    @property
+    def ensemble_size(self) -> int:
+        return size_of(self.module)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.input_spec.vocabulary
+
+    @property
+    def projection(self) -> Projection | None:
+        return self.input_spec.projection
+
+    @property
+    def training_input(self) -> str:
+        return self.input_spec.training_input
+
+    @property
+    def genes(self) -> tuple[str, ...]:
+        """Gene ids, or for an obsm-trained model the names of the embedding dimensions."""
+        return self.vocabulary.ids
+
+    @property
+    def tasks(self) -> dict[str, list[str]]:
+        """Label column -> its classes, for every head (the primary column first)."""
+        return {self.data_config.label_key: self.classes, **self.extra_classes}
+
+    def task_index(self, task: str | None) -> int:
+        """The head answering label column `task` (None: the primary one)."""
+        names = list(self.tasks)
+        if task is None:
+            return 0
+        if task not in names:
+            raise InputError(f"this model predicts {names}, not {task!r}")
+        return names.index(task)
+
+    @property
+    def n_inputs(self) -> int:
+        return self.input_spec.n_inputs
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(family={self.family!r}, "
+            + (f"ensemble of {self.ensemble_size}, " if self.ensemble_size > 1 else "")
+            + f"{self.input_spec.describe()}, {len(self.classes)} classes, "
+            f"label_key={self.data_config.label_key!r}"
+            + (f", also {list(self.extra_classes)}" if self.extra_classes else "")
+            + ")"
+        )
+
+    def config_dict(self) -> dict[str, Any]:
+        config = {
+            "sclabel_version": version("sclabel"),
+            "family": self.family,
+            "hyperparameters": self.model_config.params,
+            "ensemble_size": self.ensemble_size,
+            "n_genes": len(self.genes),
+            "n_classes": len(self.classes),
+            "n_inputs": self.n_inputs,
+            "extra_tasks": self.extra_classes,
+            "data": self.data_config.to_dict(),
+            "train": self.train_config.to_dict(),
+            "hardware": self.hardware.to_dict(),
+            "preprocessing": {
+                "training_input": self.training_input,
+                "transform": self.input_spec.transform,
+                "target_sum": self.input_spec.target_sum,
+                "gene_key": self.input_spec.gene_key,
+            },
+        }
+        if self.augmentation is not None:
+            config["augmentation"] = {
+                "config": self.augmentation.config.to_dict(),
+                "info": self.augmentation.info,
+            }
+        return config
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint directory (see `sclabel.checkpoint`)."""
+        if self.is_quantized:
+            raise InputError("an int8 copy is for inference only; save the float model")
+        return checkpoint.save(
+            path,
+            state=self.module.state_dict(),
+            config=self.config_dict(),
+            genes=self.vocabulary.to_dict(),
+            labels=self.classes,
+            metrics=self.metrics,
+            split=self.split,
+            extras=self._extras(),
+        )
+
+    def _extras(self) -> dict[str, dict]:
+        extras = {}
+        if self.augmentation is not None:
+            extras["augmentation"] = self.augmentation.tensors()
+        if self.projection is not None:
+            extras["pca"] = self.projection.tensors()
+        return extras
+
+    @classmethod
+    def load(cls, path: str | Path) -> Model:
+        """Load and verify a checkpoint directory written by `Model.save`."""
+        parts = checkpoint.load(path)
+        config = parts["config"]
+        try:
+            vocabulary = Vocabulary.from_dict(parts["genes"])
+            classes = [str(c) for c in parts["labels"]]
+            if len(vocabulary.ids) != config["n_genes"] or len(classes) != config["n_classes"]:
+                raise ValueError("genes.json/labels.json do not match the sizes in config.json")
+            projection = None
+            if "pca" in parts["extras"]:
+                projection = Projection.from_tensors(parts["extras"]["pca"])
+            data_config = DataConfig.from_dict(config["data"])
+            inputs = InputSpec(
+                vocabulary,
+                target_sum=data_config.target_sum,
+                min_gene_coverage=data_config.min_gene_coverage,
+                gene_key=data_config.gene_key,
+                obsm_key=data_config.obsm_key,
+                projection=projection,
+                training_input=config["preprocessing"]["training_input"],
+            )
+            n_inputs = inputs.n_inputs
+            extra_classes = {
+                k: [str(c) for c in v] for k, v in config.get("extra_tasks", {}).items()
+            }
+            size = int(config.get("ensemble_size", 1))
+            members = [
+                with_tasks(
+                    build(config["family"], n_inputs, len(classes), config["hyperparameters"]),
+                    {k: len(v) for k, v in extra_classes.items()},
+                )
+                for _ in range(size)
+            ]
+            module = combine(members)
+            module.load_state_dict(parts["state"], strict=True)
+            model_config = ModelConfig(config["family"], config["hyperparameters"])
+            train_config = TrainConfig.from_dict(config["train"])
+            legacy = {k: v for k, v in config["train"].items() if k in HARDWARE_FIELDS}
+            hardware = Hardware.from_dict(config.get("hardware", legacy))
+            augmentation = None
+            if "augmentation" in parts["extras"]:
+                augmentation = DonorAugmentation.from_tensors(
+                    parts["extras"]["augmentation"], **config["augmentation"]
+                )
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            msg = f"inconsistent checkpoint {path}: {err}; re-save or re-train the model"
+            raise InputError(msg) from err
+        return cls(
+            module,
+            inputs=inputs,
+            classes=classes,
+            data_config=data_config,
+            model_config=model_config,
+            train_config=train_config,
+            hardware=hardware,
+            metrics=parts["metrics"],
+            split=parts["split"],
+            augmentation=augmentation,
+            extra_classes=extra_classes,
+        )
+
+    def quantized(self) -> Model:
+        """A copy for CPU inference with int8 dynamic quantization of every linear layer
+        (weights int8, activations quantized per batch); benchmarks/foundation.py measures
+        its speed and macro-F1 against the float model. Not for saving or training."""
+        import copy
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch points to torchao; this API still works here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            module = quantize_dynamic(
+                copy.deepcopy(self.module), {torch.nn.Linear}, dtype=torch.qint8
+            )
+        clone = copy.copy(self)
+        clone.module = module.eval()
+        clone.is_quantized = True
+        return clone
+
+    def predict(self, adata: ad.AnnData, **options: Any):
+        """Predict labels for every cell; see `sclabel.inference.engine.predict`."""
+        from sclabel.inference.engine import predict
+
+        return predict(self, adata, **options)
+
+    def evaluate(
+        self,
+        adata: ad.AnnData,
+        *,
+        label_key: str | None = None,
+        split: str | None = None,
+        out_dir: str | Path | None = None,
+        title: str = "sclabel evaluation",
+        ontology: bool = False,
+        ontology_key: str | None = None,
+        group_by: str | None = None,
+        **predict_options: Any,
+    ):
+        """Predict `adata` and score it against `obs[label_key]` (default: the training key).
+
+        `split="test"` (or "val"/"train") keeps only the cells this model's saved split put
+        there, matched by cell name, so the demo and the CLI can score held-out cells.
+        `ontology` adds Cell Ontology-aware scores (`ontology_key`: an obs column of CL ids);
+        `group_by` an obs column (e.g. tissue) for a per-group breakdown.
+        """
+        from sclabel.data.obs import read_labels
+        from sclabel.evaluation.report import evaluate
+
+        label_key = label_key or self.data_config.label_key
+        # a label column the model has a head for is scored with that head
+        if label_key in self.tasks:
+            predict_options.setdefault("task", label_key)
+        if split is not None:
+            if split not in {"train", "val", "test"}:
+                raise InputError(f"split must be train, val or test, got {split!r}")
+            cells = self.split.index[self.split["split"] == split].astype(str)
+            keep = adata.obs_names.isin(cells)
+            if not keep.any():
+                msg = f"no cell of this AnnData is in the model's {split!r} split; omit --split"
+                raise InputError(msg)
+            adata = adata[keep]
+        truth = read_labels(adata.obs, label_key)
+        for key in (ontology_key, group_by):
+            if key is not None and key not in adata.obs.columns:
+                msg = f"obs column {key!r} not found; available: {list(adata.obs.columns)}"
+                raise InputError(msg)
+        prediction = self.predict(adata, **predict_options)
+        return evaluate(
+            prediction,
+            truth.to_numpy(),
+            out_dir=out_dir,
+            title=title,
+            ontology=ontology or ontology_key is not None,
+            ontology_ids=None if ontology_key is None else adata.obs[ontology_key].to_numpy(),
+            groups=None if group_by is None else adata.obs[group_by].to_numpy(),
+        )
+
+    def explain(self, adata: ad.AnnData, **options: Any):
+        """Per-cell gene importances from TabNet's feature mask; see `sclabel.explain`."""
+        from sclabel.inference.explain import explain
+
+        return explain(self, adata, **options)
+
+    def export_split(self, path: str | Path) -> Path:
+        """Write the train/val/test assignment of the training cells as CSV."""
+        from sclabel.io.atomic import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            self.split.to_csv(tmp, index_label="cell")
+        return path
+
+    def summary(self) -> str:
+        test = self.metrics.get("test", {})
+        fit = self.metrics.get("fit", {})
+        lines = [
+            repr(self),
+            f"hyperparameters: {self.model_config.params}",
+            f"training input: {self.training_input}; gene key: {self.data_config.gene_key}",
+            f"split: {self.split['split'].value_counts().to_dict() if len(self.split) else 'none'}",
+            f"classes: {', '.join(self.classes)}",
+        ]
+        if self.augmentation is not None:
+            lines.append(f"donor augmentation: {len(self.augmentation)} difference vectors")
+        if fit:
+            lines.append(
+                f"best epoch {fit.get('best_epoch')} of {fit.get('epochs_run')}, "
+                f"val macro-F1 {fit.get('best_val_macro_f1')}"
+            )
+        if test:
+            lines.append(f"test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f}")
+        return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""`Prediction`: per-cell probabilities and what follows from them, and how answers are written.
+
+One rule turns probabilities into labels ("unknown" below the threshold), one frame layout
+holds a prediction (cell, label, confidence, uncertainty, p_<class>...); `outputs` writes it.
+Both prediction sinks (in memory and the resumable file writer) build their frames here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from sclabel.errors import InputError
+from sclabel.inference.outputs import TABLES, answer_columns, check_output, write_table
+from sclabel.io.atomic import atomic_path
+
+UNKNOWN = "unknown"
+
+
+def check_threshold(unknown_threshold: float | None) -> None:
+    if unknown_threshold is not None and not 0 <= unknown_threshold <= 1:
+        raise InputError(f"unknown_threshold must be between 0 and 1, got {unknown_threshold}")
+
+
+def assign_labels(
+    probabilities: np.ndarray, classes: list[str], unknown_threshold: float | None
+) -> np.ndarray:
+    """The most probable class per cell, or "unknown" where its probability is below the
+    threshold: the one place this rule is written."""
+    labels = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+    if unknown_threshold is not None:
+        labels[probabilities.max(axis=1) < unknown_threshold] = UNKNOWN
+    return labels
+
+
+@dataclass
+class Prediction:
+    """Per-cell probabilities and what follows from them."""
+
+    obs_names: pd.Index
+    classes: list[str]
+    probabilities: np.ndarray  # cells x classes, rows sum to 1
+    unknown_threshold: float | None = None
+    coverage: float | None = None  # fraction of model genes found in the query
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(axis=1)
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        return 1.0 - self.confidence
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Most probable class, or "unknown" where confidence is below the threshold."""
+        return assign_labels(self.probabilities, self.classes, self.unknown_threshold)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per cell (index "cell"): label, confidence, uncertainty, p_<class>..."""
+        frame = pd.DataFrame(
+            {"label": self.labels, "confidence": self.confidence, "uncertainty": self.uncertainty},
+            index=pd.Index(self.obs_names, name="cell"),
+        )
+        probs = pd.DataFrame(
+            self.probabilities, index=frame.index, columns=[f"p_{c}" for c in self.classes]
+        )
+        return pd.concat([frame, probs], axis=1)
+
+    def to_adata(self, adata: ad.AnnData, *, key_added: str = "sclabel") -> None:
+        """Write `{key}_label`, `{key}_confidence`, `{key}_uncertainty` to obs, the
+        probabilities (a DataFrame with one column per class) to `obsm[f"{key}_probabilities"]`
+        and the classes to `uns[f"{key}_classes"]`."""
+        if not adata.obs_names.equals(pd.Index(self.obs_names)):
+            raise InputError("this prediction was made for other cells than this AnnData holds")
+        for column, values in answer_columns(self.to_frame(), key_added).items():
+            adata.obs[column] = values
+        adata.obsm[f"{key_added}_probabilities"] = pd.DataFrame(
+            self.probabilities, index=adata.obs_names, columns=list(self.classes)
+        )
+        adata.uns[f"{key_added}_classes"] = list(self.classes)
+
+    def to_table(self, path: str | Path) -> Path:
+        """Write `to_frame()` as .csv, .tsv or .parquet (by extension), atomically."""
+        path = check_output(path, TABLES)
+        with atomic_path(path) as tmp:
+            write_table([self.to_frame()], tmp, path.suffix.lower())
+        return path

@@ -1,0 +1,280 @@
+"""Read single-cell matrices and find out what their values are.
+
+Supported: `.h5ad` (in memory or backed), a 10x directory, a 10x `.h5`, `.csv`/`.tsv`
+(optionally gzipped). `matrix(adata, layer)` picks X, a layer or `.raw` in one place so
+every caller treats them alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sclabel.errors import InputError
+
+log = logging.getLogger("sclabel")
+
+ValueKind = Literal["counts", "log1p"]
+_ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+_HOUSEKEEPING = {"ACTB", "GAPDH", "B2M", "MALAT1", "EEF1A1", "TMSB4X", "FTL", "RPL13A", "RPS27A"}
+
+
+def read(path: str | Path, *, backed: bool = False) -> ad.AnnData:
+    """Read a single-cell matrix from any supported format.
+
+    `backed=True` opens an `.h5ad` read-only without loading X, so prediction can stream it.
+    """
+    path = Path(path)
+    if not path.exists():
+        msg = (
+            f"input not found: {path}; check the path (supported: .h5ad, 10x dir, .h5, .csv, .tsv)"
+        )
+        raise InputError(msg)
+    name = path.name.lower()
+    try:
+        if path.is_dir():
+            adata = _read_10x_dir(path)
+        elif name.endswith(".h5ad"):
+            adata = ad.read_h5ad(path, backed="r" if backed else None)
+        elif name.endswith(".h5"):
+            adata = _read_10x_h5(path)
+        elif re.search(r"\.(csv|tsv|txt)(\.gz)?$", name):
+            adata = _read_table(path)
+        else:
+            msg = f"unsupported input {path}: expected .h5ad, .h5, .csv, .tsv or a 10x directory"
+            raise InputError(msg)
+    except InputError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        msg = f"could not read {path} ({type(err).__name__}: {err}); is it a valid, complete file?"
+        raise InputError(msg) from err
+    if backed and not name.endswith(".h5ad"):
+        log.info("backed mode applies to .h5ad only; %s was read into memory", path.name)
+    check_cells(adata, genes=not len(adata.obsm))  # embeddings alone (sclabel embed) are input
+    return adata
+
+
+def _read_10x_h5(path: Path) -> ad.AnnData:
+    import scanpy as sc
+
+    try:
+        return sc.read_10x_h5(path)
+    except (OSError, KeyError, ValueError):
+        raise
+    except Exception as err:  # scanpy raises a bare Exception for missing datasets
+        msg = f"could not read {path} ({err}); is it a valid, complete 10x .h5 file?"
+        raise InputError(msg) from err
+
+
+def _read_10x_dir(path: Path) -> ad.AnnData:
+    import scanpy as sc
+
+    files = {p.name for p in path.iterdir()}
+    if not files & {"matrix.mtx", "matrix.mtx.gz"}:
+        msg = f"{path} is a directory without matrix.mtx[.gz]; is it a 10x output folder?"
+        raise InputError(msg)
+    compressed = "matrix.mtx.gz" in files
+    options = {}
+    if "compressed" in inspect.signature(sc.read_10x_mtx).parameters:  # scanpy >= 1.12
+        options["compressed"] = compressed
+    elif not compressed and "genes.tsv" not in files:
+        msg = (
+            f"{path} holds uncompressed Cell Ranger v3 files, which this scanpy version cannot "
+            "read; gzip matrix.mtx, features.tsv and barcodes.tsv (or upgrade scanpy)"
+        )
+        raise InputError(msg)
+    adata = sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=True, **options)
+    return adata
+
+
+def _looks_like_genes(labels: pd.Index) -> bool:
+    values = pd.Index(labels).astype(str)
+    if len(values) == 0:
+        return False
+    if values.str.match(_ENSEMBL.pattern).mean() > 0.5:
+        return True
+    upper = set(values.str.upper())
+    return bool(upper & _HOUSEKEEPING) or values.str.upper().str.startswith("MT-").sum() >= 3
+
+
+def _read_table(path: Path) -> ad.AnnData:
+    sep = "\t" if re.search(r"\.(tsv|txt)(\.gz)?$", path.name.lower()) else ","
+    frame = pd.read_csv(path, sep=sep, index_col=0)
+    if frame.empty:
+        raise InputError(f"{path} holds no values; expected a table of cells x genes with a header")
+    rows_are_genes = _looks_like_genes(frame.index)
+    cols_are_genes = _looks_like_genes(frame.columns)
+    if rows_are_genes and not cols_are_genes:
+        transpose = True
+    elif cols_are_genes and not rows_are_genes:
+        transpose = False
+    else:  # no gene names recognised: expression tables usually have more genes than cells
+        transpose = frame.shape[0] > frame.shape[1]
+        log.info(
+            "could not tell genes from cells by name in %s; assuming %s",
+            path.name,
+            "genes x cells (rows are genes)" if transpose else "cells x genes",
+        )
+    if transpose:
+        frame = frame.T
+    non_numeric = [c for c, t in frame.dtypes.items() if not np.issubdtype(t, np.number)]
+    if non_numeric:
+        msg = f"{path} has non-numeric columns {non_numeric[:5]}; expected a numeric matrix"
+        raise InputError(msg)
+    X = sp.csr_matrix(frame.to_numpy(dtype=np.float32))
+    return ad.AnnData(
+        X=X,
+        obs=pd.DataFrame(index=frame.index.astype(str)),
+        var=pd.DataFrame(index=frame.columns.astype(str)),
+    )
+
+
+def open_input(path: str | Path, *, backed: bool = False, obs_filter: str | None = None):
+    """What the CLI's INPUT names: a `Store` folder, a SOMA experiment (its cells selected by
+    `obs_filter`, read into memory) or any file `read` takes."""
+    from sclabel.io.soma import is_soma, open_soma
+    from sclabel.store.format import Store, is_store
+
+    if is_store(path):
+        if obs_filter:
+            raise InputError("--obs-filter applies to SOMA experiments, not to a store")
+        return Store.open(path)
+    if is_soma(path):
+        with open_soma(path, obs_filter=obs_filter) as source:
+            return source.to_anndata()
+    if obs_filter:
+        raise InputError("--obs-filter applies to SOMA experiments only")
+    return read(path, backed=backed)
+
+
+def as_strings(values: pd.Series) -> pd.Series:
+    """An obs column as str values (categories and numbers alike), missing values kept as NaN."""
+    values = values.astype(object)
+    return values.where(values.isna(), values.astype(str))
+
+
+def check_cells(adata: ad.AnnData, *, genes: bool = True) -> None:
+    """Refuse an AnnData with no cells, no genes (when `genes`: an embedding-only AnnData
+    has none) or duplicate cell names."""
+    if adata.n_obs == 0 or (genes and adata.n_vars == 0):
+        msg = (
+            f"the matrix is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
+            "check that this is the right file and that filtering kept some cells"
+        )
+        raise InputError(msg)
+    if not adata.obs_names.is_unique:
+        dups = adata.obs_names[adata.obs_names.duplicated()].unique()
+        msg = (
+            f"{len(dups)} duplicate cell names (e.g. {list(dups[:3])}); "
+            "make them unique first, e.g. adata.obs_names_make_unique()"
+        )
+        raise InputError(msg)
+
+
+def matrix(adata: ad.AnnData, layer: str | None):
+    """Return (X, var) for `layer`: None for X, "raw" for `.raw`, else `adata.layers[layer]`."""
+    if layer is None or layer == "X":
+        return adata.X, adata.var
+    available = ["X"] + (["raw"] if adata.raw is not None else []) + list(adata.layers)
+    if layer == "raw":
+        if adata.raw is None:
+            msg = f"layer 'raw' requested but this AnnData has no .raw; available: {available}"
+            raise InputError(msg)
+        return adata.raw.X, adata.raw.var
+    if layer not in adata.layers:
+        msg = f"layer {layer!r} not found; available: {available}"
+        raise InputError(msg)
+    return adata.layers[layer], adata.var
+
+
+@dataclass(frozen=True)
+class ValueReport:
+    """What a matrix holds, judged from a sample of its rows."""
+
+    kind: ValueKind
+    max_value: float
+    detail: str
+
+
+def detect_values(X, *, n_rows: int = 2000, seed: int = 0) -> ValueReport:
+    """Tell raw counts from log1p-normalized values; refuse scaled or broken matrices.
+
+    Works on a sample of rows (contiguous for backed data, random otherwise) so it is cheap
+    on any size; `check_chunk` then validates every row as it is processed.
+    """
+    n = X.shape[0]
+    if n == 0 or X.shape[1] == 0:
+        raise InputError(f"the matrix is empty ({X.shape[0]} cells x {X.shape[1]} genes)")
+    if isinstance(X, np.ndarray | sp.spmatrix | sp.sparray):
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, n_rows), replace=False))
+        sample = X[rows]
+    else:  # backed dataset: contiguous reads are the cheap ones
+        sample = X[: min(n, n_rows)]
+    values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
+    values = np.asarray(values, dtype=np.float64)
+    _check_finite(values)
+    if values.size == 0 or not values.any():
+        raise InputError("the sampled cells hold only zeros; is this the right matrix or layer?")
+    vmin, vmax = float(values.min()), float(values.max())
+    if vmin < 0:
+        msg = (
+            f"X holds negative values (min {vmin:.3g}): it looks scaled or batch-corrected. "
+            "sclabel needs raw counts or log1p-normalized values; pass --layer with the counts "
+            "(e.g. --layer raw or --layer counts)"
+        )
+        raise InputError(msg)
+    nonzero = values[values != 0]
+    if np.allclose(nonzero, np.round(nonzero), atol=1e-4):
+        return ValueReport("counts", vmax, f"raw counts (integers, max {vmax:.0f})")
+    if vmax <= 20:
+        return ValueReport("log1p", vmax, f"log1p-normalized values (max {vmax:.2f})")
+    msg = (
+        f"X holds non-integer values up to {vmax:.3g}: normalized but not log-transformed? "
+        "sclabel needs raw counts or log1p-normalized values; pass --layer with the raw counts"
+    )
+    raise InputError(msg)
+
+
+def _check_finite(values: np.ndarray) -> None:
+    if not np.isfinite(values).all():
+        n_bad = int((~np.isfinite(values)).sum())
+        msg = f"the matrix holds {n_bad} NaN or infinite values; remove or fix those cells first"
+        raise InputError(msg)
+
+
+def check_chunk(chunk: sp.csr_matrix, kind: ValueKind, first_row: int | np.ndarray = 0) -> None:
+    """Validate every value of a row chunk: finite, non-negative, no all-zero cells.
+
+    `first_row` is the row number of the chunk's first row, or (for a non-contiguous chunk)
+    the row numbers of all its rows; messages name the offending row by it.
+    """
+    row_ids = np.asarray(first_row)
+
+    def row(i: int) -> int:
+        return int(row_ids[i]) if row_ids.ndim else int(row_ids) + int(i)
+
+    _check_finite(chunk.data)
+    if chunk.data.size and chunk.data.min() < 0:
+        first_value = np.flatnonzero(chunk.data < 0)[0]
+        first_bad = int(np.searchsorted(chunk.indptr, first_value, side="right")) - 1
+        msg = (
+            f"negative values found (first at row {row(first_bad)}); expected {kind} "
+            "(non-negative): pass --layer with the raw counts"
+        )
+        raise InputError(msg)
+    empty = np.flatnonzero(np.asarray(chunk.sum(axis=1)).ravel() == 0)
+    if empty.size:
+        msg = (
+            f"{empty.size} cell(s) have zero counts (first at row {row(empty[0])}); "
+            "filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)"
+        )
+        raise InputError(msg)

@@ -1,0 +1,229 @@
+"""`sclabel.train`: from an AnnData (or a store) and a label column to a trained, tested Model."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sclabel.config import DataConfig, ModelConfig, split_options
+from sclabel.data.augment import AugmentConfig, config_from
+from sclabel.data.loader import EVAL_BATCH, iterate_batches
+from sclabel.errors import InputError
+from sclabel.evaluation.metrics import compute_metrics
+from sclabel.inference.model import Model
+from sclabel.io.atomic import check_dir
+from sclabel.models import MODELS, Classifier, check_family, resolve_params
+from sclabel.models.base import predict_probas
+from sclabel.store.format import Store
+from sclabel.training.data import TrainingData, load_training_data
+from sclabel.training.fit import fit_members, fit_record, make_augmentation
+
+log = logging.getLogger("sclabel")
+
+
+def train(
+    adata,
+    *,
+    label_key: str | Sequence[str],
+    split_by: str | None = None,
+    split_key: str | None = None,
+    model: str = "mlp",
+    model_params: dict[str, Any] | None = None,
+    layer: str | None = None,
+    gene_key: str | None = None,
+    obsm_key: str | None = None,
+    pca: int | None = None,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    ensemble: int = 1,
+    augment: bool | dict | AugmentConfig | None = None,
+    donor_key: str | None = None,
+    loader: dict[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    out: str | Path | None = None,
+    **train_options: Any,
+) -> Model:
+    """Train a classifier of family `model` on `adata.obs[label_key]`.
+
+    Several label columns (`label_key=["severity", "state"]`) train one multi-task model: a
+    shared encoder with one head per column, the loss summed with `task_weights` (a
+    TrainConfig field; default 1 each). `Model.predict(..., task=column)` picks a head.
+
+    Input is the expression of the genes, or `obsm_key`: a per-cell embedding computed
+    elsewhere (scGPT, scVI, `sclabel embed`, PCA), or `pca=N`: the top N principal
+    components of normalized expression, fitted on the training cells only and saved with
+    the model (prediction projects new cells the same way).
+
+    Cells are split by `split_key` (an obs column of train/val/test, e.g. from `sclabel
+    prepare`), by `split_by` groups (e.g. donors), or stratified by label; the model is
+    early-stopped on validation macro-F1 and scored on the test part. `train_options` are
+    TrainConfig fields (max_epochs, batch_size, lr, seed, loss, ...), Hardware fields
+    (accelerator, devices, strategy, num_nodes, precision, parallel_members) and progress.
+    `ensemble=N` trains N members with seeds seed..seed+N-1 and averages their probabilities.
+    `augment=True` (or a dict of AugmentConfig fields) adds scTab's donor-difference
+    augmentation, with donors from `donor_key` (default: `split_by`).
+
+    `adata` may be a `Store` (see `sclabel store`) for data bigger than memory: cells are
+    streamed from disk with `loader` options (block_size, buffer_batches, workers, prefetch).
+
+    `checkpoint_dir` keeps the training state after every epoch; `resume=True` continues a
+    killed run from it and ends as the uninterrupted run would have. `out` saves the model
+    there (checked before any data is read); the state is removed only once the model is
+    safely written (or, without `out`, when the trained model is returned).
+
+    Loss and class balance (TrainConfig fields): `loss` is one of ce, weighted_ce (default),
+    focal (with `focal_gamma`), dice or bce (see `sclabel.training.losses`); `upsample=f`
+    repeats the training cells of every class smaller than f x the largest up to that size
+    (1 or True: all as large as the largest). With upsampling the default loss is plain ce,
+    and class weights, if a weighted loss is chosen explicitly, are computed on the
+    upsampled cells, so the classes are not balanced twice.
+    """
+    if ensemble < 1:
+        raise InputError("ensemble must be at least 1")
+    label_keys = [label_key] if isinstance(label_key, str) else list(label_key)
+    if not label_keys:
+        raise InputError("give at least one label column")
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        if checkpoint_dir.exists() and not resume:
+            msg = (
+                f"an interrupted training left its state in {checkpoint_dir}; pass --resume "
+                "(resume=True) to continue it, or delete that folder to start again"
+            )
+            raise InputError(msg)
+    if out is not None:
+        check_dir(out, marker="config.json", what="checkpoint")
+    from_store = isinstance(adata, Store)
+    if from_store and (layer is not None or gene_key is not None):
+        raise InputError("a store has one matrix and one gene vocabulary: drop layer/gene_key")
+    data_config = DataConfig(
+        label_key=label_keys[0],
+        extra_label_keys=tuple(label_keys[1:]),
+        split_by=split_by,
+        split_key=split_key,
+        layer=layer,
+        gene_key=gene_key,
+        obsm_key=obsm_key,
+        pca=pca,
+        split_fractions=split_fractions,
+        **({"target_sum": adata.meta["target_sum"]} if from_store else {}),
+    )
+    model_config = ModelConfig(family=model, params=resolve_params(model, model_params or {}))
+    # the family's preferred settings (e.g. TabNet's from the scTab paper), then the user's
+    train_config, hardware, progress = split_options(train_options, MODELS[model].train_defaults)
+    augment_config = config_from(augment)
+    check_inputs(model, data_config, train_config, augment_config is not None, from_store)
+    data = load_training_data(
+        adata, data_config, seed=train_config.seed, donor_key=donor_key, progress=progress,
+        loader=loader,
+    )  # fmt: skip
+    metrics: dict[str, Any] = {"n_cells": {p: int(s[1].size) for p, s in data.subsets.items()}}
+    augmentation = None
+    if augment_config is not None:
+        augmentation, metrics["augmentation"] = make_augmentation(
+            data, augment_config, train_config.seed
+        )
+    module, results = fit_members(
+        data,
+        model,
+        model_config.params,
+        train_config,
+        hardware=hardware,
+        progress=progress,
+        ensemble=ensemble,
+        augmentation=augmentation,
+        checkpoint_dir=checkpoint_dir,
+    )
+    fits = [fit_record(r, train_config.seed + i) for i, r in enumerate(results)]
+    metrics["fit"] = fits[0]
+    if ensemble > 1:
+        metrics["members"] = fits
+    metrics.update(test_metrics(module, data, data_config.label_keys))
+    split_frame = pd.DataFrame({"split": data.split.astype(str)})
+    if data.groups is not None:
+        split_frame["group"] = data.groups.astype(str).to_numpy()
+    if from_store and split_key is not None:
+        split_frame = None  # the split lives in the store; one copy of it is enough
+        metrics["split"] = {"store": str(adata.path), "split_key": split_key}
+    elif from_store:  # rows -> cell names, for split.csv
+        split_frame.index = adata.obs_names()[split_frame.index.to_numpy()]
+    model = Model(
+        module,
+        inputs=data.inputs,
+        classes=data.classes,
+        data_config=dataclasses.replace(data_config, gene_key=data.inputs.gene_key),
+        model_config=model_config,
+        train_config=train_config,
+        hardware=hardware,
+        metrics=metrics,
+        split=split_frame,
+        is_main_process=results[-1].is_main_process,
+        augmentation=augmentation,
+        extra_classes=data.extra_classes,
+    )
+    if out is not None and model.is_main_process:
+        model.save(out)
+    if checkpoint_dir is not None and model.is_main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only now: the model is complete
+    return model
+
+
+def test_metrics(module: Classifier, data: TrainingData, label_keys) -> dict[str, Any]:
+    """Scores on the test cells: `test` for the primary label column, and with several
+    columns also `tasks`: every column's scores by its name."""
+    X_test, y_test = data.subsets["test"]
+    if not len(y_test):
+        return {}
+    probas = predict_probas(module, iterate_batches(X_test, batch_size=EVAL_BATCH))
+    y_test = y_test.reshape(len(y_test), -1)
+    all_classes = [data.classes, *data.extra_classes.values()]
+    scores = {}
+    for t, (key, classes) in enumerate(zip(label_keys, all_classes, strict=True)):
+        names, proba = np.asarray(classes, dtype=object), probas[t].numpy()
+        scores[key] = compute_metrics(
+            names[y_test[:, t]], names[proba.argmax(1)], proba.max(1), classes
+        )
+        log.info(
+            "test (%s): macro-F1 %.3f, accuracy %.3f on %d cells",
+            key,
+            scores[key]["macro_f1"],
+            scores[key]["accuracy"],
+            len(y_test),
+        )
+    result: dict[str, Any] = {"test": scores[label_keys[0]]}
+    if len(scores) > 1:
+        result["tasks"] = scores
+    return result
+
+
+def check_inputs(
+    family: str, data: DataConfig, config, augment: bool, from_store: bool = False
+) -> None:
+    """Refuse combinations of input, labels and family that cannot train, before any work:
+    the family's rules (models/rules.py), then those of the data itself."""
+    non_gene = f"obsm {data.obsm_key!r}" if data.obsm_key else (data.pca and f"pca={data.pca}")
+    check_family(
+        family,
+        store=from_store,
+        augment=augment,
+        loss=config.loss if config.loss not in ("ce", "weighted_ce") else None,
+        label_columns=len(data.label_keys) > 1,
+        input=non_gene,
+    )
+    if non_gene and augment:
+        msg = f"donor augmentation shifts gene expression; it does not apply to {non_gene}"
+        raise InputError(msg)
+    weights = config.task_weights
+    if weights is not None and len(weights) != len(data.label_keys):
+        msg = (
+            f"{len(weights)} task_weights given for {len(data.label_keys)} label column(s) "
+            f"{data.label_keys}"
+        )
+        raise InputError(msg)
