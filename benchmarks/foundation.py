@@ -173,14 +173,10 @@ def _probe_f1(X, y, train) -> float:
 
 
 def _log_normalized(adata) -> np.ndarray:
-    from sclabel.data import genes
-    from sclabel.data.normalize import prepare_rows
-    from sclabel.io import read as io
+    from sclabel.data.inputs import InputSpec
 
-    X, var = io.matrix(adata, None)
-    vocabulary, key = genes.Vocabulary.from_var(var)
-    alignment = genes.align(var, vocabulary, gene_key=key, min_coverage=1.0)
-    return prepare_rows(X, kind=io.detect_values(X).kind, alignment=alignment).toarray()
+    _, parts = InputSpec.fit(adata, {"all": np.arange(adata.n_obs)})
+    return parts["all"].toarray()
 
 
 def int8(splits: dict, models: dict, epochs: int) -> list[dict]:

@@ -92,3 +92,20 @@ def run(*args, cwd=None) -> CliResult:
     finally:
         os.chdir(here)
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def normalized(
+    adata, vocabulary=None, *, gene_key=None, target_sum=1e4, rows=None, chunk_size=8192
+):
+    """`adata`'s cells through the one input pipeline (`InputSpec`): aligned to `vocabulary`
+    (default: its own genes), normalized to `target_sum` and log1p, as a CSR."""
+    import numpy as np
+
+    from sclabel.data.genes import Vocabulary
+    from sclabel.data.inputs import InputSpec
+
+    vocabulary = vocabulary or Vocabulary(tuple(map(str, adata.var_names)))
+    spec = InputSpec(vocabulary, target_sum=target_sum, min_gene_coverage=1e-9)
+    bound = spec.bind(adata, gene_key=gene_key)
+    rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows)
+    return bound.gather(rows, chunk_size=chunk_size)

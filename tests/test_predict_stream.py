@@ -148,3 +148,26 @@ def test_cli_simulate_writes_a_store_and_an_h5ad_from_a_fitted_profile(setup, tm
     assert again.shape == (700, 150) and again.obs_names.is_unique
     assert main(["--quiet", "simulate", str(profile), "--cells", "0", "--out", str(h5ad)]) == 2
     assert "--cells" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet", ".h5ad"])
+def test_backed_and_in_memory_prediction_write_identical_files(setup, tmp_path, suffix):
+    """One engine, one writer: --backed changes how cells are read, not what is written."""
+    folder, cells, model, _, _ = setup
+    model.save(tmp_path / "model")
+    base = ["--quiet", "predict", str(folder / "cells.h5ad"), "--model", str(tmp_path / "model")]
+    assert main([*base, "--out", str(tmp_path / f"memory{suffix}")]) == 0
+    assert main([*base, "--backed", "--out", str(tmp_path / f"backed{suffix}")]) == 0
+    memory, backed = tmp_path / f"memory{suffix}", tmp_path / f"backed{suffix}"
+    if suffix != ".h5ad":
+        assert memory.read_bytes() == backed.read_bytes()
+        return
+    a, b = ad.read_h5ad(memory), ad.read_h5ad(backed)
+    assert (a.X != b.X).nnz == 0 and (a.X != cells.X).nnz == 0  # the input's matrix, kept
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.obsm["sclabel_probabilities"], b.obsm["sclabel_probabilities"])
+    assert list(a.uns["sclabel_classes"]) == list(b.uns["sclabel_classes"]) == model.classes
+    assert list(a.obs.columns[: cells.obs.shape[1]]) == list(cells.obs.columns)  # obs kept
+    expected = model.predict(cells, progress=False)
+    assert list(a.obs["sclabel_label"]) == list(expected.labels)
+    np.testing.assert_allclose(a.obsm["sclabel_probabilities"], expected.probabilities, atol=1e-6)

@@ -7,8 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import sclabel
-from sclabel.data import genes
-from sclabel.data.normalize import iter_prepared
+from conftest import normalized
 from sclabel.errors import InputError
 from sclabel.store.build import build_store
 from sclabel.store.format import Store
@@ -35,11 +34,6 @@ def store(cells, tmp_path_factory):
         chunk_size=128,
         progress=False,
     )
-
-
-def normalized(adata, vocabulary) -> sp.csr_matrix:
-    alignment = genes.align(adata.var, vocabulary, min_coverage=1.0)
-    return sp.vstack(list(iter_prepared(adata.X, kind="counts", alignment=alignment)))
 
 
 def test_store_rows_equal_in_memory_normalization(cells, store):

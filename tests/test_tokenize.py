@@ -16,9 +16,9 @@ import scipy.sparse as sp
 import torch
 
 import sclabel
-from conftest import shared_file
+from conftest import normalized, shared_file
 from sclabel.data import genes
-from sclabel.data.normalize import count_space, iter_prepared
+from sclabel.data.normalize import count_space
 from sclabel.errors import InputError
 from sclabel.foundation.corpus import token_rows, tokenize
 from sclabel.foundation.ranking import rank_order, rank_select
@@ -67,9 +67,7 @@ def rows_of(ranked, field="tokens"):
 
 def loader_x(adata, vocabulary) -> np.ndarray:
     """What the project's loader feeds a model: log1p(count x 1e4 / total), dense."""
-    alignment = genes.align(adata.var, vocabulary, min_coverage=0.0)
-    chunks = iter_prepared(adata.X, kind="counts", alignment=alignment)
-    return sp.vstack(list(chunks)).toarray()
+    return normalized(adata, vocabulary).toarray()
 
 
 def test_geneformer_vocabulary_round_trips_through_json(geneformer, tmp_path):

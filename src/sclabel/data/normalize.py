@@ -26,7 +26,7 @@ def count_space(
 
     counts: the counts, factors target_sum / library size over all the cell's genes.
     log1p:  expm1 of the values (already normalized), factors 1.
-    The store keeps exactly this, so it normalizes later as `prepare_rows` does now.
+    The store keeps exactly this, so it normalizes later as `log_normalize` does now.
     The result is a new matrix unless `copy=False` and the values are counts: then it may
     share the chunk's arrays, for callers that only read it (store building, tokenizing: a
     deep file's copy took a tenth of `sclabel tokenize`'s time).
@@ -62,52 +62,8 @@ def log_normalize(
     return aligned
 
 
-def prepare_rows(
-    chunk,
-    *,
-    kind: ValueKind,
-    alignment: GeneAlignment,
-    target_sum: float = 1e4,
-    first_row: int | np.ndarray = 0,
-) -> sp.csr_matrix:
-    """Validate, normalize and align one chunk of rows; returns log1p values over model genes."""
-    raw, factors = count_space(chunk, kind, target_sum, first_row)
-    return log_normalize(raw, factors, alignment)
-
-
-def iter_prepared(
-    X,
-    *,
-    kind: ValueKind,
-    alignment: GeneAlignment,
-    target_sum: float = 1e4,
-    chunk_size: int = 8192,
-    rows: np.ndarray | None = None,
-    progress: bool = False,
-    desc: str = "preparing",
-):
-    """Yield prepared row chunks of X (in memory or backed), in order.
-
-    Only one chunk of raw rows is held at a time, so memory is bounded by `chunk_size` plus
-    what the caller keeps. `rows` restricts to a sorted subset of row indices.
-    """
-    from tqdm.auto import tqdm
-
-    n = X.shape[0] if rows is None else rows.size
-    starts = range(0, n, chunk_size)
-    for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress or len(starts) < 2):
-        if rows is None:
-            chunk, first = row_block(X, start, start + chunk_size), start
-        else:
-            index = rows[start : start + chunk_size]
-            chunk, first = X[index], index
-        yield prepare_rows(
-            chunk, kind=kind, alignment=alignment, target_sum=target_sum, first_row=first
-        )
-
-
 def row_block(X, start: int, stop: int):
-    """Rows start:stop; for an in-memory CSR a view without copying (prepare_rows copies once)."""
+    """Rows start:stop; for an in-memory CSR a view without copying (count_space copies once)."""
     if isinstance(X, sp.csr_matrix | sp.csr_array):
         stop = min(stop, X.shape[0])
         lo, hi = X.indptr[start], X.indptr[stop]

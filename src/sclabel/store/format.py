@@ -14,7 +14,7 @@ Why flat binary files and not zarr, parquet or h5ad: a block of contiguous cells
 `pread` per array, which needs no decompression, no Python per chunk and no memory map (so
 reading a 30 GB store never shows up as resident memory). benchmarks/store_loader.py
 measures it against backed h5ad and the field's loaders. Values stay in count space with the
-library size kept aside, so the loader normalizes on the fly exactly as `prepare_rows` does
+library size kept aside, so the loader normalizes on the fly exactly as `InputSpec` does
 (library size over all of a cell's genes in its source file, then log1p).
 """
 
