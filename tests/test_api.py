@@ -54,6 +54,7 @@ def test_import_has_no_side_effects(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_import_and_cli_help_load_no_heavy_library():
     """`sclabel --help` answered in 7 s when the package imported torch and scikit-learn."""
     import subprocess

@@ -112,6 +112,7 @@ def test_variance_explained_known_answers():
     assert r2["r2_cell_type"] <= r2["r2_cell_type_and_donor"] < 1.0
 
 
+@pytest.mark.slow
 def test_augmentation_lowers_the_donor_share_of_variance():
     adata = sclabel.datasets.synthetic(1500, 200, 3, 6, seed=4, donor_sd=0.6, marker_fold=2.0)
     model = sclabel.train(

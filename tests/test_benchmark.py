@@ -33,6 +33,7 @@ def test_variant_names_parse():
             Variant.parse(bad)
 
 
+@pytest.mark.slow
 def test_every_variant_on_the_same_split(data):
     variants = ["linear", "mlp+aug", "tabnet*2", "celltypist", "xgboost"]
     seen = []
@@ -87,6 +88,7 @@ def test_scaling_rows_per_width_and_fraction(data):
         run_scaling(data, "linear", widths=[8], train_options=OPTIONS)
 
 
+@pytest.mark.slow
 def test_cli_benchmark_and_scaling_write_tables(tmp_path, capsys):
     path = tmp_path / "s.h5ad"
     sclabel.datasets.synthetic(600, 100, 3, 6, seed=2).write_h5ad(path)

@@ -236,12 +236,14 @@ def test_tampered_checkpoint(workdir, tmp_path):
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(workdir):
     result = run_subprocess("--debug", "info", workdir / "no-model")
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "InputError" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_installed_command_answers_help_and_version(workdir):
     result = subprocess.run(
         [Path(sys.executable).with_name("sclabel"), "--version"], capture_output=True, text=True
@@ -255,6 +257,7 @@ def test_the_installed_command_answers_help_and_version(workdir):
     assert not (workdir / "never.csv").exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_on_scanpy_pbmc(tmp_path):
     result = run("demo", "--out", tmp_path / "demo", "--max-epochs", "5", "--quiet")
     assert result.returncode == 0, result.stderr

@@ -295,6 +295,7 @@ def test_elbow_rule():
     assert elbow([2, 3, 4], [30, 20, 10]) == 2  # a straight line has no elbow
 
 
+@pytest.mark.slow
 def test_kmeans_finds_planted_blobs(tmp_path):
     x, planted = make_blobs(600, n_features=5, centers=4, cluster_std=0.6, random_state=0)
     noise = np.random.default_rng(0).integers(0, 2, size=600)

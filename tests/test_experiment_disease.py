@@ -55,6 +55,7 @@ def full(cohort, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow
 def test_report_has_every_section_table_and_plot(full):
     result, out = full
     assert list(result.sections) == list(SECTIONS)
@@ -150,6 +151,7 @@ def test_kmeans_follows_cell_type_not_severity(full):
     assert "patient" in scores.index
 
 
+@pytest.mark.slow
 def test_patient_kfold_tests_every_patient_once(cohort):
     result = run_disease_experiment(
         cohort, labels=["severity"], **KEYS, folds=3, sections=["architecture"], **FAST
@@ -221,6 +223,7 @@ def _cli(path, out, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(cohort_file, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--model", "linear", "--pca", "20", "--max-epochs", "5", "--quick"]

@@ -203,6 +203,7 @@ def test_multi_task_ensemble_averages_each_head(split_cohort):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.slow
 def test_cli_multi_task_train_predict_evaluate(split_cohort, tmp_path, capsys):
     path = tmp_path / "cohort.h5ad"
     split_cohort.write_h5ad(path)

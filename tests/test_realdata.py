@@ -9,6 +9,7 @@ from conftest import shared_file
 pytestmark = pytest.mark.realdata
 
 
+@pytest.mark.slow
 def test_cellbench_cross_protocol_transfer():
     """Train on CEL-seq2 plates (donor-style grouped split by plate), predict Drop-seq cells."""
     adata = sclabel.read(shared_file("cellbench_sc_celllines.h5ad"))
@@ -44,6 +45,7 @@ def test_kang_condition_from_symbols():
     )
 
 
+@pytest.mark.slow
 def test_mouse_bladder_with_unnamed_genes_and_rare_classes():
     adata = sclabel.read(shared_file("mouse_bladder_2100.h5ad"))
     model = sclabel.train(adata, label_key="label_id", model="linear", progress=False)

@@ -47,6 +47,7 @@ def _proportions(X: sp.csr_matrix) -> np.ndarray:
     return np.asarray((sp.diags(1 / lib) @ X).mean(axis=0)).ravel()
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_kang_generated_cells_match_the_real_data(kang):
     real, profile = kang
@@ -70,6 +71,7 @@ def test_kang_generated_cells_match_the_real_data(kang):
     np.testing.assert_allclose(freq.to_numpy(), profile.type_freq, atol=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_cellbench_batches_give_a_fitted_per_gene_donor_spread():
     real = ad.read_h5ad(shared_file("cellbench_sc_celllines.h5ad"))
@@ -190,6 +192,7 @@ def test_sampler_matches_the_negative_binomial():
     np.testing.assert_allclose((X == 0).mean(axis=0), p_zero, atol=0.01)
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_cells(synthetic_profile):
     lib = synthetic_profile.log_lib_mean - 3  # ~100 counts per cell: a quick test
     shallow = dataclasses.replace(synthetic_profile, log_lib_mean=lib)

@@ -60,6 +60,7 @@ def test_filter_matches_pandas_on_synthetic(synthetic_soma):
         assert_same_selection(source.to_anndata(), adata[mask.to_numpy()])
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_filter_matches_pandas_on_cellbench(cellbench_soma):
     uri, adata = cellbench_soma

@@ -138,6 +138,7 @@ def test_ranks_get_disjoint_shards_with_equal_step_counts(store, world_size):
     assert np.array_equal(np.sort(cells), ids)
 
 
+@pytest.mark.slow
 def test_training_from_store_matches_training_in_memory(cells, store):
     options = {"label_key": "cell_type", "split_key": "split", "model": "mlp", **FAST}
     adata = cells.copy()

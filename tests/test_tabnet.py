@@ -23,6 +23,7 @@ def tabnet(marker_data):
     )
 
 
+@pytest.mark.slow
 def test_entmax_masks_are_sparse_distributions_over_genes(marker_data):
     model = sclabel.train(
         marker_data, label_key="cell_type", model="tabnet", max_epochs=3, progress=False,
@@ -55,6 +56,7 @@ def test_ghost_batch_norm_normalizes_each_virtual_batch():
         torch.testing.assert_close(chunk.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_tabnet_learns_and_uses_the_paper_training_settings(tabnet, marker_data):
     assert tabnet.metrics["test"]["macro_f1"] > 0.9
     config = tabnet.train_config

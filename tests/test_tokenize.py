@@ -123,6 +123,7 @@ def test_hand_checked_ranking_rule_in_every_path(tiny, tmp_path):
     assert counts[0].tolist() == [3, 10, 2, 0] and lengths.tolist() == [3, 4, 2]
 
 
+@pytest.mark.slow
 def test_sparse_and_dense_paths_give_identical_tokens_on_cellbench(geneformer):
     adata = ad.read_h5ad(shared_file("cellbench_sc_celllines.h5ad"))[:300]
     vocabulary, _ = genes.Vocabulary.from_var(adata.var)
@@ -176,6 +177,7 @@ def test_corpus_store_keeps_rank_order_counts_and_labels(geneformer, cellbench_f
     assert (np.diff(scores) <= 1e-6 * scores[:-1]).all()  # highest first
 
 
+@pytest.mark.slow
 def test_streaming_in_small_chunks_equals_one_chunk(geneformer, cellbench_file, tmp_path):
     path, _ = cellbench_file
     small = tokenize([path, path], tmp_path / "a", geneformer, chunk_size=37, progress=False)
