@@ -3,7 +3,7 @@ for tests/test_celltypist_import.py. Run with CellTypist's environment:
 
     .venv-celltypist/bin/python benchmarks/celltypist_reference_labels.py
 
-Writes tests/data/celltypist_aifi_l3_kang_labels.csv (cell, label, seconds in the header).
+Writes tests/fixtures/celltypist_aifi_l3_kang_labels.csv (cell, label, seconds in the header).
 """
 
 import time
@@ -24,6 +24,6 @@ start = time.perf_counter()
 result = celltypist.annotate(adata, model=model, majority_voting=False)
 seconds = time.perf_counter() - start
 labels = result.predicted_labels["predicted_labels"].astype(str)
-out = ROOT / "tests" / "data" / "celltypist_aifi_l3_kang_labels.csv"
+out = ROOT / "tests" / "fixtures" / "celltypist_aifi_l3_kang_labels.csv"
 labels.rename("label").to_csv(out, index_label="cell")
 print(f"{len(labels)} cells annotated in {seconds:.2f} s -> {out}")

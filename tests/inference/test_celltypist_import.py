@@ -16,7 +16,7 @@ from conftest import run, shared_file
 from sclabel.errors import InputError
 
 MODEL = "celltypist_models/ref_pbmc_clean_celltypist_model_AIFI_L3_2024-04-19.pkl"
-REFERENCE = Path(__file__).parent / "data" / "celltypist_aifi_l3_kang_labels.csv"
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "celltypist_aifi_l3_kang_labels.csv"
 
 
 @pytest.fixture(scope="module")

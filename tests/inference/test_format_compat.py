@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 import sclabel
 
-OLD = Path(__file__).parent / "data" / "linear_format_v1"
+OLD = Path(__file__).resolve().parents[1] / "fixtures" / "linear_format_v1"
 
 
 def test_format_1_checkpoint_loads_and_predicts_as_documented():
