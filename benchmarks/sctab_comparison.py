@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/sctab_comparison.py            # everything (about an hour)
     .venv/bin/python benchmarks/sctab_comparison.py --quick    # small synthetic, few epochs
     .venv/bin/python benchmarks/sctab_comparison.py --only cellbench_xprotocol
+    .venv/bin/python benchmarks/sctab_comparison.py --only kang --variants tabnet,tabnet*5 \
+        --seeds 0,1,2                                       # mean +- sd over seeds
+    ... --param tabnet.input_norm=batch --steps-per-epoch 20 --label "scTab's input norm"
 
 Each dataset gets one split (a `split` obs column) and every variant trains on exactly those
 cells through `sclabel.benchmark.run_benchmark`: linear, mlp, tabnet, the CellTypist-style
@@ -133,9 +136,22 @@ def datasets(quick: bool) -> dict[str, dict]:
     }
 
 
-def run(name: str, spec: dict, options: dict, save, previous: dict | None = None) -> dict:
+def run(
+    name: str,
+    spec: dict,
+    options: dict,
+    save,
+    previous: dict | None = None,
+    *,
+    seeds: list[int] | None = None,
+    params: dict | None = None,
+    steps_per_epoch: int | None = None,
+) -> dict:
     """One dataset, variant by variant; `save(entry)` after each so a cut-off run keeps rows.
-    With `previous` (an entry of an earlier run), its rows are kept unless run again."""
+    With `previous` (an entry of an earlier run), its rows are kept unless run again. With
+    several `seeds`, each variant trains once per seed and its row holds the mean (and the
+    standard deviation of macro-F1 and accuracy); `params` are per-family hyperparameters,
+    `steps_per_epoch` sets the automatic batch size to training cells / that number."""
     adata = spec["load"]()
     split_by = spec.get("split_by")
     config = DataConfig(
@@ -174,8 +190,42 @@ def run(name: str, spec: dict, options: dict, save, previous: dict | None = None
             flush=True,
         )
 
-    run_benchmark(data, spec["variants"], train_options=options, on_row=record)
+    seeds = seeds or [options.get("seed", 0)]
+    if steps_per_epoch:
+        n_train = data.subsets["train"][1].size
+        options = {**options, "batch_size": int(min(2048, max(32, n_train // steps_per_epoch)))}
+    if len(seeds) == 1:
+        run_benchmark(data, spec["variants"], train_options={**options, "seed": seeds[0]},
+                      params=params, on_row=record)  # fmt: skip
+        return entry
+    for variant in spec["variants"]:
+        per_seed = []
+        for seed in seeds:
+            table = run_benchmark(data, [variant], train_options={**options, "seed": seed},
+                                  params=params)  # fmt: skip
+            per_seed.append(table.to_dict(orient="records")[0])
+            print(f"  {variant:>14}  seed {seed}  macro-F1 {per_seed[-1]['macro_f1']:.3f}",
+                  flush=True)  # fmt: skip
+        kept.append(mean_row(per_seed, seeds))
+        entry["rows"] = list(kept)
+        entry["seconds"] = time.perf_counter() - start
+        save(entry)
     return entry
+
+
+def mean_row(rows: list[dict], seeds: list[int]) -> dict:
+    """One table row from the same variant trained with several seeds: means, and the sd
+    of the scores over seeds."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        values = [r[key] for r in rows]
+        if isinstance(value, int | float) and not isinstance(value, bool) and None not in values:
+            out[key] = float(np.mean(values))
+    for key in ("macro_f1", "accuracy"):
+        out[f"{key}_sd"] = float(np.std([r[key] for r in rows], ddof=1))
+        out[f"{key}_per_seed"] = [r[key] for r in rows]
+    out["seeds"] = seeds
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -203,8 +253,14 @@ def markdown(result: dict) -> str:
         ]
         for r in entry["rows"]:
             auroc = "-" if r["uncertainty_auroc"] is None else f"{r['uncertainty_auroc']:.3f}"
+            f1, acc = f"{r['macro_f1']:.3f}", f"{r['accuracy']:.3f}"
+            variant = r["variant"]
+            if "seeds" in r:
+                f1 += f" ± {r['macro_f1_sd']:.3f}"
+                acc += f" ± {r['accuracy_sd']:.3f}"
+                variant += f" ({len(r['seeds'])} seeds)"
             lines.append(
-                f"| {r['variant']} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {auroc} "
+                f"| {variant} | {f1} | {acc} | {auroc} "
                 f"| {r['ece']:.3f} | {r['train_seconds']:.1f} | {r['epochs']} "
                 f"| {r['predict_cells_per_s']:,.0f} | {r['peak_memory_mb']:.0f} |"
             )
@@ -237,7 +293,19 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--variants", help="run only these (comma-separated), keep other rows")
     parser.add_argument("--result", type=Path, default=RESULT, help="JSON file to update")
+    parser.add_argument("--seeds", help="comma-separated seeds: rows hold mean +- sd")
+    parser.add_argument("--param", action="append", default=[], help="FAMILY.NAME=VALUE")
+    parser.add_argument("--steps-per-epoch", type=int, help="batch = training cells / this")
+    parser.add_argument("--label", help="tables under 'DATASET [LABEL]' (another setting)")
     args = parser.parse_args()
+    params: dict = {}
+    for pair in args.param:
+        name, _, value = pair.partition("=")
+        family, _, key = name.partition(".")
+        params.setdefault(family, {})[key] = (
+            json.loads(value) if value[:1] in "0123456789-[{" else value
+        )
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     if not DATA.exists():
         sys.exit(f"real data not found in {DATA}; see ../shared/data/README.md")
     options = {"max_epochs": 3 if args.quick else args.max_epochs, "progress": False}
@@ -254,15 +322,19 @@ def main() -> None:
             continue
         print(f"== {name}", flush=True)
 
-        def save(entry, name=name):
-            result["datasets"][name] = entry
+        key = f"{name} [{args.label}]" if args.label else name
+
+        def save(entry, key=key):
+            entry["settings"] = {"params": params, "steps_per_epoch": args.steps_per_epoch}
+            result["datasets"][key] = entry
             args.result.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
         previous = None
         if args.variants:
             spec = {**spec, "variants": args.variants.split(",")}
-            previous = result["datasets"].get(name)
-        run(name, spec, options, save, previous)
+            previous = result["datasets"].get(key)
+        run(name, spec, options, save, previous, seeds=seeds, params=params,
+            steps_per_epoch=args.steps_per_epoch)  # fmt: skip
     write_markdown(result)
 
 

@@ -420,3 +420,47 @@ def test_prepare_then_train_on_its_split_with_augmentation(workdir, tmp_path):
     )  # fmt: skip
     assert_one_line_error(result, "needs donors")
     assert not (tmp_path / "none").exists()
+
+
+def test_train_refuses_a_foreign_out_folder_before_reading_any_data(tmp_path):
+    """It trained fully, then refused --out and lost the model and its resume state."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    # the input does not even exist: --out is judged first, before anything is read
+    result = run("train", tmp_path / "missing.h5ad", "--label-key", "cell_type", "--out", out)
+    assert_one_line_error(result, "model exists and is not a sclabel checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    result = run("train", tmp_path / "missing.h5ad", "--label-key", "cell_type", "--report", out)
+    assert_one_line_error(result, "model exists and is not a sclabel report")
+
+
+def test_the_resume_state_outlives_a_failed_save(tmp_path, monkeypatch):
+    adata = sclabel.datasets.synthetic(300, 50, 3, 3, seed=0)
+    state = tmp_path / ".model.training"
+
+    def disk_full(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sclabel.Model, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        sclabel.train(adata, label_key="cell_type", max_epochs=2, progress=False,
+                      checkpoint_dir=state, out=tmp_path / "model")  # fmt: skip
+    assert (state / "member-0" / "state.json").exists()  # --resume can still finish it
+
+
+def test_help_shows_each_default_once_and_every_training_option_explained():
+    result = run("train", "--help")
+    text = " ".join(result.stdout.split())
+    assert "(default: None)" not in text
+    assert "default 3e-3 (default" not in text
+    for flag in ("--max-epochs", "--patience", "--seed", "--lr", "--weight-decay"):
+        entry = text.split(flag, 2)[-1][:160]
+        assert "default" in entry, flag
+
+
+def test_predict_says_how_it_read_the_values(workdir):
+    result = run("predict", workdir / "query.h5ad", "--model", workdir / "model", "--out",
+                 workdir / "said.csv")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "sclabel: input: raw counts (integers" in result.stderr

@@ -1,4 +1,6 @@
 import json
+import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -114,3 +116,59 @@ def test_model_evaluate_on_its_test_split(trained_model):
     report = trained_model.evaluate(adata, split="test", progress=False)
     assert report.metrics["n_cells"] == trained_model.metrics["n_cells"]["test"]
     assert report.metrics["macro_f1"] == pytest.approx(trained_model.metrics["test"]["macro_f1"])
+
+
+def test_dropped_and_training_cells_are_counted_aloud(trained_model, caplog):
+    adata = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1)  # the model's own cells
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(object)
+    adata.obs.iloc[:7, adata.obs.columns.get_loc("cell_type")] = None
+    n_train = int((trained_model.split["split"] == "train").sum())
+    with caplog.at_level(logging.WARNING, logger="sclabel"):
+        report = trained_model.evaluate(adata, progress=False)
+    assert "7 of 600 cells have no true label and are left out" in caplog.text
+    assert (
+        f"{n_train} of the 600 evaluated cells were in this model's training split" in caplog.text
+    )
+    assert report.metrics["n_unlabeled"] == 7 and report.metrics["n_cells"] == 593
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sclabel"):
+        trained_model.evaluate(adata, split="test", progress=False)
+    assert "training split" not in caplog.text  # held-out cells only: nothing to warn of
+
+
+def test_report_tables_survive_labels_with_bars_and_line_breaks(tmp_path):
+    names = ["T|NK cells", "B\ncells", "a " + "very long name " * 5]
+    probabilities = np.eye(3)[[0, 0, 1, 2, 2, 2, 1, 0]] * 0.8 + 0.2 / 3
+    truth = [names[i] for i in (0, 0, 1, 2, 2, 2, 1, 1)]
+    prediction = sclabel.Prediction(pd.Index([f"c{i}" for i in range(8)]), names, probabilities)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no font or layout warnings either
+        report = sclabel.evaluate(prediction, truth, out_dir=tmp_path / "r")
+    text = (report.path / "report.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| T")]
+    assert rows and all(line.count("|") - line.count("\\|") == 6 for line in rows)
+    assert "| T\\|NK cells †" in text and "| B cells" in text
+    assert "Expected calibration error (ECE): the gap between confidence" in text
+    assert "Uncertainty AUROC: how well 1 - confidence" in text
+    assert "† 3 or fewer test cells" in text  # B cells and T|NK have 3 each
+
+
+def test_report_names_the_model_and_its_training_cells(trained_model, tmp_path):
+    adata = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1)
+    report = trained_model.evaluate(adata, split="test", out_dir=tmp_path / "r", progress=False)
+    text = (tmp_path / "r" / "report.md").read_text()
+    n_train = trained_model.metrics["n_cells"]["train"]
+    assert f"Model: mlp; trained on {n_train:,} cells; labels from obs['cell_type']" in text
+    assert report.metrics["model"]["family"] == "mlp"
+
+
+def test_non_ascii_and_long_labels_plot_without_warnings(tmp_path):
+    from sclabel.evaluation.plots import tick_label
+
+    assert tick_label("x" * 80).count("\n") == 1 and tick_label("x" * 80).endswith("…")
+    names = ["Zellen ä", "細胞 A", "клетки"]
+    prediction = sclabel.Prediction(pd.Index(["a", "b", "c"]), names, np.eye(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sclabel.evaluate(prediction, names, out_dir=tmp_path / "r")
+    assert (tmp_path / "r" / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC

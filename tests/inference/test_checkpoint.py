@@ -17,7 +17,9 @@ def checkpoint_copy(saved_model, tmp_path):
 
 
 def test_checkpoint_holds_json_and_safetensors_only(saved_model):
-    assert sorted(p.name for p in saved_model.iterdir()) == sorted(FILES)
+    # and the validation cells' calibration (temperature, conformal scores)
+    expected = [*FILES, "calibration.safetensors"]
+    assert sorted(p.name for p in saved_model.iterdir()) == sorted(expected)
     config = json.loads((saved_model / "config.json").read_text())
     assert config["format_version"] == FORMAT_VERSION
     assert config["family"] == "mlp"
@@ -103,3 +105,28 @@ def test_save_replaces_an_old_checkpoint_atomically(trained_model, checkpoint_co
     assert sclabel.Model.load(checkpoint_copy).classes == trained_model.classes
     leftovers = [p.name for p in checkpoint_copy.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("name", ["labels.json", "genes.json"])
+def test_reordered_labels_or_genes_are_caught_by_their_checksum(checkpoint_copy, name):
+    """A reversed class list or shuffled genes would make every answer wrong, silently."""
+    path = checkpoint_copy / name
+    value = json.loads(path.read_text())
+    if name == "labels.json":
+        value = value[::-1]
+    else:
+        value["ids"] = value["ids"][1:] + value["ids"][:1]
+    path.write_text(json.dumps(value, indent=2) + "\n")
+    with pytest.raises(InputError, match=f"{name} does not match the checksum"):
+        sclabel.Model.load(checkpoint_copy)
+
+
+def test_a_checkpoint_without_file_digests_loads_and_gains_them_on_save(checkpoint_copy, tmp_path):
+    config = json.loads((checkpoint_copy / "config.json").read_text())
+    assert set(config["file_sha256"]) == {"genes.json", "labels.json"}
+    del config["file_sha256"]  # as sclabel 0.1 wrote it
+    (checkpoint_copy / "config.json").write_text(json.dumps(config))
+    model = sclabel.Model.load(checkpoint_copy)
+    model.save(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert set(again["file_sha256"]) == {"genes.json", "labels.json"}

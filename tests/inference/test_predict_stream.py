@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -171,3 +179,123 @@ def test_backed_and_in_memory_prediction_write_identical_files(setup, tmp_path, 
     expected = model.predict(cells, progress=False)
     assert list(a.obs["sclabel_label"]) == list(expected.labels)
     np.testing.assert_allclose(a.obsm["sclabel_probabilities"], expected.probabilities, atol=1e-6)
+
+
+def test_a_parts_folder_removed_mid_run_is_an_error_not_a_short_file(setup, tmp_path, monkeypatch):
+    """A concurrent finisher or a cleanup took the parts: the run must not call a truncated
+    file a success (it printed "900 cells predicted" over fewer rows)."""
+    _, _, model, store, _ = setup
+    out = tmp_path / "p.parquet"
+    real, calls = stream.predict_proba, []
+
+    def removes_the_parts_on_third_chunk(module, batches, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            shutil.rmtree(tmp_path / ".p.parquet.parts")
+        return real(module, batches, **kw)
+
+    monkeypatch.setattr(stream, "predict_proba", removes_the_parts_on_third_chunk)
+    with pytest.raises(InputError, match="removed or taken over"):
+        stream.predict_to_file(model, store, out, chunk_size=200, progress=False)
+    assert not out.exists() and not (tmp_path / ".p.parquet.parts").exists()
+
+
+def test_a_second_writer_is_kept_out_and_a_killed_ones_parts_are_resumed(setup, tmp_path):
+    _, _, model, store, expected = setup
+    out = tmp_path / "p.csv"
+    parts = tmp_path / ".p.csv.parts"
+    parts.mkdir()
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "run": "another"}
+    (parts / "lock").write_text(json.dumps(holder))  # a live process writes the same --out
+    with pytest.raises(InputError, match=rf"another sclabel run \(pid {os.getpid()}.*p\.csv"):
+        stream.predict_to_file(model, store, out, chunk_size=200, resume=True, progress=False)
+    assert not out.exists() and (parts / "lock").exists()
+    shutil.rmtree(parts)
+    # a run killed (kill -9) mid-way leaves its lock with a pid that is gone
+    with pytest.raises(KeyboardInterrupt), interrupted_after(2):
+        stream.predict_to_file(model, store, out, chunk_size=200, progress=False)
+    lock = json.loads((parts / "lock").read_text()) if (parts / "lock").exists() else None
+    meta = json.loads((parts / "meta.json").read_text())
+    (parts / "lock").write_text(json.dumps({**(lock or {}), "pid": dead_pid(), "run": meta["run"],
+                                            "host": socket.gethostname()}))  # fmt: skip
+    with pytest.raises(InputError, match="was killed.*--resume"):
+        stream.predict_to_file(model, store, out, chunk_size=200, progress=False)
+    stream.predict_to_file(model, store, out, chunk_size=200, resume=True, progress=False)
+    assert len(pd.read_csv(out)) == 900 and not parts.exists()
+
+
+def test_the_join_refuses_a_part_of_another_run(setup, tmp_path):
+    _, _, model, store, _ = setup
+    out = tmp_path / "p.parquet"
+    for name in ("a", "b"):  # two interrupted runs into two outputs
+        with pytest.raises(KeyboardInterrupt), interrupted_after(2):
+            stream.predict_to_file(model, store, tmp_path / f"{name}.parquet", chunk_size=200,
+                                   progress=False)  # fmt: skip
+    foreign = tmp_path / ".b.parquet.parts" / "part-000001.parquet"
+    shutil.copy(foreign, tmp_path / ".a.parquet.parts" / "part-000001.parquet")
+    with pytest.raises(InputError, match="does not belong to this prediction"):
+        stream.predict_to_file(model, store, tmp_path / "a.parquet", chunk_size=200, resume=True,
+                               progress=False)  # fmt: skip
+    assert not out.exists() and not (tmp_path / "a.parquet").exists()
+
+
+def test_resume_refuses_an_input_regenerated_under_the_same_name(setup, tmp_path):
+    """Same path, same number of cells, other cells: the old parts must not be mixed in."""
+    folder, cells, model, _, _ = setup
+    path = tmp_path / "query.h5ad"
+    cells.write_h5ad(path)
+    out = tmp_path / "p.parquet"
+    with pytest.raises(KeyboardInterrupt), interrupted_after(2):
+        stream.predict_to_file(model, ad.read_h5ad(path, backed="r"), out, chunk_size=200,
+                               progress=False)  # fmt: skip
+    again = sclabel.datasets.synthetic(900, 150, 3, 6, seed=4, cell_seed=11)
+    again.write_h5ad(path)
+    with pytest.raises(InputError, match="cannot resume: input differ"):
+        stream.predict_to_file(model, ad.read_h5ad(path, backed="r"), out, chunk_size=200,
+                               resume=True, progress=False)  # fmt: skip
+
+
+def test_a_data_error_removes_the_runs_parts(setup, tmp_path):
+    _, cells, model, _, _ = setup
+    bad = cells.copy()
+    X = bad.X.tolil()
+    X[700, :] = 0  # a cell with no counts, in the fourth chunk
+    bad.X = X.tocsr()
+    out = tmp_path / "p.parquet"
+    with pytest.raises(InputError, match=r"zero counts \(first at row 700\)"):
+        stream.predict_to_file(model, bad, out, chunk_size=200, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no parts left to be called "interrupted"
+
+
+def test_cli_predict_into_a_folder_names_it(setup, tmp_path, capsys):
+    folder, _, model, _, _ = setup
+    model.save(tmp_path / "model")
+    (tmp_path / "labels.csv").mkdir()
+    args = ["predict", str(folder / "cells.h5ad"), "--model", str(tmp_path / "model")]
+    assert main(["--quiet", *args, "--out", str(tmp_path / "labels.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "labels.csv is a folder" in err and ".tmp-" not in err
+
+
+@contextlib.contextmanager
+def interrupted_after(n_chunks: int):
+    """Ctrl-C after `n_chunks` chunks of a streaming prediction."""
+    real, calls = stream.predict_proba, []
+
+    def dies(module, batches, **kw):
+        calls.append(1)
+        if len(calls) > n_chunks:
+            raise KeyboardInterrupt
+        return real(module, batches, **kw)
+
+    stream.predict_proba = dies
+    try:
+        yield
+    finally:
+        stream.predict_proba = real
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid

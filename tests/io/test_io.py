@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import shutil
 from pathlib import Path
 
@@ -493,3 +494,20 @@ def test_check_chunk_with_row_numbers_of_a_non_contiguous_chunk():
     values[2] = 0
     with pytest.raises(InputError, match=r"first at row 20\)"):
         io.check_chunk(sp.csr_matrix(values), "counts", first_row=np.array([3, 8, 20]))
+
+
+@pytest.mark.parametrize("how", ["rounded", "truncated"])
+def test_rounded_log_normalized_values_are_not_taken_for_counts_silently(how, caplog):
+    rng = np.random.default_rng(0)
+    raw = rng.poisson(rng.gamma(0.3, 4, size=(300, 1500))).astype(np.float64)
+    raw[:, 0] += 1
+    logged = np.log1p(raw / raw.sum(axis=1, keepdims=True) * 1e4)
+    values = np.round(logged) if how == "rounded" else np.floor(logged)
+    with caplog.at_level(logging.WARNING, logger="sclabel"):
+        report = io.detect_values(sp.csr_matrix(values.astype(np.float32)))
+    assert report.kind == "counts"  # still integers: the user decides, but is told
+    assert "look like rounded log-normalized values" in caplog.text and "--layer" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sclabel"):
+        io.detect_values(sp.csr_matrix(raw.astype(np.float32)))  # real counts: no warning
+    assert caplog.text == ""

@@ -29,7 +29,7 @@ def test_members_differ_by_seed_and_are_recorded(ensemble_model):
 
 
 def test_prediction_is_the_mean_of_member_probabilities(ensemble_model, query):
-    prediction = ensemble_model.predict(query, progress=False)
+    prediction = ensemble_model.predict(query, calibrated=False, progress=False)
     batch = model_batch(ensemble_model, query)
     with torch.no_grad():
         members = [

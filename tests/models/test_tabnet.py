@@ -1,7 +1,10 @@
 """TabNet with 1.5-entmax attention (scTab) and its explanations."""
 
+import json
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 import sclabel
@@ -78,8 +81,15 @@ def test_tabnet_checkpoint_round_trip(tabnet, marker_data, tmp_path):
     )
 
 
-def test_explain_finds_the_marker_genes(tabnet, marker_data):
-    explanation = tabnet.explain(marker_data[:600].copy(), progress=False)
+@pytest.fixture(scope="module")
+def standardized_tabnet(marker_data):
+    """With scTab's input norm: the attention ranks standardized genes (see tabnet.py)."""
+    return sclabel.train(marker_data, label_key="cell_type", split_by="donor", model="tabnet",
+                         model_params={"input_norm": "batch"}, progress=False)  # fmt: skip
+
+
+def test_explain_finds_the_marker_genes(standardized_tabnet, marker_data):
+    explanation = standardized_tabnet.explain(marker_data[:600].copy(), progress=False)
     assert explanation.importance.shape == (600, 300)
     np.testing.assert_allclose(explanation.importance.sum(axis=1), 1.0, rtol=1e-5)
     # the most differentially expressed genes of each type, computed from the data itself
@@ -130,3 +140,73 @@ def test_partial_sort_entmax_on_many_genes_is_exact():
     a, prior = torch.randn(64, 8), torch.ones(64, n_genes)
     expected = entmax15(layer.bn(layer.fc(a)) * prior, dim=-1)
     torch.testing.assert_close(layer(a, prior), expected)
+
+
+@pytest.mark.parametrize(("n", "chunks"), [(257, [257]), (513, [256, 257]), (1, [1])])
+def test_ghost_batch_norm_never_normalizes_a_single_cell(n, chunks):
+    """A batch of 256k+1 cells crashed training ("Expected more than 1 value per channel")."""
+    bn = GhostBatchNorm(3, virtual_batch_size=256, momentum=0.1).train()
+    sizes = []
+    real = bn.bn.forward
+    bn.bn.forward = lambda x: sizes.append(x.shape[0]) or real(x)
+    out = bn(torch.randn(n, 3))
+    assert out.shape == (n, 3) and torch.isfinite(out).all()
+    assert sorted(sizes) == sorted(chunks if n > 1 else [])  # one cell: running statistics
+
+
+def test_tabnet_trains_on_batches_of_257_cells():
+    adata = sclabel.datasets.synthetic(800, 60, 3, 4, seed=0)
+    part = np.array(["train"] * 514 + ["val"] * 143 + ["test"] * 143, dtype=object)
+    adata.obs["part"] = np.random.default_rng(0).permutation(part)
+    model = sclabel.train(adata, label_key="cell_type", split_key="part", model="tabnet",
+                          batch_size=257, max_epochs=1, progress=False,
+                          model_params={"n_d": 8, "n_a": 8})  # fmt: skip
+    assert model.metrics["fit"]["batch_size"] == 257
+
+
+def test_a_gene_no_training_cell_expressed_is_not_amplified():
+    """scTab's input BatchNorm divides by a running variance of ~0 for such a gene: ~300x."""
+    adata = sclabel.datasets.synthetic(600, 50, 3, 4, seed=0)
+    X = adata.X.toarray()
+    X[:, 0] = 0  # gene 0: never seen in training
+    adata.X = sp.csr_matrix(X)
+    options = dict(label_key="cell_type", model="tabnet", max_epochs=3, progress=False)
+    small = {"n_d": 8, "n_a": 8}
+    safe = sclabel.train(adata, model_params=small, **options)  # the default: no input norm
+    scTab = sclabel.train(adata, model_params={**small, "input_norm": "batch"}, **options)
+    query = adata[:20].copy()
+    X = query.X.toarray()
+    X[:, 0] = np.round(X.sum(axis=1) * 0.05)  # the query cells do express it
+    query.X = sp.csr_matrix(X)
+
+    def network_input(model) -> torch.Tensor:
+        """What the feature transformers see: the input after the model's input norm."""
+        module, x = model.module.eval(), model_batch(model, query)["x"]
+        with torch.no_grad():
+            return x if module.input_bn is None else module.input_bn(x)
+
+    def largest_logit(model) -> float:
+        with torch.no_grad():
+            return float(model.module.eval()(model_batch(model, query)).logits.abs().max())
+
+    seen = network_input(safe)
+    assert float(seen[:, 0].abs().max()) < 10  # the unseen gene: not amplified
+    assert float(network_input(scTab)[:, 0].abs().max()) > 100  # what scTab's layer does
+    assert largest_logit(safe) < 20
+
+
+def test_tabnet_checkpoints_from_before_input_norm_load_as_they_were(marker_data, tmp_path):
+    model = sclabel.train(marker_data[:600].copy(), label_key="cell_type", model="tabnet",
+                          max_epochs=1, progress=False,
+                          model_params={"n_d": 8, "n_a": 8, "input_norm": "batch"})  # fmt: skip
+    model.save(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["hyperparameters"]["input_norm"]  # as sclabel 0.1 saved a tabnet
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = sclabel.Model.load(tmp_path / "old")
+    assert loaded.model_config.params["input_norm"] == "batch"
+    query = marker_data[600:700].copy()
+    np.testing.assert_array_equal(
+        loaded.predict(query, progress=False).probabilities,
+        model.predict(query, progress=False).probabilities,
+    )

@@ -142,11 +142,39 @@ def read_anndata(args):
     return data
 
 
+def unknown_threshold(value: str):
+    """--unknown-threshold: a probability, or "auto" (chosen on the validation cells)."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        msg = f"--unknown-threshold takes a number between 0 and 1 or 'auto', got {value!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def answer_options(p: argparse.ArgumentParser) -> None:
+    """How probabilities become answers: shared by predict and evaluate."""
+    p.add_argument(
+        "--unknown-threshold",
+        type=unknown_threshold,
+        help="label cells whose confidence is below it 'unknown'; 'auto': the threshold that "
+        "kept 95%% precision on the model's validation cells",
+    )
+    p.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
+    p.add_argument(
+        "--uncalibrated",
+        action="store_true",
+        help="the network's own probabilities, not temperature-scaled ones",
+    )
+
+
 def predict_options(args) -> dict:
     return {
         "layer": args.layer,
         "gene_key": args.gene_key,
         "unknown_threshold": args.unknown_threshold,
         "min_gene_coverage": args.min_gene_coverage,
+        "calibrated": not args.uncalibrated,
         "progress": not args.quiet,
     }

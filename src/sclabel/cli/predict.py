@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from sclabel.cli._options import Command, input_options, open_data, predict_options, read_anndata
+from sclabel.cli._options import (
+    Command,
+    answer_options,
+    input_options,
+    open_data,
+    predict_options,
+    read_anndata,
+)
 
 
 def predict_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,8 +23,27 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
         help=".csv, .tsv or .parquet (a table), or .h5ad (the input AnnData with the answers "
         "added; from a store: the cells and answers)",
     )
-    p.add_argument("--unknown-threshold", type=float, help="label cells below it 'unknown'")
-    p.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
+    answer_options(p)
+    p.add_argument(
+        "--coverage",
+        type=float,
+        help="add each cell's conformal prediction set holding the truth with this "
+        "probability (e.g. 0.9); sets of 2+ or 0 classes mark uncertain cells",
+    )
+    p.add_argument(
+        "--majority-voting",
+        action="store_true",
+        help="also give each cell its over-cluster's majority label (clusters from "
+        "--cluster-key, the query's obsp['connectivities'], or built from its PCA)",
+    )
+    p.add_argument("--cluster-key", help="obs column of clusters to vote in (implies voting)")
+    p.add_argument("--resolution", type=float, help="Leiden resolution (default: by size, 5-30)")
+    p.add_argument(
+        "--min-prop",
+        type=float,
+        default=0.0,
+        help="a cluster whose majority holds less of its cells is 'Heterogeneous'",
+    )
     p.add_argument("--chunk-size", type=int, default=8192, help="rows read at a time")
     p.add_argument("--key-added", default="sclabel", help="prefix of the obs/obsm keys")
     p.add_argument("--task", help="multi-task model: the label column to predict")
@@ -44,6 +70,11 @@ def run_predict(args) -> None:
         chunk_size=args.chunk_size,
         resume=args.resume,
         task=args.task,
+        coverage=args.coverage,
+        majority_voting=args.majority_voting,
+        cluster_key=args.cluster_key,
+        resolution=args.resolution,
+        min_prop=args.min_prop,
         **predict_options(args),
     )
     print(f"{result.n_cells} cells predicted ({result.coverage:.1%} gene coverage)")
@@ -62,8 +93,7 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ontology-key", help="obs column with CL ids of the true labels")
     p.add_argument("--group-by", help="obs column (e.g. tissue) for a per-group table")
-    p.add_argument("--unknown-threshold", type=float, help="label cells below it 'unknown'")
-    p.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
+    answer_options(p)
 
 
 def run_evaluate(args) -> None:

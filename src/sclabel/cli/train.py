@@ -125,14 +125,18 @@ def model_params(args) -> dict:
 
 def run(args) -> None:
     from sclabel.evaluation.report import check_report_dir
+    from sclabel.io.atomic import check_dir
     from sclabel.store.format import Store
     from sclabel.training.cv import check_cv_request, cross_validate
     from sclabel.training.train import train
 
     out = Path(args.out)
-    if args.cv is not None:  # refused before the input is read and any training is spent
+    # every output is judged before the input is read and any training is spent
+    if args.cv is not None:
         check_cv_request(args.cv, out, resume=args.resume, report=args.report,
                          export_split=args.export_split, split_key=args.split_key)  # fmt: skip
+    else:
+        check_dir(out, marker="config.json", what="checkpoint")
     if args.report:
         check_report_dir(args.report)
     options = dict(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -12,10 +14,22 @@ import numpy as np  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with warnings.catch_warnings():  # labels in scripts DejaVu lacks: boxes, not a warning
+        warnings.filterwarnings("ignore", "Glyph .* missing from", UserWarning)
+        warnings.filterwarnings("ignore", "Matplotlib currently does not support", UserWarning)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def tick_label(label, width: int = 24) -> str:
+    """A class name as a tick label: wrapped over at most two lines, then cut with '…', so a
+    long name neither crops the plot nor squeezes the matrix."""
+    lines = textwrap.wrap(str(label), width) or [""]
+    if len(lines) > 2:
+        lines = [lines[0], lines[1][: width - 1] + "…"]
+    return "\n".join(lines)
 
 
 def confusion_plot(metrics: dict, path: Path) -> Path:
@@ -26,8 +40,9 @@ def confusion_plot(metrics: dict, path: Path) -> Path:
     n_rows, n_cols = normalized.shape
     fig, ax = plt.subplots(figsize=(max(5, 0.45 * n_cols + 3), max(4, 0.4 * n_rows + 2)))
     image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(n_cols), conf["columns"], rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n_rows), conf["rows"], fontsize=8)
+    ax.set_xticks(range(n_cols), map(tick_label, conf["columns"]), rotation=60, ha="right",
+                  fontsize=8)  # fmt: skip
+    ax.set_yticks(range(n_rows), map(tick_label, conf["rows"]), fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n_rows * n_cols <= 400:
@@ -49,7 +64,8 @@ def per_class_f1_plot(metrics: dict, path: Path) -> Path:
     support = [per_class[c]["support"] for c in names]
     fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * len(names) + 1.5)))
     ax.barh(range(len(names)), f1, color="tab:blue")
-    ax.set_yticks(range(len(names)), [f"{n} (n={s})" for n, s in zip(names, support, strict=True)])
+    ticks = [f"{tick_label(n)} (n={s})" for n, s in zip(names, support, strict=True)]
+    ax.set_yticks(range(len(names)), ticks)
     ax.set_xlim(0, 1)
     ax.axvline(metrics["macro_f1"], color="tab:red", linestyle="--", label="macro-F1")
     ax.set_xlabel("F1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sclabel.evaluation.ontology import CellOntology, ontology_adjusted
 from sclabel.inference.prediction import Prediction
 from sclabel.io.atomic import atomic_dir, check_dir
 
+log = logging.getLogger("sclabel")
 PLOTS = {
     "confusion_matrix.png": plots.confusion_plot,
     "per_class_f1.png": plots.per_class_f1_plot,
@@ -30,10 +32,17 @@ class Report:
 
     def to_markdown(self, title: str = "sclabel evaluation") -> str:
         m = self.metrics
-        lines = [
-            f"# {title}",
-            "",
-            f"{m['n_cells']} cells, {len(m['per_class'])} true classes.",
+        lines = [f"# {_md(title)}", ""]
+        about = m.get("model")
+        if about:
+            lines += [_about(about), ""]
+        lines += [
+            f"{m['n_cells']} cells scored, {len(m['per_class'])} true classes"
+            + (
+                f"; {m['n_unlabeled']} cells without a true label left out."
+                if m.get("n_unlabeled")
+                else "."
+            ),
             "",
             "| metric | value |",
             "|---|---|",
@@ -52,12 +61,15 @@ class Report:
                 f"| macro-F1, Cell Ontology-aware | {onto['macro_f1']:.4f} |",
                 f"| accuracy, Cell Ontology-aware | {onto['accuracy']:.4f} |",
             ]
-        lines.append("")
+        lines += ["", EXPLAINED, ""]
         if onto and onto["unmapped"]:
-            lines += [f"Labels without a Cell Ontology term (scored flat): {onto['unmapped']}.", ""]
+            unmapped = ", ".join(map(_md, onto["unmapped"]))
+            lines += [f"Labels without a Cell Ontology term (scored flat): {unmapped}.", ""]
         if m["unseen_labels"]:
             lines += [
-                f"True labels the model was never trained on: {', '.join(m['unseen_labels'])}.",
+                "True labels the model was never trained on: "
+                + ", ".join(map(_md, m["unseen_labels"]))
+                + ".",
                 "",
             ]
         lines += [
@@ -67,17 +79,22 @@ class Report:
             + (" F1, ontology-aware |" if onto else ""),
             "|---|---|---|---|---|" + ("---|" if onto else ""),
         ]
+        few = False
         for label, s in m["per_class"].items():
             scores = " | ".join(f"{s[k]:.3f}" for k in ("precision", "recall", "f1"))
             extra = f" {onto['per_class_f1'][label]:.3f} |" if onto else ""
-            lines.append(f"| {label} | {scores} | {s['support']} |{extra}")
+            mark = " †" if 0 < s["support"] <= FEW_CELLS else ""
+            few = few or bool(mark)
+            lines.append(f"| {_md(label)}{mark} | {scores} | {s['support']} |{extra}")
+        if few:
+            lines += ["", f"† {FEW_CELLS} or fewer test cells: an F1 of 0 or 1 says little."]
         if "by_group" in m:
             kinds = ["macro_f1", "accuracy"] + (["macro_f1_ontology"] if onto else [])
             lines += ["", "## By group", "", "| group | cells | " + " | ".join(kinds) + " |"]
             lines.append("|---|---|" + "---|" * len(kinds))
             for group, row in m["by_group"].items():
                 values = " | ".join(f"{row[k]:.3f}" for k in kinds)
-                lines.append(f"| {group} | {row['n_cells']} | {values} |")
+                lines.append(f"| {_md(group)} | {row['n_cells']} | {values} |")
         lines += ["", "## Accuracy after rejecting the most uncertain cells", ""]
         lines += ["| rejected | cells kept | accuracy |", "|---|---|---|"]
         lines += [
@@ -87,6 +104,38 @@ class Report:
         lines += ["", "## Plots", ""]
         lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
         return "\n".join(lines) + "\n"
+
+
+FEW_CELLS = 3
+EXPLAINED = (
+    "Expected calibration error (ECE): the gap between confidence and accuracy, averaged over "
+    "10 confidence bins weighted by their cells (0: a cell predicted with confidence 0.8 is "
+    "right 80% of the time). Uncertainty AUROC: how well 1 - confidence tells wrong "
+    "predictions from right ones (0.5: no better than chance; 1: every wrong prediction is "
+    "less confident than every right one)."
+)
+
+
+def _md(value) -> str:
+    """Text for a Markdown table cell: a '|' or a line break in a label would break the row."""
+    return (
+        str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    )
+
+
+def _about(about: dict) -> str:
+    """One line on the model that made these predictions."""
+    parts = [f"Model: {about['family']}"]
+    if about.get("ensemble", 1) > 1:
+        parts[0] += f" (ensemble of {about['ensemble']})"
+    if about.get("n_train_cells") is not None:
+        parts.append(f"trained on {about['n_train_cells']:,} cells")
+    if about.get("label_key"):
+        parts.append(f"labels from obs[{_md(about['label_key'])!r}]")
+    parts.append(f"{about['n_classes']} classes")
+    if about.get("source"):
+        parts.append(f"from {_md(about['source'])}")
+    return "; ".join(parts) + "."
 
 
 def check_report_dir(path: str | Path) -> Path:
@@ -103,14 +152,16 @@ def evaluate(
     ontology: bool = False,
     ontology_ids=None,
     groups=None,
+    about: dict | None = None,
 ) -> Report:
     """Score `prediction` against `truth` (one label per predicted cell).
 
     `ontology=True` adds Cell Ontology-aware scores (a more specific prediction counts as
     right), mapping labels by name/synonym or by `ontology_ids` (one CL id per cell, e.g.
     `obs["cell_type_ontology_term_id"]`). `groups` (one value per cell, e.g. tissue) adds a
-    per-group breakdown. With `out_dir`, writes metrics.json, report.md and the plots there
-    (atomically: the folder appears complete or not at all).
+    per-group breakdown. `about` describes the model for the report (family, ensemble,
+    n_train_cells, label_key, n_classes, source). With `out_dir`, writes metrics.json,
+    report.md and the plots there (atomically: the folder appears complete or not at all).
     """
     truth = np.asarray(truth, dtype=object)
     if truth.shape[0] != prediction.probabilities.shape[0]:
@@ -121,8 +172,17 @@ def evaluate(
     known = np.array([t is not None and t == t for t in truth])  # drop None/NaN labels
     if not known.any():
         raise InputError("no cell has a true label to evaluate against")
+    if not known.all():
+        log.warning(
+            "%d of %d cells have no true label and are left out of the scores",
+            int((~known).sum()),
+            known.size,
+        )
     y_true, y_pred = truth[known].astype(str), prediction.labels[known]
     metrics = compute_metrics(y_true, y_pred, prediction.confidence[known], prediction.classes)
+    metrics["n_unlabeled"] = int((~known).sum())
+    if about is not None:
+        metrics["model"] = about
     scored = {"flat": y_pred}
     if ontology:
         ids = None if ontology_ids is None else np.asarray(ontology_ids, dtype=object)[known]

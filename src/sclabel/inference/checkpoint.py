@@ -1,7 +1,7 @@
 """The checkpoint directory: JSON + safetensors, never pickle.
 
 config.json        format version, sclabel version, family, hyperparameters, preprocessing,
-                   training options, SHA-256 of the weights
+                   training options, SHA-256 of the weights and of genes.json/labels.json
 model.safetensors  the weights (plus any extra tensors a family stores)
 genes.json         the gene vocabulary
 labels.json        class names, in output order
@@ -27,6 +27,7 @@ from sclabel.io.atomic import atomic_dir
 from sclabel.io.digest import sha256_file
 
 FORMAT_VERSION = 1
+CHECKSUMMED = ("genes.json", "labels.json")  # besides the weights and extra tensor files
 FILES = (
     "config.json",
     "model.safetensors",
@@ -75,9 +76,12 @@ def save(
             name = f"{stem}.safetensors"
             save_file({k: v.contiguous() for k, v in extra.items()}, str(tmp / name))
             config["extra_files"][name] = sha256_file(tmp / name)
-        _write_json(tmp / "config.json", config)
         _write_json(tmp / "genes.json", genes)
         _write_json(tmp / "labels.json", labels)
+        # what prediction reads beside the weights: a reversed class list or shuffled genes
+        # would make every answer wrong without a word, so they are checksummed too
+        config["file_sha256"] = {name: sha256_file(tmp / name) for name in CHECKSUMMED}
+        _write_json(tmp / "config.json", config)
         _write_json(tmp / "metrics.json", metrics)
         split.to_csv(tmp / "split.csv", index_label="cell")
     return directory
@@ -99,6 +103,9 @@ def load(directory: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise InputError(f"corrupt {name}.json in {directory}: {err}") from err
     config = parts["config"]
+    digests = config.get("file_sha256", {}) if isinstance(config, dict) else {}
+    for name in CHECKSUMMED:
+        _check_digest(directory / name, digests.get(name))
     version = config.get("format_version")
     if not isinstance(version, int):
         raise InputError(f"{directory}/config.json has no format_version; not a sclabel checkpoint")
@@ -117,15 +124,19 @@ def load(directory: str | Path) -> dict[str, Any]:
     return parts
 
 
-def _load_verified(path: Path, digest: str | None) -> dict[str, torch.Tensor]:
+def _check_digest(path: Path, digest: str | None, *, required: bool = False) -> None:
     if not path.is_file():
         raise InputError(f"incomplete checkpoint: {path} is missing; restore the checkpoint")
-    if sha256_file(path) != digest:
+    if (digest is not None or required) and sha256_file(path) != digest:
         msg = (
             f"{path} does not match the checksum in config.json: the file was modified or "
             "damaged; restore the original checkpoint"
         )
         raise InputError(msg)
+
+
+def _load_verified(path: Path, digest: str | None) -> dict[str, torch.Tensor]:
+    _check_digest(path, digest, required=True)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:

@@ -25,14 +25,55 @@ from tqdm.auto import tqdm
 from sclabel.data.inputs import BoundInput
 from sclabel.data.loader import PRESENT_KEY, iterate_batches
 from sclabel.errors import InputError
-from sclabel.inference.outputs import TABLES, check_output, write_h5ad, write_table
+from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
 from sclabel.inference.parts import PartWriter
 from sclabel.inference.prediction import Prediction, check_threshold
+from sclabel.inference.voting import vote_on
 from sclabel.io.atomic import atomic_path
 from sclabel.models.base import predict_proba
 
 if TYPE_CHECKING:
     from sclabel.inference.model import Model
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the caller asked for, resolved against the model once: the head, its classes,
+    the unknown threshold (a number, or "auto": the one chosen on validation cells), the
+    conformal set threshold for `coverage`, and whether probabilities are calibrated."""
+
+    task: int
+    classes: list[str]
+    unknown_threshold: float | None
+    set_threshold: float | None
+    calibrated: bool
+
+    @classmethod
+    def of(cls, model: Model, task, unknown_threshold, coverage, calibrated) -> Request:
+        index = model.task_index(task)
+        calibration = model.calibration if index == 0 and calibrated else None
+        if unknown_threshold == "auto":
+            if calibration is None:
+                raise InputError("--unknown-threshold auto needs the calibrated primary head")
+            unknown_threshold = calibration.auto_threshold()
+        check_threshold(unknown_threshold)
+        set_threshold = None
+        if coverage is not None:
+            if calibration is None:
+                raise InputError("prediction sets need the calibrated primary head")
+            set_threshold = calibration.set_threshold(coverage)
+        classes = list(model.tasks.values())[index]
+        return cls(index, classes, unknown_threshold, set_threshold, calibration is not None)
+
+    def prediction(self, names, probabilities, gene_coverage=None) -> Prediction:
+        return Prediction(
+            obs_names=pd.Index(names),
+            classes=self.classes,
+            probabilities=probabilities,
+            unknown_threshold=self.unknown_threshold,
+            coverage=gene_coverage,
+            set_threshold=self.set_threshold,
+        )
 
 
 def predict(
@@ -41,31 +82,33 @@ def predict(
     *,
     layer: str | None = None,
     gene_key: str | None = None,
-    unknown_threshold: float | None = None,
+    unknown_threshold: float | str | None = None,
     min_gene_coverage: float | None = None,
+    coverage: float | None = None,
+    calibrated: bool = True,
     chunk_size: int = 8192,
     batch_size: int = 2048,
     progress: bool = True,
     task: str | None = None,
 ) -> Prediction:
     """Predict every cell of `adata` (an AnnData in memory or backed, or a store) in chunks of
-    `chunk_size` rows; `task` picks the label column of a multi-task model."""
-    check_threshold(unknown_threshold)
-    index = model.task_index(task)
+    `chunk_size` rows; `task` picks the label column of a multi-task model.
+
+    Probabilities are calibrated (temperature scaling fitted on the validation cells;
+    `calibrated=False` for the network's own). `unknown_threshold` labels cells below it
+    "unknown" ("auto": the threshold that kept 95% precision on the validation cells);
+    `coverage` (e.g. 0.9) adds each cell's conformal prediction set."""
+    request = Request.of(model, task, unknown_threshold, coverage, calibrated)
     bound = model.input_spec.bind(
         adata, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage
     )
     starts = range(0, bound.n_cells, chunk_size)
-    bar = _bar(starts, progress)
     probabilities = [
-        chunk_probabilities(model, bound, start, chunk_size, batch_size, index) for start in bar
+        chunk_probabilities(model, bound, start, chunk_size, batch_size, request)
+        for start in _bar(starts, progress)
     ]
-    return Prediction(
-        obs_names=bound.source.obs_names(),
-        classes=list(model.tasks.values())[index],
-        probabilities=np.concatenate(probabilities),
-        unknown_threshold=unknown_threshold,
-        coverage=bound.coverage,
+    return request.prediction(
+        bound.source.obs_names(), np.concatenate(probabilities), bound.coverage
     )
 
 
@@ -86,8 +129,14 @@ def predict_to_file(
     *,
     layer: str | None = None,
     gene_key: str | None = None,
-    unknown_threshold: float | None = None,
+    unknown_threshold: float | str | None = None,
     min_gene_coverage: float | None = None,
+    coverage: float | None = None,
+    calibrated: bool = True,
+    majority_voting: bool = False,
+    cluster_key: str | None = None,
+    resolution: float | None = None,
+    min_prop: float = 0.0,
     key_added: str = "sclabel",
     chunk_size: int = 65_536,
     batch_size: int = 2048,
@@ -97,11 +146,12 @@ def predict_to_file(
 ) -> PredictionSummary:
     """Predict every cell of `data` (AnnData in memory or backed, a store) into `out` (see
     `outputs.OUTPUT_FORMATS`), one chunk at a time: memory holds one chunk, and a killed run
-    continues with `resume=True` (see `parts.py`)."""
+    continues with `resume=True` (see `parts.py`). Options as in `predict`; with
+    `majority_voting` (or a `cluster_key`), each over-cluster's majority label is added
+    (`Prediction.majority_vote`)."""
     out = check_output(out)
-    check_threshold(unknown_threshold)
-    index = model.task_index(task)
-    classes = list(model.tasks.values())[index]
+    request = Request.of(model, task, unknown_threshold, coverage, calibrated)
+    classes = request.classes
     bound = model.input_spec.bind(
         data, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage
     )
@@ -110,35 +160,47 @@ def predict_to_file(
         "input": bound.source.fingerprint(),
         "n_cells": bound.n_cells,
         "chunk_size": chunk_size,
-        "unknown_threshold": unknown_threshold,
-        "task": index,
+        "unknown_threshold": request.unknown_threshold,
+        "set_threshold": request.set_threshold,
+        "calibrated": request.calibrated,
+        "task": request.task,
         "out": out.suffix.lower(),
     }
     starts = range(0, bound.n_cells, chunk_size)
     with PartWriter(out, meta, resume=resume) as parts:
         names = bound.source.cell_names()
+        counts: list[pd.Series] = []  # label counts per chunk, for the summary
         for i, start in enumerate(_bar(starts, progress)):
             chunk_names = list(itertools.islice(names, min(chunk_size, bound.n_cells - start)))
-            if parts.done(i):
-                continue  # finished before an interruption
-            proba = chunk_probabilities(model, bound, start, chunk_size, batch_size, index)
-            parts.write(
-                i, Prediction(pd.Index(chunk_names), classes, proba, unknown_threshold).to_frame()
-            )
+            if parts.done(i):  # finished before an interruption
+                counts.append(parts.labels(i).value_counts())
+                continue
+            proba = chunk_probabilities(model, bound, start, chunk_size, batch_size, request)
+            frame = request.prediction(chunk_names, proba).to_frame()
+            parts.write(i, frame)
+            counts.append(frame["label"].value_counts())
+
+        vote = None
+        if majority_voting or cluster_key is not None:
+            labels = np.concatenate([parts.labels(i).to_numpy(object) for i in range(len(starts))])
+            vote = vote_on(bound.source, labels, bound=bound, cluster_key=cluster_key,
+                           resolution=resolution, min_prop=min_prop, layer=layer)  # fmt: skip
 
         def frames():
-            return parts.frames(starts, bound.n_cells, bound.source.cell_names())
+            checked = parts.frames(starts, bound.n_cells, bound.source.cell_names())
+            return checked if vote is None else _with_vote(checked, vote)
 
-        counts = pd.concat([f["label"] for f in frames()]).value_counts()
-        _join(out, frames, bound, classes, key_added)
+        _join(out, frames, bound, classes, key_added, vote)
         parts.finish()
+    counts = pd.concat(counts).groupby(level=0).sum() if counts else pd.Series(dtype=int)
     return PredictionSummary(out, bound.n_cells, bound.coverage, counts)
 
 
 def chunk_probabilities(
-    model: Model, bound: BoundInput, start: int, chunk_size: int, batch_size: int, task: int
+    model: Model, bound: BoundInput, start: int, chunk_size: int, batch_size: int, request
 ) -> np.ndarray:
-    """Class probabilities (cells x classes) of rows start:start + chunk_size."""
+    """Class probabilities (cells x classes) of rows start:start + chunk_size, calibrated
+    when the request says so."""
     X = bound.rows(slice(start, min(start + chunk_size, bound.n_cells)))
     present = bound.present
     sparse = model.module.sparse_input
@@ -146,7 +208,8 @@ def chunk_probabilities(
         {**batch, PRESENT_KEY: present}
         for batch in iterate_batches(X, batch_size=batch_size, sparse=sparse)
     )
-    return predict_proba(model.module, batches, task=task).numpy()
+    proba = predict_proba(model.module, batches, task=request.task).numpy()
+    return model.calibration.apply(proba) if request.calibrated else proba
 
 
 def model_fingerprint(model: Model) -> str:
@@ -170,7 +233,19 @@ def model_fingerprint(model: Model) -> str:
     return digest.hexdigest()
 
 
-def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: str) -> None:
+def _with_vote(frames, vote):
+    """Each frame with its cells' cluster, the cluster's majority label and its purity."""
+    start = 0
+    for frame in frames:
+        stop = start + len(frame)
+        frame["majority_voting"] = vote.labels[start:stop]
+        frame["over_clustering"] = vote.clusters[start:stop]
+        frame["cluster_purity"] = vote.purity[start:stop]
+        start = stop
+        yield frame
+
+
+def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: str, vote) -> None:
     suffix = out.suffix.lower()
     try:
         with atomic_path(out) as tmp:
@@ -178,10 +253,9 @@ def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: s
                 write_table(frames(), tmp, suffix)
             else:
                 base = getattr(bound.source, "adata", None)  # None: a store has no AnnData
-                names = bound.source.obs_names()
-                write_h5ad(
-                    tmp, frames, base=base, names=names, classes=classes, key_added=key_added
-                )
+                uns = {} if vote is None else {f"{key_added}_majority_voting": vote_summary(vote)}
+                write_h5ad(tmp, frames, base=base, names=bound.source.obs_names(),
+                           classes=classes, key_added=key_added, uns=uns)  # fmt: skip
     except PermissionError as err:
         raise InputError(f"cannot write --out {out}: permission denied") from err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,12 @@ from sclabel.data.genes import Vocabulary
 from sclabel.data.inputs import InputSpec
 from sclabel.errors import InputError
 from sclabel.inference import checkpoint
-from sclabel.models import Classifier, build
+from sclabel.inference.calibration import Calibration
+from sclabel.models import MODELS, Classifier, build, resolve_params
 from sclabel.models.ensemble import combine, size_of
 from sclabel.models.multitask import with_tasks
+
+log = logging.getLogger("sclabel")
 
 
 class Model:
@@ -40,6 +44,7 @@ class Model:
         is_main_process: bool = True,
         augmentation: DonorAugmentation | None = None,
         extra_classes: dict[str, list[str]] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.module = module.eval()
         self.input_spec = inputs  # genes, normalization and input kind, fitted at training
@@ -53,6 +58,8 @@ class Model:
         self.is_main_process = is_main_process
         self.augmentation = augmentation  # donor-difference vectors it was trained with
         self.extra_classes = dict(extra_classes or {})  # further label columns (multi-task)
+        # temperature, conformal scores, unknown threshold: fitted on the validation cells
+        self.calibration = calibration or Calibration()
         self.is_quantized = False
 
     @property
@@ -128,6 +135,8 @@ class Model:
                 "gene_key": self.input_spec.gene_key,
             },
         }
+        if self.calibration.fitted or self.calibration.temperature != 1.0:
+            config["calibration"] = self.calibration.to_dict()
         if self.augmentation is not None:
             config["augmentation"] = {
                 "config": self.augmentation.config.to_dict(),
@@ -156,6 +165,8 @@ class Model:
             extras["augmentation"] = self.augmentation.tensors()
         if self.projection is not None:
             extras["pca"] = self.projection.tensors()
+        if self.calibration.fitted:
+            extras["calibration"] = self.calibration.tensors()
         return extras
 
     @classmethod
@@ -186,19 +197,23 @@ class Model:
                 k: [str(c) for c in v] for k, v in config.get("extra_tasks", {}).items()
             }
             size = int(config.get("ensemble_size", 1))
+            params = MODELS[config["family"]].upgrade_params(config["hyperparameters"])
             members = [
                 with_tasks(
-                    build(config["family"], n_inputs, len(classes), config["hyperparameters"]),
+                    build(config["family"], n_inputs, len(classes), params),
                     {k: len(v) for k, v in extra_classes.items()},
                 )
                 for _ in range(size)
             ]
             module = combine(members)
             module.load_state_dict(parts["state"], strict=True)
-            model_config = ModelConfig(config["family"], config["hyperparameters"])
+            model_config = ModelConfig(config["family"], resolve_params(config["family"], params))
             train_config = TrainConfig.from_dict(config["train"])
             legacy = {k: v for k, v in config["train"].items() if k in HARDWARE_FIELDS}
             hardware = Hardware.from_dict(config.get("hardware", legacy))
+            calibration = Calibration.from_parts(
+                config.get("calibration"), parts["extras"].get("calibration")
+            )
             augmentation = None
             if "augmentation" in parts["extras"]:
                 augmentation = DonorAugmentation.from_tensors(
@@ -219,6 +234,7 @@ class Model:
             split=parts["split"],
             augmentation=augmentation,
             extra_classes=extra_classes,
+            calibration=calibration,
         )
 
     def quantized(self) -> Model:
@@ -283,6 +299,8 @@ class Model:
                 msg = f"no cell of this AnnData is in the model's {split!r} split; omit --split"
                 raise InputError(msg)
             adata = adata[keep]
+        else:
+            self._warn_if_training_cells(adata.obs_names)
         truth = read_labels(adata.obs, label_key)
         for key in (ontology_key, group_by):
             if key is not None and key not in adata.obs.columns:
@@ -297,7 +315,35 @@ class Model:
             ontology=ontology or ontology_key is not None,
             ontology_ids=None if ontology_key is None else adata.obs[ontology_key].to_numpy(),
             groups=None if group_by is None else adata.obs[group_by].to_numpy(),
+            about=self.about(),
         )
+
+    def about(self) -> dict[str, Any]:
+        """What a report says of this model: family, size, training cells and source."""
+        imported = self.metrics.get("imported_from", {})
+        return {
+            "family": self.family,
+            "ensemble": self.ensemble_size,
+            "n_train_cells": self.metrics.get("n_cells", {}).get("train"),
+            "label_key": self.data_config.label_key,
+            "n_classes": len(self.classes),
+            "source": imported.get("file"),
+        }
+
+    def _warn_if_training_cells(self, names) -> None:
+        """Scores on the cells a model was trained on are optimistic: say so, with the count."""
+        if not len(self.split) or "split" not in self.split:
+            return
+        trained = self.split.index[self.split["split"].astype(str) == "train"].astype(str)
+        n = int(pd.Index(names).astype(str).isin(trained).sum())
+        if n:
+            log.warning(
+                "%d of the %d evaluated cells were in this model's training split (split.csv): "
+                "scores on them are optimistic; pass --split test (split='test') to score "
+                "the held-out cells only",
+                n,
+                len(names),
+            )
 
     def explain(self, adata: ad.AnnData, **options: Any):
         """Per-cell gene importances from TabNet's feature mask; see `sclabel.explain`."""

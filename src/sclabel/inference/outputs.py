@@ -47,12 +47,37 @@ def check_output(path: str | Path, formats=tuple(OUTPUT_FORMATS)) -> Path:
     return path
 
 
+ANSWERS = (
+    "label",
+    "confidence",
+    "uncertainty",
+    "prediction_set",
+    "set_size",
+    "majority_voting",
+    "over_clustering",
+    "cluster_purity",
+)
+CATEGORICAL = ("label", "prediction_set", "majority_voting", "over_clustering")
+
+
 def answer_columns(frame: pd.DataFrame, key_added: str) -> dict[str, pd.Series | np.ndarray]:
-    """The obs columns of a prediction frame: {key}_label (categorical), _confidence, ..."""
+    """The obs columns of a prediction frame: {key}_label (categorical), _confidence,
+    _uncertainty, and with conformal sets _prediction_set and _set_size."""
+    columns = {}
+    for name in ANSWERS:
+        if name in frame:
+            values = frame[name].to_numpy()
+            categorical = name in CATEGORICAL
+            columns[f"{key_added}_{name}"] = pd.Categorical(values) if categorical else values
+    return columns
+
+
+def vote_summary(vote) -> dict:
+    """The majority vote as `uns` holds it: where the clusters came from and the table."""
+    table = vote.table.reset_index()
     return {
-        f"{key_added}_label": pd.Categorical(frame["label"].to_numpy()),
-        f"{key_added}_confidence": frame["confidence"].to_numpy(),
-        f"{key_added}_uncertainty": frame["uncertainty"].to_numpy(),
+        "source": vote.source,
+        "clusters": {c: table[c].to_numpy() for c in table.columns},
     }
 
 
@@ -85,6 +110,7 @@ def write_h5ad(
     names: pd.Index,
     classes: list[str],
     key_added: str,
+    uns: dict | None = None,
 ) -> None:
     """The AnnData `base` (backed: its file is copied, never loaded) with the answers of
     `frames()` added; `base=None` (a store) gives the cells and the answers only. Class
@@ -107,10 +133,14 @@ def write_h5ad(
         if f"{key_added}_probabilities" in handle.get("obsm", {}):
             del handle["obsm"][f"{key_added}_probabilities"]
         ad.io.write_elem(handle, "obs", obs)
-        uns = handle["uns"] if "uns" in handle else handle.create_group("uns")
-        if f"{key_added}_classes" in uns:
-            del uns[f"{key_added}_classes"]
-        ad.io.write_elem(uns, f"{key_added}_classes", np.asarray(classes, dtype=object))
+        group = handle["uns"] if "uns" in handle else handle.create_group("uns")
+        if f"{key_added}_classes" in group:
+            del group[f"{key_added}_classes"]
+        ad.io.write_elem(group, f"{key_added}_classes", np.asarray(classes, dtype=object))
+        for name, value in (uns or {}).items():
+            if name in group:
+                del group[name]
+            ad.io.write_elem(group, name, value)
         _write_probabilities(handle, frames(), names, classes, f"{key_added}_probabilities")
 
 

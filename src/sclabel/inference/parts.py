@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sclabel.errors import InputError
+from sclabel.io.atomic import pid_alive
 
 log = logging.getLogger("sclabel")
 RUN_KEY = b"sclabel_run"
@@ -52,7 +53,11 @@ class PartWriter:
         if self.folder.exists():
             self._take_over()
         else:
-            self.folder.mkdir(parents=True)
+            try:
+                self.folder.mkdir(parents=True)
+            except FileExistsError:  # another run created it a moment ago
+                msg = f"another sclabel run started writing {self.out} at the same time; try again"
+                raise InputError(msg) from None
             self.created = True
             self._lock(exclusive=True)
             self.meta = {**self.meta, "run": self.run}
@@ -122,6 +127,10 @@ class PartWriter:
     def done(self, index: int) -> bool:
         return self.path(index).exists()
 
+    def labels(self, index: int) -> pd.Series:
+        """The label column of a finished part."""
+        return pq.read_table(self.path(index), columns=["label"]).column("label").to_pandas()
+
     def write(self, index: int, frame: pd.DataFrame) -> None:
         """One chunk's answers (a prediction frame, index "cell"), atomically."""
         if not self._owned():
@@ -156,7 +165,11 @@ class PartWriter:
             frame = table.to_pandas().set_index("cell")
             wanted = [next(names) for _ in range(expected)]
             if list(frame.index) != wanted:
-                raise InputError(f"{path} holds other cells than the input's rows {start}-")
+                msg = (
+                    f"{path} holds other cells than rows {start}-{start + expected - 1} of the "
+                    f"input; delete {self.folder} and start again"
+                )
+                raise InputError(msg)
             yield frame
 
     def finish(self) -> None:
@@ -164,16 +177,8 @@ class PartWriter:
 
 
 def _alive(holder: dict) -> bool:
-    """Is the process that holds a lock still running (on this machine)?"""
-    if holder.get("host") != socket.gethostname():
-        return True  # cannot tell for another machine: assume it is
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Is the process that holds a lock still running? (For another machine: assume so.)"""
+    return holder.get("host") != socket.gethostname() or pid_alive(int(holder["pid"]))
 
 
 def _read_json(path: Path) -> dict | None:

@@ -15,7 +15,15 @@ import numpy as np
 import pandas as pd
 
 from sclabel.errors import InputError
-from sclabel.inference.outputs import TABLES, answer_columns, check_output, write_table
+from sclabel.inference.calibration import prediction_sets
+from sclabel.inference.outputs import (
+    TABLES,
+    answer_columns,
+    check_output,
+    vote_summary,
+    write_table,
+)
+from sclabel.inference.voting import Vote
 from sclabel.io.atomic import atomic_path
 
 UNKNOWN = "unknown"
@@ -46,6 +54,8 @@ class Prediction:
     probabilities: np.ndarray  # cells x classes, rows sum to 1
     unknown_threshold: float | None = None
     coverage: float | None = None  # fraction of model genes found in the query
+    set_threshold: float | None = None  # conformal sets: classes with at least this probability
+    vote: Vote | None = None  # majority voting over clusters (`majority_vote`)
 
     @property
     def confidence(self) -> np.ndarray:
@@ -60,16 +70,59 @@ class Prediction:
         """Most probable class, or "unknown" where confidence is below the threshold."""
         return assign_labels(self.probabilities, self.classes, self.unknown_threshold)
 
+    def prediction_sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each cell's conformal set (';'-joined, most probable first) and its size."""
+        if self.set_threshold is None:
+            raise InputError("no prediction sets: predict with coverage=... (e.g. 0.9)")
+        return prediction_sets(self.probabilities, self.classes, self.set_threshold)
+
     def to_frame(self) -> pd.DataFrame:
-        """One row per cell (index "cell"): label, confidence, uncertainty, p_<class>..."""
-        frame = pd.DataFrame(
-            {"label": self.labels, "confidence": self.confidence, "uncertainty": self.uncertainty},
-            index=pd.Index(self.obs_names, name="cell"),
-        )
+        """One row per cell (index "cell"): label, confidence, uncertainty, with sets
+        prediction_set and set_size, then p_<class>..."""
+        columns = {
+            "label": self.labels,
+            "confidence": self.confidence,
+            "uncertainty": self.uncertainty,
+        }
+        if self.set_threshold is not None:
+            columns["prediction_set"], columns["set_size"] = self.prediction_sets()
+        if self.vote is not None:
+            columns["majority_voting"] = self.vote.labels
+            columns["over_clustering"] = self.vote.clusters
+            columns["cluster_purity"] = self.vote.purity
+        frame = pd.DataFrame(columns, index=pd.Index(self.obs_names, name="cell"))
         probs = pd.DataFrame(
             self.probabilities, index=frame.index, columns=[f"p_{c}" for c in self.classes]
         )
         return pd.concat([frame, probs], axis=1)
+
+    def majority_vote(
+        self,
+        adata: ad.AnnData,
+        *,
+        cluster_key: str | None = None,
+        resolution: float | None = None,
+        min_prop: float = 0.0,
+        layer: str | None = None,
+        seed: int = 0,
+    ) -> Vote:
+        """Each over-cluster of `adata`'s cells takes its majority label (see
+        `sclabel.inference.voting`); kept in `self.vote` and written by `to_adata`/tables."""
+        from sclabel.inference.voting import vote_on
+        from sclabel.io.sources import AnnDataSource
+
+        if not adata.obs_names.equals(pd.Index(self.obs_names)):
+            raise InputError("this prediction was made for other cells than this AnnData holds")
+        self.vote = vote_on(
+            AnnDataSource(adata, layer),
+            self.labels,
+            cluster_key=cluster_key,
+            resolution=resolution,
+            min_prop=min_prop,
+            layer=layer,
+            seed=seed,
+        )
+        return self.vote
 
     def to_adata(self, adata: ad.AnnData, *, key_added: str = "sclabel") -> None:
         """Write `{key}_label`, `{key}_confidence`, `{key}_uncertainty` to obs, the
@@ -83,6 +136,8 @@ class Prediction:
             self.probabilities, index=adata.obs_names, columns=list(self.classes)
         )
         adata.uns[f"{key_added}_classes"] = list(self.classes)
+        if self.vote is not None:
+            adata.uns[f"{key_added}_majority_voting"] = vote_summary(self.vote)
 
     def to_table(self, path: str | Path) -> Path:
         """Write `to_frame()` as .csv, .tsv or .parquet (by extension), atomically."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -11,27 +14,76 @@ from pathlib import Path
 
 from sclabel.errors import InputError
 
+log = logging.getLogger("sclabel")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`: on success it replaces `path`, on error it goes."""
+    """Yield a temporary sibling of `path`: on success it replaces `path`, on error it goes.
+
+    The temporary name carries this process's pid, so what a killed run left behind is
+    recognised (its pid is gone) and removed by the next write of the same path. An error
+    writing the temporary file names `path`, the name the user gave, not the temporary one.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}") from err
+    remove_leftovers(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
         if path.is_dir() and tmp.is_dir():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
+    except OSError as err:
+        if {err.filename, getattr(err, "filename2", None)} & {str(tmp), str(path)}:
+            what = "it is a folder" if isinstance(err, IsADirectoryError) else err.strerror
+            raise InputError(f"cannot write {path}: {what or err}") from err
+        raise
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+_LEFTOVER = re.compile(r"\.(tmp|old)-(\d+)-[0-9a-f]{8}$")
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Remove temporary siblings of `path` (`.NAME.tmp-PID-*`, `.NAME.old-PID-*`) whose
+    process is gone: a run killed while writing. Those of a running process stay."""
+    removed = []
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.*-*-*"):
+        match = _LEFTOVER.search(sibling.name)
+        if not match or sibling.name[: match.start()] != f".{path.name}":
+            continue
+        if pid_alive(int(match.group(2))):
+            continue
+        if sibling.is_dir():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        log.warning("removed %s, left by a run that was killed (pid %s)", sibling, match.group(2))
+        removed.append(sibling)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` running on this machine?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

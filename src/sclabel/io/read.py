@@ -234,6 +234,7 @@ def detect_values(X, *, n_rows: int = 2000, seed: int = 0) -> ValueReport:
         raise InputError(msg)
     nonzero = values[values != 0]
     if np.allclose(nonzero, np.round(nonzero), atol=1e-4):
+        _warn_if_rounded_log(sample, vmax)
         return ValueReport("counts", vmax, f"raw counts (integers, max {vmax:.0f})")
     if vmax <= 20:
         return ValueReport("log1p", vmax, f"log1p-normalized values (max {vmax:.2f})")
@@ -242,6 +243,40 @@ def detect_values(X, *, n_rows: int = 2000, seed: int = 0) -> ValueReport:
         "sclabel needs raw counts or log1p-normalized values; pass --layer with the raw counts"
     )
     raise InputError(msg)
+
+
+def _warn_if_rounded_log(sample, vmax: float) -> None:
+    """Integers that are not counts: log-normalized values rounded (or truncated) to whole
+    numbers pass every check for counts and would be normalized a second time. Two signs:
+    the expm1 of each row sums to about the same total (normalized rows), or no value above
+    10 in cells deep enough that real counts would have some."""
+    if vmax > 20:  # log1p of values normalized to 10,000 (or log2 of them) stays below 20
+        return
+    rows = sp.csr_matrix(sample, dtype=np.float64)
+    if rows.shape[0] < 20:
+        return
+    genes_per_cell = float(np.diff(rows.indptr).mean())
+    expm1 = rows.copy()
+    np.expm1(expm1.data, out=expm1.data)
+    normalized_sums, raw_sums = (np.asarray(m.sum(axis=1)).ravel() for m in (expm1, rows))
+
+    def spread(sums: np.ndarray) -> float:
+        return float(sums.std() / max(sums.mean(), 1e-12))
+
+    constant = spread(normalized_sums) < 0.05 and spread(raw_sums) > 0.1
+    shallow = vmax <= 10 and genes_per_cell >= 200
+    if constant or shallow:
+        why = (
+            "expm1 of every row sums to the same total"
+            if constant
+            else f"no value above {vmax:.0f} in cells with {genes_per_cell:.0f} genes each"
+        )
+        log.warning(
+            "X holds integers, but they look like rounded log-normalized values, not raw "
+            "counts (%s); they will be treated as counts and normalized again. Pass the raw "
+            "counts with --layer (e.g. --layer raw or --layer counts) if the file has them",
+            why,
+        )
 
 
 def _check_finite(values: np.ndarray) -> None:

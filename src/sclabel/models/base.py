@@ -47,6 +47,7 @@ class Classifier(nn.Module):
     sparse_input: bool = False  # forward accepts a torch sparse CSR `x` (prediction only)
     train_defaults: ClassVar[dict[str, Any]] = {}  # TrainConfig values this family prefers
     max_batch_size: int = 256  # the cap of the automatic batch size (config.auto_batch_size)
+    steps_per_epoch: int = 20  # what the automatic batch size aims at on small data
     embedding_dim: int | None = None  # width of ModelOutput.embedding; None: it has none
 
     def __init__(self, n_genes: int, n_classes: int, params) -> None:
@@ -57,6 +58,12 @@ class Classifier(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:  # pragma: no cover
         raise NotImplementedError
+
+    @classmethod
+    def upgrade_params(cls, params: dict) -> dict:
+        """Hyperparameters saved by an older sclabel, with the values those models had for
+        parameters added since (a new default must not change an old model)."""
+        return params
 
     def bind(self, vocabulary) -> None:
         """Before training (capabilities.pretrained): load weights, map genes to tokens."""

@@ -102,6 +102,18 @@ def load_tokenizer(folder: str | Path):
     raise InputError(msg)
 
 
+def unsafe_weights_message(folder, err: Exception) -> str:
+    """What to say when a pickled weights file (pytorch_model.bin) holds more than tensors."""
+    first = str(err).strip().split(".")[0] if str(err).strip() else type(err).__name__
+    return (
+        f"{folder}/pytorch_model.bin is a pickle that would run code, not only tensors "
+        f"(torch: {first[:80]}); nothing was run or written. Convert it once, on a machine "
+        "where you trust the file, to model.safetensors (transformers: "
+        "model.save_pretrained(folder, safe_serialization=True)), or ask its publisher for "
+        "the safetensors file"
+    )
+
+
 class TokenizedCells(nn.Module):
     """Training genes -> token ids and medians, as buffers saved with the checkpoint."""
 
@@ -186,10 +198,17 @@ class BertClassifier(FoundationClassifier):
         return BertModel(BertConfig(**values), add_pooling_layer=False)
 
     def load_pretrained(self, folder: str) -> None:
+        import pickle
+
         from transformers import BertModel
 
-        with quiet_transformers():  # the MLM head's weights are expected to go unused
-            pretrained = BertModel.from_pretrained(folder, add_pooling_layer=False)
+        try:
+            with quiet_transformers():  # the MLM head's weights are expected to go unused
+                pretrained = BertModel.from_pretrained(folder, add_pooling_layer=False)
+        except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused it
+            raise InputError(unsafe_weights_message(folder, err)) from None
+        except OSError as err:  # transformers: no weights file, or an unreadable one
+            raise InputError(f"cannot load the pretrained weights in {folder}: {err}") from None
         self.encoder.load_state_dict(pretrained.state_dict())
 
     def freeze(self, n_layers: int) -> None:

@@ -31,6 +31,7 @@ class MultiTask(Classifier):
         self.capabilities = base.capabilities
         self.sparse_input = base.sparse_input
         self.max_batch_size = base.max_batch_size
+        self.steps_per_epoch = base.steps_per_epoch
         self.embedding_dim = base.embedding_dim
 
     def forward(self, batch) -> ModelOutput:

@@ -116,7 +116,9 @@ def fit(
         save_state(state_dir, state, module, optimizer, scheduler, run or {})
 
     start = time.perf_counter()
-    batch_size = config.batch_size or auto_batch_size(train[0].shape[0], module.max_batch_size)
+    batch_size = config.batch_size or auto_batch_size(
+        train[0].shape[0], module.max_batch_size, module.steps_per_epoch
+    )
     steps = n_batches(train[0].shape[0], batch_size, fabric.world_size)
     bar = tqdm(
         range(first_epoch, config.max_epochs),

@@ -11,12 +11,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from sclabel.config import DataConfig, ModelConfig, split_options
 from sclabel.data.augment import AugmentConfig, config_from
 from sclabel.data.loader import EVAL_BATCH, iterate_batches
 from sclabel.errors import InputError
+from sclabel.evaluation.calibration import expected_calibration_error
 from sclabel.evaluation.metrics import compute_metrics
+from sclabel.inference.calibration import Calibration
 from sclabel.inference.model import Model
 from sclabel.io.atomic import check_dir
 from sclabel.models import MODELS, Classifier, check_family, resolve_params
@@ -145,7 +148,8 @@ def train(
     metrics["fit"] = fits[0]
     if ensemble > 1:
         metrics["members"] = fits
-    metrics.update(test_metrics(module, data, data_config.label_keys))
+    calibration = calibrate(module, data)
+    metrics.update(test_metrics(module, data, data_config.label_keys, calibration))
     split_frame = pd.DataFrame({"split": data.split.astype(str)})
     if data.groups is not None:
         split_frame["group"] = data.groups.astype(str).to_numpy()
@@ -167,6 +171,7 @@ def train(
         is_main_process=results[-1].is_main_process,
         augmentation=augmentation,
         extra_classes=data.extra_classes,
+        calibration=calibration,
     )
     if out is not None and model.is_main_process:
         model.save(out)
@@ -175,13 +180,37 @@ def train(
     return model
 
 
-def test_metrics(module: Classifier, data: TrainingData, label_keys) -> dict[str, Any]:
-    """Scores on the test cells: `test` for the primary label column, and with several
-    columns also `tasks`: every column's scores by its name."""
+def calibrate(module: Classifier, data: TrainingData) -> Calibration:
+    """Temperature, conformal scores and unknown threshold from the validation cells (the
+    primary label column); no validation cells: nothing is fitted."""
+    X_val, y_val = data.subsets["val"]
+    if not len(y_val):
+        return Calibration()
+    proba = predict_probas(module, iterate_batches(X_val, batch_size=EVAL_BATCH))[0].numpy()
+    calibration = Calibration.fit(proba, data.class_codes(y_val))
+    log.info(
+        "calibration on %d validation cells: temperature %.2f, ECE %.3f -> %.3f",
+        y_val.size if y_val.ndim == 1 else y_val.shape[0],
+        calibration.temperature,
+        calibration.info.get("val_ece_before", float("nan")),
+        calibration.info.get("val_ece_after", float("nan")),
+    )
+    return calibration
+
+
+def test_metrics(
+    module: Classifier, data: TrainingData, label_keys, calibration: Calibration | None = None
+) -> dict[str, Any]:
+    """Scores on the test cells: `test` for the primary label column (with calibrated
+    confidences), and with several columns also `tasks`: every column's scores by its
+    name; `calibration`: what temperature scaling, the sets and the threshold did there."""
     X_test, y_test = data.subsets["test"]
     if not len(y_test):
         return {}
     probas = predict_probas(module, iterate_batches(X_test, batch_size=EVAL_BATCH))
+    raw = probas[0].numpy()
+    calibration = calibration or Calibration()
+    probas[0] = torch.from_numpy(calibration.apply(raw))
     y_test = y_test.reshape(len(y_test), -1)
     all_classes = [data.classes, *data.extra_classes.values()]
     scores = {}
@@ -200,7 +229,36 @@ def test_metrics(module: Classifier, data: TrainingData, label_keys) -> dict[str
     result: dict[str, Any] = {"test": scores[label_keys[0]]}
     if len(scores) > 1:
         result["tasks"] = scores
+    if calibration.fitted:
+        result["calibration"] = calibration_report(calibration, raw, y_test[:, 0])
     return result
+
+
+def calibration_report(calibration: Calibration, raw: np.ndarray, y: np.ndarray) -> dict:
+    """On held-out cells: ECE before/after temperature scaling, the coverage and mean size of
+    90% prediction sets, and what the automatic unknown threshold kept and how right it was."""
+    tempered = calibration.apply(raw)
+    correct = tempered.argmax(axis=1) == y
+    threshold = calibration.set_threshold(0.9)
+    inside = tempered >= threshold
+    report = {
+        **calibration.to_dict(),
+        "test_ece_before": expected_calibration_error(raw.max(axis=1), correct),
+        "test_ece_after": expected_calibration_error(tempered.max(axis=1), correct),
+        "sets_90": {
+            "coverage": float(inside[np.arange(y.size), y].mean()),
+            "mean_size": float(inside.sum(axis=1).mean()),
+            "uncertain_cells": float((inside.sum(axis=1) != 1).mean()),
+        },
+    }
+    if calibration.unknown_threshold is not None:
+        kept = tempered.max(axis=1) >= calibration.unknown_threshold
+        report["auto_unknown"] = {
+            "threshold": calibration.unknown_threshold,
+            "kept_cells": float(kept.mean()),
+            "precision": float(correct[kept].mean()) if kept.any() else None,
+        }
+    return report
 
 
 def check_inputs(

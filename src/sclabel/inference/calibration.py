@@ -1,0 +1,182 @@
+"""Calibrated confidence and an honest "unknown", learned on the validation cells.
+
+Three things are fitted once, when a model is trained, on the cells it was validated on (never
+seen by the weights), saved with the model and applied to every query:
+
+- **temperature scaling** (Guo et al. 2017): probabilities p become p^(1/T) renormalized,
+  i.e. softmax(logits / T), with T minimizing the validation negative log-likelihood. Labels
+  do not change; confidences stop being over- (T > 1) or under-confident (T < 1).
+- **split conformal prediction sets** (Vovk et al.; Sadinle et al. 2019): the validation
+  cells' scores 1 - p(true class) are kept, so any coverage 1 - alpha can be asked for at
+  prediction time: a cell's set holds every class whose probability is at least 1 - q, with
+  q the finite-sample (n + 1)(1 - alpha) quantile of the scores. Sets of two or more (or
+  none) mark uncertain cells; across cells the sets contain the truth with probability
+  >= 1 - alpha when query and validation cells are exchangeable.
+- **an unknown threshold for a target precision**: the lowest confidence at which the cells
+  kept on the validation set are right at least `precision` of the time (95% by default),
+  used by `unknown_threshold="auto"` instead of a number picked by hand.
+
+A model without validation cells (imported from CellTypist, or trained without them) has
+T = 1 and no sets or automatic threshold, and says so when asked for them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sclabel.errors import InputError
+from sclabel.evaluation.calibration import expected_calibration_error
+
+PRECISION = 0.95
+
+
+def temper(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the probabilities of softmax(logits / T), from the probabilities."""
+    if temperature == 1.0:
+        return probabilities
+    logits = np.log(np.clip(probabilities, 1e-30, None), dtype=np.float64) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    tempered = np.exp(logits)
+    return (tempered / tempered.sum(axis=1, keepdims=True)).astype(probabilities.dtype)
+
+
+@dataclass
+class Calibration:
+    temperature: float = 1.0
+    scores: np.ndarray | None = None  # sorted 1 - p(true) of the validation cells, tempered
+    unknown_threshold: float | None = None  # confidence with `precision` on validation
+    precision: float = PRECISION
+    info: dict = field(default_factory=dict)  # ECE before/after, cells, what was reached
+
+    @property
+    def fitted(self) -> bool:
+        return self.scores is not None and self.scores.size > 0
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        return temper(probabilities, self.temperature)
+
+    def set_threshold(self, coverage: float) -> float:
+        """The probability a class needs to join a cell's prediction set at `coverage`."""
+        check_coverage(coverage)
+        if not self.fitted:
+            msg = (
+                "this model has no calibration data (no validation cells: imported, or saved "
+                "before sclabel 0.2), so it cannot give prediction sets; retrain it"
+            )
+            raise InputError(msg)
+        n = self.scores.size
+        rank = math.ceil((n + 1) * coverage)
+        if rank > n:  # too few validation cells for this coverage: every class qualifies
+            return 0.0
+        return float(1.0 - self.scores[rank - 1])
+
+    def auto_threshold(self) -> float:
+        if self.unknown_threshold is None:
+            msg = (
+                "this model has no validation-chosen unknown threshold (imported, or saved "
+                "before sclabel 0.2); give a number, e.g. --unknown-threshold 0.5"
+            )
+            raise InputError(msg)
+        return self.unknown_threshold
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"scores": torch.from_numpy(np.asarray(self.scores, np.float32))}
+
+    def to_dict(self) -> dict:
+        return {
+            "temperature": self.temperature,
+            "unknown_threshold": self.unknown_threshold,
+            "precision": self.precision,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_parts(cls, values: dict | None, tensors: dict | None) -> Calibration:
+        if not values:
+            return cls()
+        scores = None if tensors is None else tensors["scores"].numpy().astype(np.float64)
+        return cls(
+            temperature=float(values["temperature"]),
+            scores=scores,
+            unknown_threshold=values.get("unknown_threshold"),
+            precision=float(values.get("precision", PRECISION)),
+            info=values.get("info", {}),
+        )
+
+    @classmethod
+    def fit(
+        cls, probabilities: np.ndarray, y: np.ndarray, *, precision: float = PRECISION
+    ) -> Calibration:
+        """Fit on validation probabilities (cells x classes) and true class codes."""
+        if y.size < 2:
+            return cls()
+        temperature = fit_temperature(probabilities, y)
+        tempered = temper(probabilities, temperature)
+        true_p = tempered[np.arange(y.size), y]
+        confidence = tempered.max(axis=1)
+        correct = tempered.argmax(axis=1) == y
+        info = {
+            "cells": int(y.size),
+            "val_ece_before": expected_calibration_error(probabilities.max(axis=1), correct),
+            "val_ece_after": expected_calibration_error(confidence, correct),
+        }
+        return cls(
+            temperature=temperature,
+            scores=np.sort(1.0 - true_p),
+            unknown_threshold=threshold_for_precision(confidence, correct, precision),
+            precision=precision,
+            info=info,
+        )
+
+
+def fit_temperature(probabilities: np.ndarray, y: np.ndarray) -> float:
+    """The T in [0.05, 20] minimizing the negative log-likelihood of softmax(log p / T)."""
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(probabilities, 1e-30, None)).astype(np.float64)
+    logp -= logp.max(axis=1, keepdims=True)  # -inf-free, the argmax at 0
+    rows = np.arange(y.size)
+
+    def nll(log_t: float) -> float:
+        z = logp / math.exp(log_t)
+        top = z.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+        return float((log_norm - z[rows, y]).mean())
+
+    best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(best.x))
+
+
+def threshold_for_precision(
+    confidence: np.ndarray, correct: np.ndarray, precision: float
+) -> float | None:
+    """The lowest confidence t at which the cells with confidence >= t are right at least
+    `precision` of the time (None when even the most confident cells are not)."""
+    order = np.argsort(-confidence, kind="stable")
+    kept_right = np.cumsum(correct[order]) / np.arange(1, order.size + 1)
+    ok = np.flatnonzero(kept_right >= precision)
+    if ok.size == 0:
+        return None
+    # the largest prefix that holds the precision; ties at its edge keep their confidence
+    return float(confidence[order][ok[-1]])
+
+
+def check_coverage(coverage: float) -> None:
+    if not 0 < coverage < 1:
+        msg = f"coverage must be between 0 and 1 (e.g. 0.9 for 90% sets), got {coverage}"
+        raise InputError(msg)
+
+
+def prediction_sets(
+    probabilities: np.ndarray, classes: list[str], threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's set (classes joined by ';', most probable first) and its size."""
+    names = np.asarray(classes, dtype=object)
+    inside = probabilities >= threshold
+    order = np.argsort(-probabilities, axis=1, kind="stable")
+    sets = np.array([";".join(names[o][inside[i, o]]) for i, o in enumerate(order)], dtype=object)
+    return sets, inside.sum(axis=1)

@@ -1,0 +1,144 @@
+"""Calibrated confidence, conformal prediction sets and an unknown threshold from validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sclabel
+from sclabel.errors import InputError
+from sclabel.inference.calibration import (
+    Calibration,
+    fit_temperature,
+    prediction_sets,
+    temper,
+    threshold_for_precision,
+)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_tempering_probabilities_equals_softmax_of_scaled_logits():
+    z = np.random.default_rng(0).normal(size=(20, 4)) * 3
+    np.testing.assert_allclose(temper(softmax(z), 2.5), softmax(z / 2.5), rtol=1e-6)
+    np.testing.assert_array_equal(temper(softmax(z), 1.0), softmax(z))
+
+
+@pytest.mark.parametrize("true_t", [0.5, 2.0])
+def test_the_fitted_temperature_undoes_over_or_under_confidence(true_t):
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(20_000, 5)) * 2
+    truth = softmax(z / true_t)  # the real chances; the model says softmax(z)
+    y = (rng.random((z.shape[0], 1)) > truth.cumsum(axis=1)).sum(axis=1)
+    assert fit_temperature(softmax(z), y) == pytest.approx(true_t, rel=0.08)
+
+
+def test_conformal_sets_reach_the_asked_coverage_on_new_cells():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(6_000, 6)) * 1.5
+    p = softmax(z)
+    y = (rng.random((z.shape[0], 1)) > p.cumsum(axis=1)).sum(axis=1)  # calibrated by design
+    calibration = Calibration.fit(p[:2000], y[:2000])
+    for coverage in (0.8, 0.9, 0.95):
+        threshold = calibration.set_threshold(coverage)
+        inside = p[2000:] >= threshold
+        reached = inside[np.arange(4000), y[2000:]].mean()
+        assert coverage - 0.03 <= reached <= coverage + 0.03, (coverage, reached)
+    sets, sizes = prediction_sets(np.array([[0.7, 0.2, 0.1]]), ["a", "b", "c"], 0.15)
+    assert sets.tolist() == ["a;b"] and sizes.tolist() == [2]
+
+
+def test_threshold_for_a_target_precision_by_hand():
+    confidence = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    correct = np.array([True, True, True, False, True, False])
+    assert threshold_for_precision(confidence, correct, 0.75) == 0.7  # 4 of the top 5
+    assert threshold_for_precision(confidence, correct, 1.0) == 0.9
+    assert threshold_for_precision(np.array([0.5]), np.array([False]), 0.9) is None
+
+
+@pytest.fixture(scope="module")
+def calibrated_model():
+    adata = sclabel.datasets.synthetic(900, 120, 4, 6, seed=3)
+    return sclabel.train(adata, label_key="cell_type", split_by="donor", max_epochs=6,
+                         progress=False)  # fmt: skip
+
+
+def test_a_trained_model_is_calibrated_on_its_validation_cells(calibrated_model, tmp_path):
+    calibration = calibrated_model.calibration
+    assert calibration.fitted and calibration.temperature > 0
+    assert calibration.scores.size == calibrated_model.metrics["n_cells"]["val"]
+    report = calibrated_model.metrics["calibration"]
+    assert {"test_ece_before", "test_ece_after", "sets_90"} <= set(report)
+    calibrated_model.save(tmp_path / "m")
+    loaded = sclabel.Model.load(tmp_path / "m")
+    assert loaded.calibration.temperature == calibration.temperature
+    np.testing.assert_allclose(loaded.calibration.scores, calibration.scores, rtol=1e-6)
+
+
+def test_predict_gives_sets_auto_unknown_and_raw_probabilities_on_request(calibrated_model):
+    query = sclabel.datasets.synthetic(300, 120, 4, 6, seed=3, cell_seed=5)
+    calibrated = calibrated_model.predict(query, coverage=0.9, unknown_threshold="auto",
+                                         progress=False)  # fmt: skip
+    raw = calibrated_model.predict(query, calibrated=False, progress=False)
+    t = calibrated_model.calibration.temperature
+    np.testing.assert_allclose(calibrated.probabilities, temper(raw.probabilities, t), rtol=1e-5)
+    assert (calibrated.probabilities.argmax(1) == raw.probabilities.argmax(1)).all()
+    frame = calibrated.to_frame()
+    assert {"prediction_set", "set_size"} <= set(frame.columns)
+    first = frame["prediction_set"].str.split(";").str[0]
+    one = frame["set_size"] == 1
+    assert (first[one] == frame["label"][one]).all()  # a single-class set is the label
+    unknown = frame["label"] == "unknown"
+    threshold = calibrated_model.calibration.unknown_threshold
+    assert (unknown == (frame["confidence"] < threshold)).all()
+
+
+def test_models_without_validation_cells_say_what_they_cannot_do(calibrated_model, tmp_path):
+    calibrated_model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["calibration"]
+    config["extra_files"].pop("calibration.safetensors")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))  # as sclabel 0.1 saved it
+    old = sclabel.Model.load(tmp_path / "m")
+    assert old.calibration.temperature == 1.0 and not old.calibration.fitted
+    query = sclabel.datasets.synthetic(50, 120, 4, 6, seed=3, cell_seed=6)
+    with pytest.raises(InputError, match="no calibration data"):
+        old.predict(query, coverage=0.9, progress=False)
+    with pytest.raises(InputError, match="give a number"):
+        old.predict(query, unknown_threshold="auto", progress=False)
+    with pytest.raises(InputError, match="coverage must be between 0 and 1"):
+        calibrated_model.predict(query, coverage=1.5, progress=False)
+
+
+def test_cli_predict_with_sets_and_auto_threshold(calibrated_model, tmp_path):
+    from conftest import run
+
+    calibrated_model.save(tmp_path / "m")
+    query = sclabel.datasets.synthetic(80, 120, 4, 6, seed=3, cell_seed=7)
+    query.write_h5ad(tmp_path / "q.h5ad")
+    result = run(
+        "--quiet",
+        "predict",
+        tmp_path / "q.h5ad",
+        "--model",
+        tmp_path / "m",
+        "--coverage",
+        "0.9",
+        "--unknown-threshold",
+        "auto",
+        "--out",
+        tmp_path / "p.csv",
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert {"prediction_set", "set_size"} <= set(table.columns)
+    result = run("--quiet", "predict", tmp_path / "q.h5ad", "--model", tmp_path / "m",
+                 "--coverage", "2", "--out", tmp_path / "bad.csv")  # fmt: skip
+    assert result.returncode == 2 and "coverage must be between 0 and 1" in result.stderr
+    assert not (tmp_path / "bad.csv").exists()
