@@ -130,7 +130,7 @@ def newer_format(model: Path) -> None:
 
 def interrupted(folder: Path, out: str, lock_pid: int | None = None) -> None:
     """A prediction into `out` stopped after two chunks (Ctrl-C, or kill -9 with a pid)."""
-    import sclabel.inference.engine as engine
+    import sclabel.inference.members as engine
 
     model = sclabel.Model.load(folder / "model")
     real, calls = engine.predict_proba, []

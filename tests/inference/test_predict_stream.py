@@ -17,6 +17,7 @@ import pytest
 
 import sclabel
 import sclabel.inference.engine as stream
+import sclabel.inference.members as members
 from sclabel.cli import main
 from sclabel.errors import InputError
 from sclabel.store.build import build_store
@@ -71,7 +72,7 @@ def test_resume_after_an_interruption_finishes_the_same_file(setup, tmp_path, mo
     _, _, model, store, expected = setup
     out = tmp_path / "p.parquet"
     calls = []
-    real = stream.predict_proba
+    real = members.predict_proba
 
     def dies_on_third_chunk(module, batches, **kw):
         calls.append(1)
@@ -79,7 +80,7 @@ def test_resume_after_an_interruption_finishes_the_same_file(setup, tmp_path, mo
             raise KeyboardInterrupt  # as a kill between two parts would leave it
         return real(module, batches, **kw)
 
-    monkeypatch.setattr(stream, "predict_proba", dies_on_third_chunk)
+    monkeypatch.setattr(members, "predict_proba", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         stream.predict_to_file(model, store, out, chunk_size=200, progress=False)
     assert not out.exists()
@@ -90,7 +91,7 @@ def test_resume_after_an_interruption_finishes_the_same_file(setup, tmp_path, mo
     with pytest.raises(InputError, match="chunk_size differ"):
         stream.predict_to_file(model, store, out, chunk_size=300, resume=True, progress=False)
     calls.clear()
-    monkeypatch.setattr(stream, "predict_proba", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(members, "predict_proba", lambda *a, **k: calls.append(1) or real(*a, **k))
     stream.predict_to_file(model, store, out, chunk_size=200, resume=True, progress=False)
     assert len(calls) == 3  # 5 chunks, 2 done before the interruption
     table = pd.read_parquet(out)
@@ -186,7 +187,7 @@ def test_a_parts_folder_removed_mid_run_is_an_error_not_a_short_file(setup, tmp_
     file a success (it printed "900 cells predicted" over fewer rows)."""
     _, _, model, store, _ = setup
     out = tmp_path / "p.parquet"
-    real, calls = stream.predict_proba, []
+    real, calls = members.predict_proba, []
 
     def removes_the_parts_on_third_chunk(module, batches, **kw):
         calls.append(1)
@@ -194,7 +195,7 @@ def test_a_parts_folder_removed_mid_run_is_an_error_not_a_short_file(setup, tmp_
             shutil.rmtree(tmp_path / ".p.parquet.parts")
         return real(module, batches, **kw)
 
-    monkeypatch.setattr(stream, "predict_proba", removes_the_parts_on_third_chunk)
+    monkeypatch.setattr(members, "predict_proba", removes_the_parts_on_third_chunk)
     with pytest.raises(InputError, match="removed or taken over"):
         stream.predict_to_file(model, store, out, chunk_size=200, progress=False)
     assert not out.exists() and not (tmp_path / ".p.parquet.parts").exists()
@@ -280,7 +281,7 @@ def test_cli_predict_into_a_folder_names_it(setup, tmp_path, capsys):
 @contextlib.contextmanager
 def interrupted_after(n_chunks: int):
     """Ctrl-C after `n_chunks` chunks of a streaming prediction."""
-    real, calls = stream.predict_proba, []
+    real, calls = members.predict_proba, []
 
     def dies(module, batches, **kw):
         calls.append(1)
@@ -288,11 +289,11 @@ def interrupted_after(n_chunks: int):
             raise KeyboardInterrupt
         return real(module, batches, **kw)
 
-    stream.predict_proba = dies
+    members.predict_proba = dies
     try:
         yield
     finally:
-        stream.predict_proba = real
+        members.predict_proba = real
 
 
 def dead_pid() -> int:

@@ -113,6 +113,11 @@ def test_cli_majority_voting_writes_the_same_answers_backed_or_not(noisy, tmp_pa
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     table = pd.read_csv(tmp_path / "a.csv")
     assert {"majority_voting", "over_clustering", "cluster_purity"} <= set(table.columns)
+    assert run(*base, "--out", tmp_path / "a.h5ad").returncode == 0
+    annotated = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert list(annotated.obs["sclabel_majority_voting"]) == list(table["majority_voting"])
+    clusters = annotated.uns["sclabel_majority_voting"]["clusters"]
+    assert set(clusters["cluster"].astype(str)) == set(table["over_clustering"].astype(str))
     result = run(*base, "--cluster-key", "nope", "--out", tmp_path / "c.h5ad")
     assert result.returncode == 2 and "cluster key 'nope' is not an obs column" in result.stderr
     assert not (tmp_path / "c.h5ad").exists()

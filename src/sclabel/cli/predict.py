@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sclabel.cli._options import (
     Command,
@@ -16,7 +17,13 @@ from sclabel.cli._options import (
 
 def predict_arguments(p: argparse.ArgumentParser) -> None:
     input_options(p)
-    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="checkpoint directory; several (repeated or comma-separated) give their consensus "
+        "with an agreement score; map:DIR adds DIR's reference mapping as a member",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -55,15 +62,11 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_predict(args) -> None:
     from sclabel.inference.engine import predict_to_file
-    from sclabel.inference.model import Model
     from sclabel.inference.outputs import check_output
 
     check_output(args.out)  # before the model and the data are read
-    model = Model.load(args.model)
-    if args.int8:
-        model = model.quantized()
     result = predict_to_file(
-        model,
+        load_members(args.model, int8=args.int8, calibrated=not args.uncalibrated),
         open_data(args),
         args.out,
         key_added=args.key_added,
@@ -80,6 +83,28 @@ def run_predict(args) -> None:
     print(f"{result.n_cells} cells predicted ({result.coverage:.1%} gene coverage)")
     print(result.label_counts.sort_values(ascending=False).head(10).to_string())
     print(f"written to {result.path}")
+
+
+def load_members(specs: list[str], *, int8: bool = False, calibrated: bool = True):
+    """--model values as the engine's members: a folder is its classifier, map:FOLDER its
+    reference mapping; one folder alone is just that model."""
+    from sclabel.inference.members import Member
+    from sclabel.inference.model import Model
+
+    folders = [s.strip() for spec in specs for s in spec.split(",") if s.strip()]
+    members = []
+    for folder in folders:
+        mapping = folder.startswith("map:")
+        path = folder.removeprefix("map:")
+        model = Model.load(path)
+        if int8:
+            model = model.quantized()
+        name = Path(path).name + ("_map" if mapping else "")
+        kind = "map" if mapping else "classify"
+        members.append(Member(name, model, kind=kind, calibrated=calibrated))
+    if len(members) == 1 and members[0].kind == "classify":
+        return members[0].model
+    return members
 
 
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,5 +158,76 @@ COMMANDS = [
         "sclabel evaluate atlas.h5ad --model my-model --split test --out report/",
         evaluate_arguments,
         run_evaluate,
+    ),
+]
+
+
+def reference_arguments(p: argparse.ArgumentParser) -> None:
+    input_options(p)
+    p.add_argument("--model", required=True, help="checkpoint directory to add the index to")
+    p.add_argument("--label-key", help="obs column with the reference labels (default: training's)")
+    p.add_argument("--k", type=int, default=15, help="neighbours a query cell is labelled by")
+    p.add_argument("--out", help="write the model with its index here (default: --model)")
+
+
+def run_reference(args) -> None:
+    from sclabel.inference.model import Model
+    from sclabel.io.atomic import check_dir
+
+    out = args.out or args.model
+    check_dir(out, marker="config.json", what="checkpoint")
+    model = Model.load(args.model)
+    index = model.build_reference(read_anndata(args), label_key=args.label_key, k=args.k,
+                                  layer=args.layer, gene_key=args.gene_key,
+                                  progress=not args.quiet)  # fmt: skip
+    model.save(out)
+    print(f"{index.info['cells']} reference cells of {len(index.classes)} classes indexed "
+          f"({index.space}, {index.points.shape[1]} dimensions) in {out}")  # fmt: skip
+
+
+def map_arguments(p: argparse.ArgumentParser) -> None:
+    input_options(p)
+    p.add_argument("--model", required=True, help="checkpoint directory with a reference index")
+    p.add_argument("--out", required=True, help=".csv, .tsv, .parquet or .h5ad to write")
+    p.add_argument("--k", type=int, help="neighbours per query cell (default: the index's)")
+    p.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
+    p.add_argument("--key-added", default="sclabel_map", help="prefix of the obs/obsm keys")
+
+
+def run_map(args) -> None:
+    from sclabel.inference.model import Model
+    from sclabel.inference.outputs import check_output
+
+    check_output(args.out)
+    model = Model.load(args.model)
+    adata = read_anndata(args)
+    prediction = model.map(
+        adata,
+        k=args.k,
+        layer=args.layer,
+        gene_key=args.gene_key,
+        min_gene_coverage=args.min_gene_coverage,
+        progress=not args.quiet,
+    )
+    prediction.write(args.out, adata=adata, key_added=args.key_added)
+    novel = int(prediction.extra["novel"].sum())
+    print(f"{len(prediction.obs_names)} cells mapped; {novel} far from every reference cell "
+          f"(mapping score < 0.05); written to {args.out}")  # fmt: skip
+
+
+COMMANDS += [
+    Command(
+        "reference",
+        "Index a labelled reference in a model's space, for sclabel map.",
+        "sclabel reference atlas.h5ad --model my-model --label-key cell_type",
+        reference_arguments,
+        run_reference,
+    ),
+    Command(
+        "map",
+        "Label query cells by their nearest reference cells, with a mapping score.",
+        "sclabel map query.h5ad --model my-model --out mapped.csv",
+        map_arguments,
+        run_map,
     ),
 ]

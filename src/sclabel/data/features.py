@@ -114,3 +114,67 @@ def fit_pca(X: sp.csr_matrix, n_components: int, seed: int = 0) -> Projection:
         components=pca.components_.astype(np.float32),
         explained_variance_ratio=explained,
     )
+
+
+@dataclass
+class GenePCA:
+    """PCA of cells for neighbour graphs and reference mapping, fitted chunk by chunk: the
+    `n_hvg` genes of highest variance, standardized and clipped at 10 (as scanpy's scale),
+    then an incremental PCA; memory holds one dense chunk of the chosen genes. Saved as
+    tensors, so a reference's PCA is applied to a query the same way."""
+
+    genes: np.ndarray  # positions of the chosen genes in the input's genes
+    mean: np.ndarray  # per chosen gene
+    scale: np.ndarray
+    components: np.ndarray  # n_pcs x chosen genes
+    center: np.ndarray  # mean of the standardized chosen genes (the PCA's own mean)
+
+    N_HVG, N_PCS = 2000, 50
+
+    @classmethod
+    def fit(cls, bound, *, n_hvg: int = N_HVG, n_pcs: int = N_PCS, chunk_size: int = 16_384,
+            progress: bool = False) -> GenePCA:  # fmt: skip
+        from sklearn.decomposition import IncrementalPCA
+
+        n_genes = len(bound.spec.vocabulary.ids)
+        total, square = np.zeros(n_genes), np.zeros(n_genes)
+        for chunk in bound.chunks(chunk_size, project=False, progress=progress, desc="variance"):
+            total += np.asarray(chunk.sum(axis=0)).ravel()
+            square += np.asarray(chunk.multiply(chunk).sum(axis=0)).ravel()
+        n = bound.n_cells
+        mean = total / n
+        var = np.maximum(square / n - mean**2, 0)
+        genes = np.sort(np.argsort(-var)[: min(n_hvg, int((var > 0).sum()))])
+        if genes.size < 2 or n < 3:
+            raise InputError("too few cells or varying genes for a PCA of the cells")
+        n_pcs = min(n_pcs, genes.size - 1, n - 1)
+        empty = np.zeros(0, np.float32)
+        pca = cls(genes, mean[genes], np.sqrt(var[genes]), np.zeros((0, genes.size)), empty)
+        fitter = IncrementalPCA(n_components=n_pcs)
+        for chunk in bound.chunks(max(chunk_size, n_pcs), project=False, progress=progress,
+                                  desc="PCA"):  # fmt: skip
+            if chunk.shape[0] >= n_pcs:
+                fitter.partial_fit(pca.standardized(chunk))
+        pca.components = fitter.components_.astype(np.float32)
+        pca.center = fitter.mean_.astype(np.float32)
+        return pca
+
+    def standardized(self, chunk) -> np.ndarray:
+        x = (np.asarray(chunk[:, self.genes].todense()) - self.mean) / self.scale
+        return np.minimum(x, 10, out=x)
+
+    def transform(self, chunk) -> np.ndarray:
+        """Scores of normalized rows over the input's genes (a CSR chunk)."""
+        return ((self.standardized(chunk) - self.center) @ self.components.T).astype(np.float32)
+
+    def scores(self, bound, *, chunk_size: int = 16_384) -> np.ndarray:
+        chunks = bound.chunks(chunk_size, project=False)
+        return np.concatenate([self.transform(c) for c in chunks])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(np.asarray(getattr(self, name)))
+                for name in ("genes", "mean", "scale", "components", "center")}  # fmt: skip
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> GenePCA:
+        return cls(**{name: tensors[name].numpy() for name in cls.__dataclass_fields__})

@@ -10,62 +10,58 @@ so `--out x.h5ad` (or a table) is the same file with or without `--backed`.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from sclabel.data.inputs import BoundInput
-from sclabel.data.loader import PRESENT_KEY, iterate_batches
 from sclabel.errors import InputError
+from sclabel.inference.members import Job, Member
 from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
 from sclabel.inference.parts import PartWriter
 from sclabel.inference.prediction import Prediction, check_threshold
 from sclabel.inference.voting import vote_on
 from sclabel.io.atomic import atomic_path
-from sclabel.models.base import predict_proba
 
 if TYPE_CHECKING:
-    from sclabel.inference.model import Model
+    pass
 
 
 @dataclass(frozen=True)
 class Request:
-    """What the caller asked for, resolved against the model once: the head, its classes,
-    the unknown threshold (a number, or "auto": the one chosen on validation cells), the
-    conformal set threshold for `coverage`, and whether probabilities are calibrated."""
+    """What the caller asked for, resolved against the job once: the classes, the unknown
+    threshold (a number, or "auto": the one chosen on the model's validation cells) and the
+    conformal set threshold for `coverage` (both of one calibrated model's primary head)."""
 
-    task: int
     classes: list[str]
     unknown_threshold: float | None
     set_threshold: float | None
-    calibrated: bool
 
     @classmethod
-    def of(cls, model: Model, task, unknown_threshold, coverage, calibrated) -> Request:
-        index = model.task_index(task)
-        calibration = model.calibration if index == 0 and calibrated else None
+    def of(cls, job: Job, unknown_threshold, coverage) -> Request:
+        member = job.members[0]
+        calibration = None
+        if not job.consensus and member.kind == "classify" and member.task == 0:
+            calibration = member.model.calibration if member.calibrated else None
         if unknown_threshold == "auto":
             if calibration is None:
-                raise InputError("--unknown-threshold auto needs the calibrated primary head")
+                msg = "--unknown-threshold auto needs one calibrated model's primary head"
+                raise InputError(msg)
             unknown_threshold = calibration.auto_threshold()
         check_threshold(unknown_threshold)
         set_threshold = None
         if coverage is not None:
             if calibration is None:
-                raise InputError("prediction sets need the calibrated primary head")
+                raise InputError("prediction sets need one calibrated model's primary head")
             set_threshold = calibration.set_threshold(coverage)
-        classes = list(model.tasks.values())[index]
-        return cls(index, classes, unknown_threshold, set_threshold, calibration is not None)
+        return cls(job.classes, unknown_threshold, set_threshold)
 
-    def prediction(self, names, probabilities, gene_coverage=None) -> Prediction:
+    def prediction(self, names, probabilities, extra=None, gene_coverage=None) -> Prediction:
         return Prediction(
             obs_names=pd.Index(names),
             classes=self.classes,
@@ -73,11 +69,28 @@ class Request:
             unknown_threshold=self.unknown_threshold,
             coverage=gene_coverage,
             set_threshold=self.set_threshold,
+            extra=dict(extra or {}),
         )
 
 
+def job_of(model, *, task: str | None = None, calibrated: bool = True) -> Job:
+    """A `Job` for a model, a list of models (a consensus) or already a `Job`."""
+    if isinstance(model, Job):
+        return model
+    models = model if isinstance(model, list | tuple) else [model]
+    members = []
+    for i, one in enumerate(models):
+        if isinstance(one, Member):
+            members.append(one)
+            continue
+        index = one.task_index(task)
+        name = one.family if len(models) == 1 else f"{i}_{one.family}"
+        members.append(Member(name, one, task=index, calibrated=calibrated))
+    return Job(members)
+
+
 def predict(
-    model: Model,
+    model,
     adata,
     *,
     layer: str | None = None,
@@ -92,24 +105,25 @@ def predict(
     task: str | None = None,
 ) -> Prediction:
     """Predict every cell of `adata` (an AnnData in memory or backed, or a store) in chunks of
-    `chunk_size` rows; `task` picks the label column of a multi-task model.
+    `chunk_size` rows; `task` picks the label column of a multi-task model. `model` may be a
+    list of models (and `Member`s such as a reference mapping): their consensus.
 
     Probabilities are calibrated (temperature scaling fitted on the validation cells;
     `calibrated=False` for the network's own). `unknown_threshold` labels cells below it
     "unknown" ("auto": the threshold that kept 95% precision on the validation cells);
     `coverage` (e.g. 0.9) adds each cell's conformal prediction set."""
-    request = Request.of(model, task, unknown_threshold, coverage, calibrated)
-    bound = model.input_spec.bind(
-        adata, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage
-    )
+    job = job_of(model, task=task, calibrated=calibrated)
+    request = Request.of(job, unknown_threshold, coverage)
+    job.bind(adata, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage)
+    bound = job.primary
     starts = range(0, bound.n_cells, chunk_size)
-    probabilities = [
-        chunk_probabilities(model, bound, start, chunk_size, batch_size, request)
+    chunks = [
+        job.chunk(start, min(start + chunk_size, bound.n_cells), batch_size)
         for start in _bar(starts, progress)
     ]
-    return request.prediction(
-        bound.source.obs_names(), np.concatenate(probabilities), bound.coverage
-    )
+    extra = {key: np.concatenate([c[1][key] for c in chunks]) for key in chunks[0][1]}
+    probabilities = np.concatenate([c[0] for c in chunks])
+    return request.prediction(bound.source.obs_names(), probabilities, extra, bound.coverage)
 
 
 @dataclass
@@ -123,7 +137,7 @@ class PredictionSummary:
 
 
 def predict_to_file(
-    model: Model,
+    model,
     data,
     out: str | Path,
     *,
@@ -150,20 +164,20 @@ def predict_to_file(
     `majority_voting` (or a `cluster_key`), each over-cluster's majority label is added
     (`Prediction.majority_vote`)."""
     out = check_output(out)
-    request = Request.of(model, task, unknown_threshold, coverage, calibrated)
+    job = job_of(model, task=task, calibrated=calibrated)
+    request = Request.of(job, unknown_threshold, coverage)
     classes = request.classes
-    bound = model.input_spec.bind(
-        data, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage
-    )
+    job.bind(data, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage)
+    bound = job.primary
     meta = {
-        "model": model_fingerprint(model),
+        "model": job.fingerprint(),
         "input": bound.source.fingerprint(),
         "n_cells": bound.n_cells,
         "chunk_size": chunk_size,
         "unknown_threshold": request.unknown_threshold,
         "set_threshold": request.set_threshold,
-        "calibrated": request.calibrated,
-        "task": request.task,
+        "calibrated": calibrated,
+        "task": task,
         "out": out.suffix.lower(),
     }
     starts = range(0, bound.n_cells, chunk_size)
@@ -175,8 +189,9 @@ def predict_to_file(
             if parts.done(i):  # finished before an interruption
                 counts.append(parts.labels(i).value_counts())
                 continue
-            proba = chunk_probabilities(model, bound, start, chunk_size, batch_size, request)
-            frame = request.prediction(chunk_names, proba).to_frame()
+            stop = min(start + chunk_size, bound.n_cells)
+            proba, extra = job.chunk(start, stop, batch_size)
+            frame = request.prediction(chunk_names, proba, extra).to_frame()
             parts.write(i, frame)
             counts.append(frame["label"].value_counts())
 
@@ -194,43 +209,6 @@ def predict_to_file(
         parts.finish()
     counts = pd.concat(counts).groupby(level=0).sum() if counts else pd.Series(dtype=int)
     return PredictionSummary(out, bound.n_cells, bound.coverage, counts)
-
-
-def chunk_probabilities(
-    model: Model, bound: BoundInput, start: int, chunk_size: int, batch_size: int, request
-) -> np.ndarray:
-    """Class probabilities (cells x classes) of rows start:start + chunk_size, calibrated
-    when the request says so."""
-    X = bound.rows(slice(start, min(start + chunk_size, bound.n_cells)))
-    present = bound.present
-    sparse = model.module.sparse_input
-    batches = (
-        {**batch, PRESENT_KEY: present}
-        for batch in iterate_batches(X, batch_size=batch_size, sparse=sparse)
-    )
-    proba = predict_proba(model.module, batches, task=request.task).numpy()
-    return model.calibration.apply(proba) if request.calibrated else proba
-
-
-def model_fingerprint(model: Model) -> str:
-    """A digest of the model's configuration and weights (what a resume must not change)."""
-    digest = hashlib.sha256(json.dumps(model.config_dict(), sort_keys=True).encode())
-    digest.update(b"int8" if model.is_quantized else b"float")
-
-    def add(value) -> None:
-        if isinstance(value, torch.Tensor):
-            value = value.dequantize() if value.is_quantized else value
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-        elif isinstance(value, tuple | list):  # an int8 layer's packed (weight, bias)
-            for item in value:
-                add(item)
-        else:
-            digest.update(repr(value).encode())
-
-    for name, value in sorted(model.module.state_dict().items()):
-        digest.update(name.encode())
-        add(value)
-    return digest.hexdigest()
 
 
 def _with_vote(frames, vote):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib.metadata import version
 from pathlib import Path
@@ -45,6 +46,7 @@ class Model:
         augmentation: DonorAugmentation | None = None,
         extra_classes: dict[str, list[str]] | None = None,
         calibration: Calibration | None = None,
+        reference=None,
     ) -> None:
         self.module = module.eval()
         self.input_spec = inputs  # genes, normalization and input kind, fitted at training
@@ -60,6 +62,7 @@ class Model:
         self.extra_classes = dict(extra_classes or {})  # further label columns (multi-task)
         # temperature, conformal scores, unknown threshold: fitted on the validation cells
         self.calibration = calibration or Calibration()
+        self.reference = reference  # labelled reference cells for `map` (mapping.py)
         self.is_quantized = False
 
     @property
@@ -137,6 +140,8 @@ class Model:
         }
         if self.calibration.fitted or self.calibration.temperature != 1.0:
             config["calibration"] = self.calibration.to_dict()
+        if self.reference is not None:
+            config["reference"] = self.reference.to_dict()
         if self.augmentation is not None:
             config["augmentation"] = {
                 "config": self.augmentation.config.to_dict(),
@@ -167,6 +172,8 @@ class Model:
             extras["pca"] = self.projection.tensors()
         if self.calibration.fitted:
             extras["calibration"] = self.calibration.tensors()
+        if self.reference is not None:
+            extras["reference"] = self.reference.tensors()
         return extras
 
     @classmethod
@@ -214,6 +221,13 @@ class Model:
             calibration = Calibration.from_parts(
                 config.get("calibration"), parts["extras"].get("calibration")
             )
+            reference = None
+            if "reference" in config:
+                from sclabel.inference.mapping import ReferenceIndex
+
+                reference = ReferenceIndex.from_parts(
+                    config["reference"], parts["extras"]["reference"]
+                )
             augmentation = None
             if "augmentation" in parts["extras"]:
                 augmentation = DonorAugmentation.from_tensors(
@@ -235,6 +249,7 @@ class Model:
             augmentation=augmentation,
             extra_classes=extra_classes,
             calibration=calibration,
+            reference=reference,
         )
 
     def quantized(self) -> Model:
@@ -263,60 +278,12 @@ class Model:
 
         return predict(self, adata, **options)
 
-    def evaluate(
-        self,
-        adata: ad.AnnData,
-        *,
-        label_key: str | None = None,
-        split: str | None = None,
-        out_dir: str | Path | None = None,
-        title: str = "sclabel evaluation",
-        ontology: bool = False,
-        ontology_key: str | None = None,
-        group_by: str | None = None,
-        **predict_options: Any,
-    ):
-        """Predict `adata` and score it against `obs[label_key]` (default: the training key).
+    def evaluate(self, adata: ad.AnnData, **options: Any):
+        """Predict `adata` and score it against known labels; see
+        `sclabel.evaluation.model_scores.evaluate_model` for the options."""
+        from sclabel.evaluation.model_scores import evaluate_model
 
-        `split="test"` (or "val"/"train") keeps only the cells this model's saved split put
-        there, matched by cell name, so the demo and the CLI can score held-out cells.
-        `ontology` adds Cell Ontology-aware scores (`ontology_key`: an obs column of CL ids);
-        `group_by` an obs column (e.g. tissue) for a per-group breakdown.
-        """
-        from sclabel.data.obs import read_labels
-        from sclabel.evaluation.report import evaluate
-
-        label_key = label_key or self.data_config.label_key
-        # a label column the model has a head for is scored with that head
-        if label_key in self.tasks:
-            predict_options.setdefault("task", label_key)
-        if split is not None:
-            if split not in {"train", "val", "test"}:
-                raise InputError(f"split must be train, val or test, got {split!r}")
-            cells = self.split.index[self.split["split"] == split].astype(str)
-            keep = adata.obs_names.isin(cells)
-            if not keep.any():
-                msg = f"no cell of this AnnData is in the model's {split!r} split; omit --split"
-                raise InputError(msg)
-            adata = adata[keep]
-        else:
-            self._warn_if_training_cells(adata.obs_names)
-        truth = read_labels(adata.obs, label_key)
-        for key in (ontology_key, group_by):
-            if key is not None and key not in adata.obs.columns:
-                msg = f"obs column {key!r} not found; available: {list(adata.obs.columns)}"
-                raise InputError(msg)
-        prediction = self.predict(adata, **predict_options)
-        return evaluate(
-            prediction,
-            truth.to_numpy(),
-            out_dir=out_dir,
-            title=title,
-            ontology=ontology or ontology_key is not None,
-            ontology_ids=None if ontology_key is None else adata.obs[ontology_key].to_numpy(),
-            groups=None if group_by is None else adata.obs[group_by].to_numpy(),
-            about=self.about(),
-        )
+        return evaluate_model(self, adata, **options)
 
     def about(self) -> dict[str, Any]:
         """What a report says of this model: family, size, training cells and source."""
@@ -330,20 +297,46 @@ class Model:
             "source": imported.get("file"),
         }
 
-    def _warn_if_training_cells(self, names) -> None:
-        """Scores on the cells a model was trained on are optimistic: say so, with the count."""
-        if not len(self.split) or "split" not in self.split:
-            return
-        trained = self.split.index[self.split["split"].astype(str) == "train"].astype(str)
-        n = int(pd.Index(names).astype(str).isin(trained).sum())
-        if n:
-            log.warning(
-                "%d of the %d evaluated cells were in this model's training split (split.csv): "
-                "scores on them are optimistic; pass --split test (split='test') to score "
-                "the held-out cells only",
-                n,
-                len(names),
+    def weights_digest(self) -> str:
+        """A digest of the genes and weights (what a reference index or a resumed prediction
+        must have been made with); an int8 copy has its own."""
+        digest = hashlib.sha256("\n".join(self.genes).encode())
+        digest.update(b"int8" if self.is_quantized else b"float")
+
+        def add(value) -> None:
+            if isinstance(value, torch.Tensor):
+                value = value.dequantize() if value.is_quantized else value
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+            elif isinstance(value, tuple | list):  # an int8 layer's packed (weight, bias)
+                for item in value:
+                    add(item)
+            else:
+                digest.update(repr(value).encode())
+
+        for name, value in sorted(self.module.state_dict().items()):
+            digest.update(name.encode())
+            add(value)
+        return digest.hexdigest()
+
+    def build_reference(self, adata: ad.AnnData, *, label_key: str | None = None, k: int = 15,
+                        **options: Any):  # fmt: skip
+        """Index `adata`'s labelled cells for `map` (kept in `self.reference`, saved with the
+        model); see `sclabel.inference.mapping`."""
+        from sclabel.inference.mapping import ReferenceIndex
+
+        label_key = label_key or self.data_config.label_key
+        self.reference = ReferenceIndex.build(self, adata, label_key=label_key, k=k, **options)
+        return self.reference
+
+    def map(self, adata: ad.AnnData, **options: Any):
+        """Label `adata`'s cells by their nearest reference cells, with a mapping score."""
+        if self.reference is None:
+            msg = (
+                "this model has no reference index; build one first: "
+                "sclabel reference REF.h5ad --model MODEL --label-key KEY"
             )
+            raise InputError(msg)
+        return self.reference.map(self, adata, **options)
 
     def explain(self, adata: ad.AnnData, **options: Any):
         """Per-cell gene importances from TabNet's feature mask; see `sclabel.explain`."""

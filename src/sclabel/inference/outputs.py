@@ -47,28 +47,23 @@ def check_output(path: str | Path, formats=tuple(OUTPUT_FORMATS)) -> Path:
     return path
 
 
-ANSWERS = (
-    "label",
-    "confidence",
-    "uncertainty",
-    "prediction_set",
-    "set_size",
-    "majority_voting",
-    "over_clustering",
-    "cluster_purity",
-)
-CATEGORICAL = ("label", "prediction_set", "majority_voting", "over_clustering")
+PROBABILITY = "p_"  # the prefix of a frame's probability columns
+
+
+def answer_names(frame: pd.DataFrame) -> list[str]:
+    """A prediction frame's answers: every column but the class probabilities (label,
+    confidence, uncertainty, sets, majority voting, mapping score, agreement, ...)."""
+    return [c for c in frame.columns if not str(c).startswith(PROBABILITY)]
 
 
 def answer_columns(frame: pd.DataFrame, key_added: str) -> dict[str, pd.Series | np.ndarray]:
-    """The obs columns of a prediction frame: {key}_label (categorical), _confidence,
-    _uncertainty, and with conformal sets _prediction_set and _set_size."""
+    """The obs columns of a prediction frame's answers, as `{key_added}_{name}`; text
+    columns (labels, sets, clusters) as categoricals."""
     columns = {}
-    for name in ANSWERS:
-        if name in frame:
-            values = frame[name].to_numpy()
-            categorical = name in CATEGORICAL
-            columns[f"{key_added}_{name}"] = pd.Categorical(values) if categorical else values
+    for name in answer_names(frame):
+        values = frame[name].to_numpy()
+        text = values.dtype == object
+        columns[f"{key_added}_{name}"] = pd.Categorical(values) if text else values
     return columns
 
 
@@ -123,7 +118,7 @@ def write_h5ad(
     else:
         (base if base is not None else ad.AnnData(obs=pd.DataFrame(index=names))).write_h5ad(path)
         obs = base.obs.copy() if base is not None else pd.DataFrame(index=names)
-    answers = pd.concat([frame[["label", "confidence", "uncertainty"]] for frame in frames()])
+    answers = pd.concat([frame[answer_names(frame)] for frame in frames()])
     if not answers.index.equals(pd.Index(names)):
         raise InputError("the answers do not match the cells of the input; nothing was written")
     for column, values in answer_columns(answers, key_added).items():

@@ -7,7 +7,7 @@ Both prediction sinks (in memory and the resumable file writer) build their fram
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
@@ -21,6 +21,7 @@ from sclabel.inference.outputs import (
     answer_columns,
     check_output,
     vote_summary,
+    write_h5ad,
     write_table,
 )
 from sclabel.inference.voting import Vote
@@ -56,6 +57,9 @@ class Prediction:
     coverage: float | None = None  # fraction of model genes found in the query
     set_threshold: float | None = None  # conformal sets: classes with at least this probability
     vote: Vote | None = None  # majority voting over clusters (`majority_vote`)
+    # more per-cell answers, as columns after the standard ones (mapping score, agreement,
+    # each method's label in a consensus, ...)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def confidence(self) -> np.ndarray:
@@ -90,6 +94,7 @@ class Prediction:
             columns["majority_voting"] = self.vote.labels
             columns["over_clustering"] = self.vote.clusters
             columns["cluster_purity"] = self.vote.purity
+        columns.update(self.extra)
         frame = pd.DataFrame(columns, index=pd.Index(self.obs_names, name="cell"))
         probs = pd.DataFrame(
             self.probabilities, index=frame.index, columns=[f"p_{c}" for c in self.classes]
@@ -138,6 +143,20 @@ class Prediction:
         adata.uns[f"{key_added}_classes"] = list(self.classes)
         if self.vote is not None:
             adata.uns[f"{key_added}_majority_voting"] = vote_summary(self.vote)
+
+    def write(self, path: str | Path, *, adata=None, key_added: str = "sclabel") -> Path:
+        """Write to any output format (`outputs.OUTPUT_FORMATS`): a table, or an .h5ad that
+        is `adata` (its matrix, obs, ...) with the answers added (without `adata`: the cells
+        and the answers only)."""
+        path = check_output(path)
+        if path.suffix.lower() in TABLES:
+            return self.to_table(path)
+        frame = self.to_frame()
+        uns = {} if self.vote is None else {f"{key_added}_majority_voting": vote_summary(self.vote)}
+        with atomic_path(path) as tmp:
+            write_h5ad(tmp, lambda: [frame], base=adata, names=pd.Index(self.obs_names),
+                       classes=self.classes, key_added=key_added, uns=uns)  # fmt: skip
+        return path
 
     def to_table(self, path: str | Path) -> Path:
         """Write `to_frame()` as .csv, .tsv or .parquet (by extension), atomically."""

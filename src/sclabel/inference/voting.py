@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sclabel.data.features import GenePCA
 from sclabel.errors import InputError
 
 log = logging.getLogger("sclabel")
 HETEROGENEOUS = "Heterogeneous"
-N_PCS, N_NEIGHBORS, N_HVG = 50, 15, 2000
+N_NEIGHBORS = 15
 
 
 @dataclass
@@ -184,47 +185,9 @@ def leiden(graph: sp.spmatrix, resolution: float, *, seed: int = 0) -> np.ndarra
     return np.asarray(parts.membership).astype(str)
 
 
-def pca_of(
-    bound,
-    *,
-    n_hvg: int = N_HVG,
-    n_pcs: int = N_PCS,
-    chunk_size: int = 16_384,
-    progress: bool = False,
-) -> np.ndarray:
-    """PCA of a query's normalized input, chunk by chunk: the `n_hvg` genes of highest
-    variance, standardized and clipped at 10 (as scanpy's scale), then an incremental PCA,
-    so memory holds one dense chunk of the chosen genes and the cells x `n_pcs` scores."""
-    from sklearn.decomposition import IncrementalPCA
-
-    n_genes = len(bound.spec.vocabulary.ids)
-    total = np.zeros(n_genes)
-    square = np.zeros(n_genes)
-    for chunk in bound.chunks(chunk_size, project=False, progress=progress, desc="gene variance"):
-        total += np.asarray(chunk.sum(axis=0)).ravel()
-        square += np.asarray(chunk.multiply(chunk).sum(axis=0)).ravel()
-    n = bound.n_cells
-    mean = total / n
-    var = np.maximum(square / n - mean**2, 0)
-    genes = np.sort(np.argsort(-var)[: min(n_hvg, int((var > 0).sum()))])
-    scale = np.sqrt(var[genes])
-    n_pcs = min(n_pcs, genes.size - 1, n - 1)
-    pca = IncrementalPCA(n_components=n_pcs)
-
-    def dense(chunk) -> np.ndarray:
-        x = (np.asarray(chunk[:, genes].todense()) - mean[genes]) / scale
-        return np.minimum(x, 10, out=x)
-
-    batch = max(chunk_size, n_pcs)
-    for chunk in bound.chunks(batch, project=False, progress=progress, desc="PCA"):
-        if chunk.shape[0] >= n_pcs:
-            pca.partial_fit(dense(chunk))
-    return np.concatenate(
-        [
-            pca.transform(dense(c)).astype(np.float32)
-            for c in bound.chunks(chunk_size, project=False)
-        ]
-    )
+def pca_of(bound, *, progress: bool = False) -> np.ndarray:
+    """Scores of the PCA of a bound input's normalized genes (see `GenePCA`)."""
+    return GenePCA.fit(bound, progress=progress).scores(bound)
 
 
 def query_pca(adata, *, layer: str | None = None) -> np.ndarray:
