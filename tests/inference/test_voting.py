@@ -43,7 +43,7 @@ def noisy():
     """A query and a weak model: per-cell labels with mistakes that clusters can fix."""
     train = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1, marker_fold=2.5)
     model = sclabel.train(train, label_key="cell_type", split_by="donor", model="linear",
-                          max_epochs=3, progress=False)  # fmt: skip
+                          model_params={"solver": "sgd"}, max_epochs=3, progress=False)  # fmt: skip
     query = sclabel.datasets.synthetic(800, 200, 4, 6, seed=1, cell_seed=3, marker_fold=2.5)
     return model, query
 

@@ -45,6 +45,50 @@ def test_linear_is_one_affine_map():
     torch.testing.assert_close(module({"x": x}).logits, expected)
 
 
+def test_linear_full_batch_reaches_the_logistic_regression_optimum():
+    # the same objective as scikit-learn's multinomial LogisticRegression(C): mean CE plus
+    # ||W||^2 / (2 C n), intercept not penalized; both solvers must land on one optimum
+    import dataclasses
+
+    import numpy as np
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+
+    from sclabel.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    X = rng.random((300, 12)).astype(np.float32)
+    y = (X[:, 0] * 3 + X[:, 1] * 2 + rng.normal(0, 0.3, 300)).astype(int).clip(0, 3)
+    module = build("linear", 12, 4, {"solver": "lbfgs", "C": 0.5, "max_iter": 500})
+    config = dataclasses.replace(TrainConfig(), loss="ce")
+    assert module.fits_directly(sp.csr_matrix(X), augmented=False, config=config)
+    result = module.fit_direct((sp.csr_matrix(X), y), None, class_weight=None, config=config)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    reference = LogisticRegression(C=0.5, max_iter=5000, tol=1e-10).fit(X, y)
+    ours = module.linear.weight.detach().numpy()
+    # softmax weights are defined up to a shift shared by all classes: compare centred
+    np.testing.assert_allclose(ours - ours.mean(0), reference.coef_ - reference.coef_.mean(0),
+                               atol=2e-3)  # fmt: skip
+    proba = torch.softmax(module({"x": torch.from_numpy(X)}).logits, 1).detach().numpy()
+    np.testing.assert_allclose(proba, reference.predict_proba(X), atol=1e-3)
+
+
+def test_forcing_the_full_batch_solver_where_it_cannot_run_is_refused():
+
+    import numpy as np
+
+    from sclabel.config import TrainConfig
+
+    module = build("linear", 4, 2, {"solver": "lbfgs"})
+    X = np.ones((3, 4), np.float32)
+    with pytest.raises(InputError, match="solver 'sgd'"):
+        module.fits_directly(X, augmented=True, config=TrainConfig())
+    with pytest.raises(InputError, match="solver 'sgd'"):
+        module.fits_directly(X, augmented=False, config=TrainConfig(loss="focal"))
+    with pytest.raises(InputError, match="linear solver must be one of"):
+        build("linear", 4, 2, {"solver": "newton"})
+
+
 def test_resolve_params_fills_defaults():
     assert resolve_params("mlp", {"width": 8}) == {
         "depth": 2,

@@ -31,9 +31,21 @@ def test_same_seed_gives_identical_weights_on_cpu(synthetic):
 
 
 def test_another_seed_gives_other_weights(synthetic):
-    a = sclabel.train(synthetic, label_key="cell_type", model="linear", **FAST)
-    b = sclabel.train(synthetic, label_key="cell_type", model="linear", **{**FAST, "seed": 1})
+    sgd = {"model": "linear", "model_params": {"solver": "sgd"}, **FAST}
+    a = sclabel.train(synthetic, label_key="cell_type", **sgd)
+    b = sclabel.train(synthetic, label_key="cell_type", **{**sgd, "seed": 1})
     assert not torch.equal(a.module.linear.weight, b.module.linear.weight)
+
+
+def test_a_convex_full_batch_fit_does_not_depend_on_the_seed(synthetic):
+    # linear on in-memory data of moderate size: L-BFGS from zero weights, one optimum
+    a = sclabel.train(synthetic, label_key="cell_type", model="linear", **FAST)
+    adata = synthetic.copy()
+    adata.obs["given"] = a.split["split"].reindex(adata.obs_names).to_numpy()  # same cells
+    b = sclabel.train(adata, label_key="cell_type", model="linear", split_key="given",
+                      **{**FAST, "seed": 1})  # fmt: skip
+    assert a.metrics["fit"]["epochs_run"] == 1
+    torch.testing.assert_close(a.module.linear.weight, b.module.linear.weight)
 
 
 def test_early_stopping_keeps_the_best_epoch(synthetic):
@@ -41,6 +53,7 @@ def test_early_stopping_keeps_the_best_epoch(synthetic):
         synthetic,
         label_key="cell_type",
         model="linear",
+        model_params={"solver": "sgd"},  # the epoch loop, not the full-batch solver
         max_epochs=60,
         patience=2,
         lr=0.05,
@@ -125,12 +138,11 @@ def test_batch_size_defaults_to_about_20_steps_per_epoch(synthetic):
     from sclabel.config import auto_batch_size
 
     assert [auto_batch_size(n) for n in (100, 1000, 2000, 10**6)] == [32, 50, 100, 256]
-    auto = sclabel.train(
-        synthetic, label_key="cell_type", model="linear", max_epochs=2, progress=False
-    )
+    sgd = {"model": "linear", "model_params": {"solver": "sgd"}}
+    auto = sclabel.train(synthetic, label_key="cell_type", max_epochs=2, progress=False, **sgd)
     n_train = auto.metrics["n_cells"]["train"]
     assert auto.metrics["fit"]["batch_size"] == auto_batch_size(n_train)
-    fixed = sclabel.train(synthetic, label_key="cell_type", model="linear", **FAST)
+    fixed = sclabel.train(synthetic, label_key="cell_type", **sgd, **FAST)
     assert fixed.metrics["fit"]["batch_size"] == FAST["batch_size"]
 
 

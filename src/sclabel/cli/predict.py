@@ -38,6 +38,15 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
         "probability (e.g. 0.9); sets of 2+ or 0 classes mark uncertain cells",
     )
     p.add_argument(
+        "--ontology-threshold",
+        type=float,
+        help="classes named by Cell Ontology terms: also give the deepest term whose summed "
+        "probability reaches this (e.g. 0.8: 'T cell' when unsure between CD4 and CD8)",
+    )
+    p.add_argument(
+        "--levels", type=int, default=0, help="with CL classes: N coarse level columns too"
+    )
+    p.add_argument(
         "--majority-voting",
         action="store_true",
         help="also give each cell its over-cluster's majority label (clusters from "
@@ -74,6 +83,8 @@ def run_predict(args) -> None:
         resume=args.resume,
         task=args.task,
         coverage=args.coverage,
+        ontology_threshold=args.ontology_threshold,
+        levels=args.levels,
         majority_voting=args.majority_voting,
         cluster_key=args.cluster_key,
         resolution=args.resolution,

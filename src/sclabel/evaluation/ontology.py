@@ -56,8 +56,11 @@ class CellOntology:
     def descendants_or_self(self, term_id: str) -> frozenset[str]:
         return frozenset(self._parser.get_term_descendants(term_id, include_self=True))
 
+    def ancestors(self, term_id: str) -> list[str]:
+        return list(self._parser.get_term_ancestors(term_id))
+
     def n_ancestors(self, term_id: str) -> int:
-        return len(self._parser.get_term_ancestors(term_id))
+        return len(self.ancestors(term_id))
 
     def map_labels(self, labels: Sequence[str], ids: Sequence[str] | None = None) -> dict[str, str]:
         """Label -> CL id, from a paired id column (e.g. `cell_type_ontology_term_id`) when

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from sclabel.data.inputs import BoundInput
 from sclabel.errors import InputError
+from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
 from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
 from sclabel.inference.parts import PartWriter
@@ -41,9 +42,12 @@ class Request:
     classes: list[str]
     unknown_threshold: float | None
     set_threshold: float | None
+    ontology: OntologyLevels | None = None  # answers at the Cell Ontology depth reached
+    ontology_threshold: float = 0.8
+    levels: int = 0  # coarse level columns
 
     @classmethod
-    def of(cls, job: Job, unknown_threshold, coverage) -> Request:
+    def of(cls, job: Job, unknown_threshold, coverage, ontology_threshold=None, levels=0):
         member = job.members[0]
         calibration = None
         if not job.consensus and member.kind == "classify" and member.task == 0:
@@ -59,9 +63,19 @@ class Request:
             if calibration is None:
                 raise InputError("prediction sets need one calibrated model's primary head")
             set_threshold = calibration.set_threshold(coverage)
-        return cls(job.classes, unknown_threshold, set_threshold)
+        ontology = None
+        if ontology_threshold is not None or levels:
+            ontology = OntologyLevels(job.classes)
+        threshold = 0.8 if ontology_threshold is None else ontology_threshold
+        return cls(job.classes, unknown_threshold, set_threshold, ontology, threshold, levels)
 
     def prediction(self, names, probabilities, extra=None, gene_coverage=None) -> Prediction:
+        extra = dict(extra or {})
+        if self.ontology is not None:
+            extra |= self.ontology.answer(probabilities, self.ontology_threshold)
+            if self.levels:
+                labels = np.asarray(self.classes, dtype=object)[probabilities.argmax(axis=1)]
+                extra |= self.ontology.coarse(labels, self.levels)
         return Prediction(
             obs_names=pd.Index(names),
             classes=self.classes,
@@ -69,7 +83,7 @@ class Request:
             unknown_threshold=self.unknown_threshold,
             coverage=gene_coverage,
             set_threshold=self.set_threshold,
-            extra=dict(extra or {}),
+            extra=extra,
         )
 
 
@@ -99,6 +113,8 @@ def predict(
     min_gene_coverage: float | None = None,
     coverage: float | None = None,
     calibrated: bool = True,
+    ontology_threshold: float | None = None,
+    levels: int = 0,
     chunk_size: int = 8192,
     batch_size: int = 2048,
     progress: bool = True,
@@ -111,9 +127,11 @@ def predict(
     Probabilities are calibrated (temperature scaling fitted on the validation cells;
     `calibrated=False` for the network's own). `unknown_threshold` labels cells below it
     "unknown" ("auto": the threshold that kept 95% precision on the validation cells);
-    `coverage` (e.g. 0.9) adds each cell's conformal prediction set."""
+    `coverage` (e.g. 0.9) adds each cell's conformal prediction set. With classes named by
+    Cell Ontology terms, `ontology_threshold` adds the deepest term whose summed probability
+    reaches it (`levels=N`: N coarse level columns too); see `levels.py`."""
     job = job_of(model, task=task, calibrated=calibrated)
-    request = Request.of(job, unknown_threshold, coverage)
+    request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels)
     job.bind(adata, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage)
     bound = job.primary
     starts = range(0, bound.n_cells, chunk_size)
@@ -147,6 +165,8 @@ def predict_to_file(
     min_gene_coverage: float | None = None,
     coverage: float | None = None,
     calibrated: bool = True,
+    ontology_threshold: float | None = None,
+    levels: int = 0,
     majority_voting: bool = False,
     cluster_key: str | None = None,
     resolution: float | None = None,
@@ -165,7 +185,7 @@ def predict_to_file(
     (`Prediction.majority_vote`)."""
     out = check_output(out)
     job = job_of(model, task=task, calibrated=calibrated)
-    request = Request.of(job, unknown_threshold, coverage)
+    request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels)
     classes = request.classes
     job.bind(data, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage)
     bound = job.primary
@@ -176,6 +196,7 @@ def predict_to_file(
         "chunk_size": chunk_size,
         "unknown_threshold": request.unknown_threshold,
         "set_threshold": request.set_threshold,
+        "ontology": [ontology_threshold, levels],
         "calibrated": calibrated,
         "task": task,
         "out": out.suffix.lower(),

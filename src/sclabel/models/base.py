@@ -68,6 +68,10 @@ class Classifier(nn.Module):
     def bind(self, vocabulary) -> None:
         """Before training (capabilities.pretrained): load weights, map genes to tokens."""
 
+    def fits_directly(self, X, *, augmented: bool, config) -> bool:
+        """Train with `fit_direct` instead of the gradient loop on these cells?"""
+        return not self.capabilities.gradient
+
     def fit_direct(self, train, val, *, class_weight, config):  # pragma: no cover
         """Fit with the family's own solver (capabilities.gradient is False)."""
         raise NotImplementedError(f"{type(self).__name__} is trained by the gradient loop")

@@ -60,11 +60,10 @@ class CellTypistClassifier(Classifier):
     def fit_direct(self, train, val, *, class_weight, config):
         """Fit scaler and logistic regression with scikit-learn, as `celltypist.train` does."""
         from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import f1_score
         from sklearn.multiclass import OneVsRestClassifier
         from sklearn.utils.sparsefuncs import mean_variance_axis
 
-        from sclabel.training.loop import FitResult
+        from sclabel.training.loop import direct_fit_result
 
         start = time.perf_counter()
         X, y = train
@@ -97,22 +96,7 @@ class CellTypistClassifier(Classifier):
             self.linear.bias.fill_(-30.0)  # classes absent from training are never predicted
             self.linear.weight[present] = torch.from_numpy(coef)
             self.linear.bias[present] = torch.from_numpy(intercept)
-        history = [{"epoch": 0, "loss": float("nan")}]
-        score = None
-        if val is not None and val[1].size:
-            with torch.no_grad():
-                logits = self({"x": torch.from_numpy(val[0].toarray())}).logits
-            predicted = logits.argmax(1).numpy()
-            score = float(f1_score(val[1], predicted, average="macro", zero_division=0))
-            history[0]["val_macro_f1"] = score
-        return FitResult(
-            best_epoch=0,
-            best_val_macro_f1=score,
-            epochs_run=1,
-            seconds=time.perf_counter() - start,
-            batch_size=len(y),
-            history=history,
-        )
+        return direct_fit_result(self, val, start, len(y))
 
     def _scaled(self, X) -> np.ndarray:
         """Dense standardized values clipped at `clip`; CellTypist densifies the same way."""

@@ -91,7 +91,9 @@ def fit_members(
     def train_member(member: int, member_hardware: Hardware) -> tuple[Classifier, FitResult]:
         member_config = dataclasses.replace(config, seed=config.seed + member)
         module = build_member(member)
-        if not module.capabilities.gradient:  # convex families use their own solver
+        augmented = augmentation is not None
+        if module.fits_directly(train[0], augmented=augmented, config=member_config):
+            # a convex family's own solver (celltypist; linear on data of moderate size)
             return module, module.fit_direct(train, val, class_weight=weights, config=member_config)
         run = {
             "family": family,

@@ -194,6 +194,31 @@ def fit(
     )
 
 
+def direct_fit_result(
+    module, val, start: float, n_train: int, losses: tuple[float, ...] = ()
+) -> FitResult:
+    """The record of a fit by a family's own solver (one pass, no epochs): the training
+    loss before and after when the solver reports it, and the validation macro-F1 when there
+    are validation cells, so every family is compared the same way."""
+    history: list[dict] = [
+        {"epoch": step, "loss": float(loss)} for step, loss in enumerate(losses)
+    ] or [{"epoch": 0, "loss": float("nan")}]
+    score = None
+    if val is not None and val[1].size:
+        proba = predict_probas(module, iterate_batches(val[0], batch_size=EVAL_BATCH))[0]
+        predicted = proba.argmax(1).numpy()
+        score = float(f1_score(val[1], predicted, average="macro", zero_division=0))
+        history[-1]["val_macro_f1"] = score
+    return FitResult(
+        best_epoch=0,
+        best_val_macro_f1=score,
+        epochs_run=1,
+        seconds=time.perf_counter() - start,
+        batch_size=n_train,
+        history=history,
+    )
+
+
 @torch.no_grad()
 def recalibrate_batch_norm(module: torch.nn.Module, batches, device) -> None:
     """Set every BatchNorm's running mean/variance to the average over `batches` of the
