@@ -86,6 +86,7 @@ def test_report_folder(small_prediction, tmp_path):
         "metrics.json",
         "per_class_f1.png",
         "reliability.png",
+        "report.html",
         "report.md",
     ]
     for png in report.path.glob("*.png"):

@@ -87,6 +87,12 @@ def test_forcing_the_full_batch_solver_where_it_cannot_run_is_refused():
         module.fits_directly(X, augmented=False, config=TrainConfig(loss="focal"))
     with pytest.raises(InputError, match="linear solver must be one of"):
         build("linear", 4, 2, {"solver": "newton"})
+    # "auto" picks the full batch on small data, but leaves a DDP run (several devices) to
+    # the gradient loop that runs one process per device
+    auto = build("linear", 4, 2, {"solver": "auto"})
+    assert auto.fits_directly(X, augmented=False, config=TrainConfig(loss="ce"))
+    assert not auto.fits_directly(X, augmented=False, config=TrainConfig(loss="ce"),
+                                  distributed=True)  # fmt: skip
 
 
 def test_resolve_params_fills_defaults():

@@ -60,6 +60,12 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="a cluster whose majority holds less of its cells is 'Heterogeneous'",
     )
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write DIR/report.html (self-contained: embedding by label, confidence and "
+        "agreement, marker genes per label, vote table) and DIR/report.md",
+    )
     p.add_argument("--chunk-size", type=int, default=8192, help="rows read at a time")
     p.add_argument("--key-added", default="sclabel", help="prefix of the obs/obsm keys")
     p.add_argument("--task", help="multi-task model: the label column to predict")
@@ -74,6 +80,10 @@ def run_predict(args) -> None:
     from sclabel.inference.outputs import check_output
 
     check_output(args.out)  # before the model and the data are read
+    if args.report:
+        from sclabel.io.atomic import check_dir
+
+        check_dir(args.report, marker="report.html", what="report")
     result = predict_to_file(
         load_members(args.model, int8=args.int8, calibrated=not args.uncalibrated),
         open_data(args),
@@ -89,11 +99,14 @@ def run_predict(args) -> None:
         cluster_key=args.cluster_key,
         resolution=args.resolution,
         min_prop=args.min_prop,
+        report=args.report,
         **predict_options(args),
     )
     print(f"{result.n_cells} cells predicted ({result.coverage:.1%} gene coverage)")
     print(result.label_counts.sort_values(ascending=False).head(10).to_string())
     print(f"written to {result.path}")
+    if args.report:
+        print(f"report: {Path(args.report) / 'report.html'}")
 
 
 def load_members(specs: list[str], *, int8: bool = False, calibrated: bool = True):

@@ -62,6 +62,13 @@ def evaluate_model(
             msg = f"obs column {key!r} not found; available: {list(adata.obs.columns)}"
             raise InputError(msg)
     prediction = model.predict(adata, **predict_options)
+    sections = None
+    if out_dir is not None:  # the query side of report.html: embedding, marker genes
+        from sclabel.evaluation.annotation import annotation_sections, sample_rows
+
+        rows = sample_rows(adata.n_obs)
+        bound = model.input_spec.bind(adata)
+        sections = annotation_sections(prediction.subset(rows), bound, model, rows)[1:]
     return evaluate(
         prediction,
         truth.to_numpy(),
@@ -71,6 +78,7 @@ def evaluate_model(
         ontology_ids=None if ontology_key is None else adata.obs[ontology_key].to_numpy(),
         groups=None if group_by is None else adata.obs[group_by].to_numpy(),
         about=model.about(),
+        sections=sections,
     )
 
 

@@ -153,6 +153,7 @@ def evaluate(
     ontology_ids=None,
     groups=None,
     about: dict | None = None,
+    sections: list | None = None,
 ) -> Report:
     """Score `prediction` against `truth` (one label per predicted cell).
 
@@ -161,7 +162,9 @@ def evaluate(
     `obs["cell_type_ontology_term_id"]`). `groups` (one value per cell, e.g. tissue) adds a
     per-group breakdown. `about` describes the model for the report (family, ensemble,
     n_train_cells, label_key, n_classes, source). With `out_dir`, writes metrics.json,
-    report.md and the plots there (atomically: the folder appears complete or not at all).
+    report.md, the plots and report.html (the scores and plots, then `sections`: e.g. the
+    query's embedding and marker genes, `annotation.annotation_sections`) there, atomically:
+    the folder appears complete or not at all.
     """
     truth = np.asarray(truth, dtype=object)
     if truth.shape[0] != prediction.probabilities.shape[0]:
@@ -199,8 +202,31 @@ def evaluate(
             (tmp / "report.md").write_text(report.to_markdown(title))
             for name, draw in PLOTS.items():
                 draw(metrics, tmp / name)
+            (tmp / "report.html").write_text(html_report(metrics, tmp, title, sections or []))
         report.path = out_dir
     return report
+
+
+def html_report(metrics: dict, folder: Path, title: str, sections: list) -> str:
+    """report.html: the headline scores and per-class table, the plots, then `sections`."""
+    import pandas as pd
+
+    from sclabel.evaluation.html import Section, page
+
+    scores = Section("Scores")
+    scores.text(
+        f"{metrics['n_cells']:,} cells: accuracy {metrics['accuracy']:.3f}, macro-F1 "
+        f"{metrics['macro_f1']:.3f}, ECE {metrics['ece']:.3f}"
+        + (
+            f"; Cell Ontology-aware macro-F1 {metrics['ontology']['macro_f1']:.3f}"
+            if "ontology" in metrics
+            else ""
+        )  # fmt: skip
+    )
+    scores.table(pd.DataFrame(metrics["per_class"]).T.rename_axis("true label"))
+    for name in PLOTS:
+        scores.png((folder / name).read_bytes(), name.removesuffix(".png").replace("_", " "))
+    return page(title, [scores, *sections])
 
 
 def ontology_metrics(y_true, y_pred, classes, ids=None) -> tuple[dict, np.ndarray]:

@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from sclabel.data.inputs import BoundInput
 from sclabel.errors import InputError
+from sclabel.evaluation.annotation import sample_rows, write_report
 from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
 from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
 from sclabel.inference.parts import PartWriter
 from sclabel.inference.prediction import Prediction, check_threshold
 from sclabel.inference.voting import vote_on
-from sclabel.io.atomic import atomic_path
+from sclabel.io.atomic import atomic_path, check_dir
 
 if TYPE_CHECKING:
     pass
@@ -177,13 +178,17 @@ def predict_to_file(
     resume: bool = False,
     progress: bool = True,
     task: str | None = None,
+    report: str | Path | None = None,
 ) -> PredictionSummary:
     """Predict every cell of `data` (AnnData in memory or backed, a store) into `out` (see
     `outputs.OUTPUT_FORMATS`), one chunk at a time: memory holds one chunk, and a killed run
     continues with `resume=True` (see `parts.py`). Options as in `predict`; with
     `majority_voting` (or a `cluster_key`), each over-cluster's majority label is added
-    (`Prediction.majority_vote`)."""
+    (`Prediction.majority_vote`). `report`: a folder for report.html and report.md
+    (`Prediction.to_report`), drawn from a sample of the cells once `out` is written."""
     out = check_output(out)
+    if report is not None:
+        check_dir(report, marker="report.html", what="report")
     job = job_of(model, task=task, calibrated=calibrated)
     request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels)
     classes = request.classes
@@ -227,9 +232,33 @@ def predict_to_file(
             return checked if vote is None else _with_vote(checked, vote)
 
         _join(out, frames, bound, classes, key_added, vote)
+        if report is not None:
+            rows = sample_rows(bound.n_cells)
+            sample = _sample(frames(), rows, request, classes, vote)
+            write_report(report, sample, bound=bound, model=job.members[0].model, rows=rows)
         parts.finish()
     counts = pd.concat(counts).groupby(level=0).sum() if counts else pd.Series(dtype=int)
     return PredictionSummary(out, bound.n_cells, bound.coverage, counts)
+
+
+def _sample(frames, rows: np.ndarray, request: Request, classes, vote) -> Prediction:
+    """The answers of `rows` (sorted row numbers), read back frame by frame."""
+    picked, start = [], 0
+    for frame in frames:
+        stop = start + len(frame)
+        inside = rows[(rows >= start) & (rows < stop)] - start
+        picked.append(frame.iloc[inside])
+        start = stop
+    table = pd.concat(picked)
+    extra = {"agreement": table["agreement"].to_numpy()} if "agreement" in table else {}
+    return Prediction(
+        obs_names=table.index,
+        classes=classes,
+        probabilities=table[[f"p_{c}" for c in classes]].to_numpy(np.float64),
+        unknown_threshold=request.unknown_threshold,
+        vote=None if vote is None else vote.subset(rows),
+        extra=extra,
+    )
 
 
 def _with_vote(frames, vote):

@@ -7,6 +7,7 @@ Both prediction sinks (in memory and the resumable file writer) build their fram
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +158,38 @@ class Prediction:
             write_h5ad(tmp, lambda: [frame], base=adata, names=pd.Index(self.obs_names),
                        classes=self.classes, key_added=key_added, uns=uns)  # fmt: skip
         return path
+
+    def subset(self, rows: np.ndarray) -> Prediction:
+        """These answers for some cells only (row numbers): a report's sample."""
+        vote = None if self.vote is None else self.vote.subset(rows)
+        return dataclasses.replace(
+            self,
+            obs_names=pd.Index(self.obs_names)[rows],
+            probabilities=self.probabilities[rows],
+            vote=vote,
+            extra={k: np.asarray(v)[rows] for k, v in self.extra.items()},
+        )
+
+    def to_report(self, out_dir: str | Path, *, adata=None, model=None,
+                  title: str = "sclabel annotation", seed: int = 0) -> Path:  # fmt: skip
+        """report.html (self-contained: embedding coloured by label, confidence and
+        agreement; marker genes per label from `model`; the vote table) and report.md in
+        `out_dir`. The embedding and markers need `adata` (and `model`); at most
+        `annotation.MAX_CELLS` cells (a seeded sample) are drawn."""
+        from sclabel.evaluation.annotation import sample_rows, write_report
+
+        bound = None
+        rows = sample_rows(len(self.obs_names), seed=seed)
+        if adata is not None:
+            if not adata.obs_names.equals(pd.Index(self.obs_names)):
+                raise InputError("this prediction was made for other cells than this AnnData holds")
+            if model is None:
+                raise InputError(
+                    "the report's embedding reads the query as a model does: pass model="
+                )
+            bound = model.input_spec.bind(adata)
+        return write_report(out_dir, self.subset(rows), bound=bound, model=model, rows=rows,
+                            title=title)  # fmt: skip
 
     def to_table(self, path: str | Path) -> Path:
         """Write `to_frame()` as .csv, .tsv or .parquet (by extension), atomically."""

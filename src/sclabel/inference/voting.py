@@ -12,6 +12,7 @@ size (5 below 5,000 cells ... 30 from 200,000). Each cell keeps its own label to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -39,6 +40,11 @@ class Vote:
 
     def agrees(self, cell_labels: np.ndarray) -> np.ndarray:
         return np.asarray(cell_labels, dtype=object) == self.labels
+
+    def subset(self, rows: np.ndarray) -> Vote:
+        """The per-cell answers of some cells (row numbers); the cluster table is kept whole."""
+        return dataclasses.replace(self, clusters=self.clusters[rows], labels=self.labels[rows],
+                                   purity=self.purity[rows])  # fmt: skip
 
 
 def resolution_for(n_cells: int) -> float:

@@ -68,8 +68,9 @@ class Classifier(nn.Module):
     def bind(self, vocabulary) -> None:
         """Before training (capabilities.pretrained): load weights, map genes to tokens."""
 
-    def fits_directly(self, X, *, augmented: bool, config) -> bool:
-        """Train with `fit_direct` instead of the gradient loop on these cells?"""
+    def fits_directly(self, X, *, augmented: bool, config, distributed: bool = False) -> bool:
+        """Train with `fit_direct` instead of the gradient loop on these cells? (`distributed`:
+        the run asked for several processes, which only the gradient loop uses.)"""
         return not self.capabilities.gradient
 
     def fit_direct(self, train, val, *, class_weight, config):  # pragma: no cover

@@ -92,7 +92,10 @@ def fit_members(
         member_config = dataclasses.replace(config, seed=config.seed + member)
         module = build_member(member)
         augmented = augmentation is not None
-        if module.fits_directly(train[0], augmented=augmented, config=member_config):
+        distributed = str(member_hardware.devices) != "1" or member_hardware.num_nodes > 1
+        if module.fits_directly(
+            train[0], augmented=augmented, config=member_config, distributed=distributed
+        ):
             # a convex family's own solver (celltypist; linear on data of moderate size)
             return module, module.fit_direct(train, val, class_weight=weights, config=member_config)
         run = {

@@ -25,6 +25,8 @@ from sclabel.io.atomic import check_dir
 from sclabel.models import MODELS, Classifier, check_family, resolve_params
 from sclabel.models.base import predict_probas
 from sclabel.store.format import Store
+from sclabel.training import auto
+from sclabel.training.auto import AUTO
 from sclabel.training.data import TrainingData, load_training_data
 from sclabel.training.fit import fit_members, fit_record, make_augmentation
 
@@ -54,6 +56,10 @@ def train(
     **train_options: Any,
 ) -> Model:
     """Train a classifier of family `model` on `adata.obs[label_key]`.
+
+    `model="auto"` fits linear, celltypist and mlp (those that suit the run; see
+    `sclabel.training.auto`) and keeps the one with the best validation macro-F1; what was
+    compared and chosen is in `metrics["auto"]`.
 
     Several label columns (`label_key=["severity", "state"]`) train one multi-task model: a
     shared encoder with one head per column, the loss summed with `task_weights` (a
@@ -118,32 +124,68 @@ def train(
         split_fractions=split_fractions,
         **({"target_sum": adata.meta["target_sum"]} if from_store else {}),
     )
-    model_config = ModelConfig(family=model, params=resolve_params(model, model_params or {}))
-    # the family's preferred settings (e.g. TabNet's from the scTab paper), then the user's
-    train_config, hardware, progress = split_options(train_options, MODELS[model].train_defaults)
     augment_config = config_from(augment)
-    check_inputs(model, data_config, train_config, augment_config is not None, from_store)
+    if model == AUTO:  # the families that can honour this run, compared on validation cells
+        user_config, _, _ = split_options(dict(train_options))
+        rules = family_rules(data_config, user_config, augment_config is not None, from_store)
+        families = auto.candidates(rules=rules, model_params=model_params)
+        for family in families:
+            check_inputs(family, data_config, user_config, augment_config is not None, from_store)
+    else:
+        families = [model]
+        resolve_params(model, model_params or {})
+    defaults = MODELS[families[0]].train_defaults
+    first_config, _, progress = split_options(dict(train_options), defaults)
+    if model != AUTO:
+        check_inputs(model, data_config, first_config, augment_config is not None, from_store)
     data = load_training_data(
-        adata, data_config, seed=train_config.seed, donor_key=donor_key, progress=progress,
+        adata, data_config, seed=first_config.seed, donor_key=donor_key, progress=progress,
         loader=loader,
     )  # fmt: skip
     metrics: dict[str, Any] = {"n_cells": {p: int(s[1].size) for p, s in data.subsets.items()}}
     augmentation = None
     if augment_config is not None:
         augmentation, metrics["augmentation"] = make_augmentation(
-            data, augment_config, train_config.seed
+            data, augment_config, first_config.seed
         )
-    module, results = fit_members(
-        data,
-        model,
-        model_config.params,
-        train_config,
-        hardware=hardware,
-        progress=progress,
-        ensemble=ensemble,
-        augmentation=augmentation,
-        checkpoint_dir=checkpoint_dir,
-    )
+    if model == AUTO:
+        families = auto.by_size(families, data)
+    fitted = {}
+    for family in families:
+        params = resolve_params(family, {} if model == AUTO else (model_params or {}))
+        train_config, hardware, progress = split_options(
+            dict(train_options), MODELS[family].train_defaults
+        )
+        if model == AUTO and len(families) > 1:
+            log.info("auto: fitting %s (%d of %d)", family, len(fitted) + 1, len(families))
+        module, results = fit_members(
+            data,
+            family,
+            params,
+            train_config,
+            hardware=hardware,
+            progress=progress,
+            ensemble=ensemble,
+            augmentation=augmentation,
+            checkpoint_dir=(
+                checkpoint_dir / family if checkpoint_dir and model == AUTO else checkpoint_dir
+            ),
+        )
+        fitted[family] = (module, results, train_config, hardware, params)
+    if model == AUTO:
+        scores = {f: auto.score(fitted[f][0], data, "val") for f in families}
+        model, reason = auto.choose(scores)
+        metrics["auto"] = {
+            "chosen": model,
+            "reason": reason,
+            "candidates": {
+                f: {"val_macro_f1": v, "test_macro_f1": auto.score(fitted[f][0], data, "test")}
+                for f, v in scores.items()
+            },
+        }
+        log.info("auto: chose %s (%s) from %s", model, reason, ", ".join(families))
+    module, results, train_config, hardware, params = fitted[model]
+    model_config = ModelConfig(family=model, params=params)
     fits = [fit_record(r, train_config.seed + i) for i, r in enumerate(results)]
     metrics["fit"] = fits[0]
     if ensemble > 1:
@@ -261,20 +303,28 @@ def calibration_report(calibration: Calibration, raw: np.ndarray, y: np.ndarray)
     return report
 
 
+def family_rules(data: DataConfig, config, augment: bool, from_store: bool) -> dict[str, Any]:
+    """What this run asks of a model family (`check_family`'s keywords)."""
+    return {
+        "store": from_store,
+        "augment": augment,
+        "loss": config.loss if config.loss not in ("ce", "weighted_ce") else None,
+        "label_columns": len(data.label_keys) > 1,
+        "input": non_gene_input(data),
+    }
+
+
+def non_gene_input(data: DataConfig) -> str | None:
+    return f"obsm {data.obsm_key!r}" if data.obsm_key else (data.pca and f"pca={data.pca}")
+
+
 def check_inputs(
     family: str, data: DataConfig, config, augment: bool, from_store: bool = False
 ) -> None:
     """Refuse combinations of input, labels and family that cannot train, before any work:
     the family's rules (models/rules.py), then those of the data itself."""
-    non_gene = f"obsm {data.obsm_key!r}" if data.obsm_key else (data.pca and f"pca={data.pca}")
-    check_family(
-        family,
-        store=from_store,
-        augment=augment,
-        loss=config.loss if config.loss not in ("ce", "weighted_ce") else None,
-        label_columns=len(data.label_keys) > 1,
-        input=non_gene,
-    )
+    non_gene = non_gene_input(data)
+    check_family(family, **family_rules(data, config, augment, from_store))
     if non_gene and augment:
         msg = f"donor augmentation shifts gene expression; it does not apply to {non_gene}"
         raise InputError(msg)

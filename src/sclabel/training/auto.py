@@ -1,0 +1,87 @@
+"""`model="auto"`: fit the families that suit the data and keep the one that validates best.
+
+On the small training sets most users start from, which family wins is not known in advance:
+a full-batch softmax regression, CellTypist's scaled one-vs-rest logistic regression and a
+two-layer MLP each win some of the shared splits (benchmarks/RESULTS.md, "--model auto").
+`auto` fits each candidate on the same training cells, scores it on the same validation
+cells (macro-F1), and keeps the best; ties go to the simpler family (the order of
+CANDIDATES). Every candidate's validation and test scores are recorded in
+`metrics["auto"]`, so a user sees what was chosen, from what, and why.
+
+Only families that can honour the run take part: a store, donor augmentation, another loss
+or several label columns leave CellTypist's in-memory solver out; above the full-batch size
+limit the candidates are linear and mlp, both on the mini-batch loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.metrics import f1_score
+
+from sclabel.data.loader import EVAL_BATCH, iterate_batches
+from sclabel.errors import InputError
+from sclabel.models import check_family
+from sclabel.models.base import Classifier, predict_probas
+from sclabel.models.linear import LBFGS_MAX_VALUES
+from sclabel.training.data import TrainingData
+
+log = logging.getLogger("sclabel")
+
+AUTO = "auto"
+CANDIDATES = ("linear", "celltypist", "mlp")  # simplest first: it wins a tie
+
+
+def candidates(*, rules: dict[str, Any], model_params: dict | None) -> list[str]:
+    """The families `auto` may fit for a run that asks for `rules` (check_family keywords)."""
+    if model_params:
+        raise InputError(
+            "model parameters belong to one family; with --model auto drop --param, or "
+            "choose the family (--model linear, celltypist or mlp) to set its parameters"
+        )
+    allowed = []
+    for family in CANDIDATES:
+        try:
+            check_family(family, **rules)
+        except InputError:
+            continue
+        allowed.append(family)
+    if not allowed:  # pragma: no cover - mlp honours every rule auto can be asked
+        raise InputError("no model family can train with these options; choose one with --model")
+    return allowed
+
+
+def by_size(allowed: list[str], data: TrainingData) -> list[str]:
+    """Drop the in-memory solver above the full-batch limit (CellTypist densifies its
+    input; the limit is the one that sends `linear` to the mini-batch loop)."""
+    X = data.subsets["train"][0]
+    size = X.nnz if sp.issparse(X) else getattr(X, "size", None)
+    if size is None or size > LBFGS_MAX_VALUES:
+        return [f for f in allowed if f != "celltypist"]
+    return allowed
+
+
+def score(module: Classifier, data: TrainingData, part: str) -> float | None:
+    """Macro-F1 of `module` on a part's cells (primary label column); None without cells."""
+    X, y = data.subsets[part]
+    if not len(y):
+        return None
+    proba = predict_probas(module, iterate_batches(X, batch_size=EVAL_BATCH))[0].numpy()
+    truth = data.class_codes(y)
+    predicted = proba.argmax(axis=1)
+    present = np.unique(truth)
+    return float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0))
+
+
+def choose(scores: dict[str, float | None]) -> tuple[str, str]:
+    """(family, reason): the best validation macro-F1, the first of CANDIDATES on a tie."""
+    known = {f: s for f, s in scores.items() if s is not None}
+    if not known:
+        first = next(iter(scores))
+        return first, f"no validation cells to compare on: {first}, the simplest candidate"
+    best = max(known.values())
+    family = next(f for f in scores if known.get(f) == best)
+    return family, f"highest validation macro-F1 ({best:.3f})"

@@ -1,0 +1,78 @@
+"""`model="auto"`: candidates fitted on one split, the best on validation kept and recorded."""
+
+import json
+
+import numpy as np
+import pytest
+
+import sclabel
+from conftest import FAST, run
+from sclabel.errors import InputError
+from sclabel.training import auto
+
+
+def test_auto_keeps_the_candidate_with_the_best_validation_score(synthetic, tmp_path):
+    model = sclabel.train(
+        synthetic, label_key="cell_type", split_by="donor", model="auto", out=tmp_path / "m", **FAST
+    )
+    record = model.metrics["auto"]
+    assert list(record["candidates"]) == ["linear", "celltypist", "mlp"]
+    val = {f: c["val_macro_f1"] for f, c in record["candidates"].items()}
+    best = max(val.values())
+    # the first family (simplest) among those with the best validation score
+    assert record["chosen"] == next(f for f in val if val[f] == best)
+    assert model.model_config.family == record["chosen"]
+    # the model's own test score is the chosen candidate's
+    chosen_test = record["candidates"][record["chosen"]]["test_macro_f1"]
+    assert model.metrics["test"]["macro_f1"] == pytest.approx(chosen_test, abs=1e-9)
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert saved["auto"]["chosen"] == record["chosen"]
+    loaded = sclabel.Model.load(tmp_path / "m")
+    assert loaded.model_config.family == record["chosen"]
+    labels = loaded.predict(synthetic, progress=False).labels
+    assert (np.asarray(labels) == synthetic.obs["cell_type"].to_numpy()).mean() > 0.8
+
+
+def test_choose_breaks_ties_by_simplicity_and_needs_validation_cells():
+    assert auto.choose({"linear": 0.9, "celltypist": 0.95, "mlp": 0.95}) == (
+        "celltypist",
+        "highest validation macro-F1 (0.950)",
+    )
+    assert auto.choose({"linear": 1.0, "celltypist": 1.0, "mlp": 1.0})[0] == "linear"
+    family, reason = auto.choose({"linear": None, "mlp": None})
+    assert family == "linear" and "no validation cells" in reason
+
+
+def test_candidates_honour_what_the_run_asks():
+    base = {"store": False, "augment": False, "loss": None, "label_columns": False, "input": None}
+    assert auto.candidates(rules=base, model_params=None) == ["linear", "celltypist", "mlp"]
+    # CellTypist's in-memory solver cannot augment, stream a store or take another loss
+    for asked in ({"augment": True}, {"store": True}, {"loss": "focal"}):
+        assert auto.candidates(rules={**base, **asked}, model_params=None) == ["linear", "mlp"]
+    # several label columns need a shared hidden layer: only mlp has one
+    assert auto.candidates(rules={**base, "label_columns": True}, model_params=None) == ["mlp"]
+    with pytest.raises(InputError, match="with --model auto drop --param"):
+        auto.candidates(rules=base, model_params={"depth": 3})
+
+
+def test_large_training_sets_leave_the_in_memory_solver_out(synthetic, monkeypatch):
+    from sclabel.config import DataConfig
+    from sclabel.training.data import load_training_data
+
+    data = load_training_data(
+        synthetic, DataConfig(label_key="cell_type", split_by="donor"), seed=0, progress=False
+    )
+    families = ["linear", "celltypist", "mlp"]
+    assert auto.by_size(families, data) == families
+    monkeypatch.setattr(auto, "LBFGS_MAX_VALUES", data.subsets["train"][0].nnz - 1)
+    assert auto.by_size(families, data) == ["linear", "mlp"]
+
+
+def test_cli_auto_refuses_family_parameters(synthetic, tmp_path):
+    synthetic.write_h5ad(tmp_path / "a.h5ad")
+    result = run("--quiet", "train", tmp_path / "a.h5ad", "--label-key", "cell_type",
+                 "--model", "auto", "--param", "depth=3", "--out", tmp_path / "m")  # fmt: skip
+    assert result.returncode == 2
+    assert "with --model auto drop --param" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
