@@ -10,8 +10,9 @@ deterministic, so one run is its score for every seed). sclabel runs `sclabel.tr
 model="auto", seed=s)` in this process with everything else at its defaults, on the training
 cells split 85/15 into train/validation (stratified, `random_state=s`) and the test cells
 marked "test": `metrics["auto"]` then holds every candidate's validation and test macro-F1
-next to the chosen one, so one fit per seed gives the linear, celltypist-style, mlp and auto
-rows. Macro-F1 is over the classes present in the test labels, as compare_celltypist.py
+next to the chosen one, so one fit per seed gives the linear, celltypist-style, mlp rows (as
+fitted on the 85% part for the choice) and the auto row (the chosen family refitted on all
+training cells). Macro-F1 is over the classes present in the test labels, as compare_celltypist.py
 computes it.
 
 Writes benchmarks/results/auto_model.json and the section of benchmarks/RESULTS.md between
@@ -103,7 +104,10 @@ def markdown(report: dict) -> str:
         "(deterministic). sclabel: `sclabel.train(..., model='auto', seed=s)`, s = "
         f"{', '.join(map(str, report['seeds']))}, on the training cells split 85/15 "
         "(stratified, random_state=s); linear / celltypist / mlp are the candidates auto fitted "
-        "in that same call, scored on the test cells. Mean test macro-F1 over the seeds.",
+        "in that same call on the 85% part to choose between them, scored on the test cells; "
+        "auto is the chosen family fitted again on all training cells (what auto returns). "
+        "Mean test macro-F1 over the seeds; seconds per auto fit include all candidates and "
+        "the refit.",
         "",
         "| split | CellTypist | linear | celltypist (sclabel) | mlp | auto (mean ± sd) | "
         "auto min | auto / CT | chosen (linear/ct/mlp) | s per auto fit |",

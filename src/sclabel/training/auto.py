@@ -5,8 +5,11 @@ a full-batch softmax regression, CellTypist's scaled one-vs-rest logistic regres
 two-layer MLP each win some of the shared splits (benchmarks/RESULTS.md, "--model auto").
 `auto` fits each candidate on the same training cells, scores it on the same validation
 cells (macro-F1), and keeps the best; ties go to the simpler family (the order of
-CANDIDATES). Every candidate's validation and test scores are recorded in
-`metrics["auto"]`, so a user sees what was chosen, from what, and why.
+CANDIDATES). The chosen family is then fitted again on the training and validation cells
+together (a gradient-trained family for the epochs that validated best), as a tool fitted
+on all labelled cells (CellTypist) is; its temperature and thresholds stay those fitted on
+the validation cells while they were held out. Every candidate's validation and test scores
+are recorded in `metrics["auto"]`, so a user sees what was chosen, from what, and why.
 
 Only families that can honour the run take part: a store, donor augmentation, another loss
 or several label columns leave CellTypist's in-memory solver out; above the full-batch size
@@ -15,13 +18,16 @@ limit the candidates are linear and mlp, both on the mini-batch loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from sklearn.metrics import f1_score
 
+from sclabel.config import TrainConfig
 from sclabel.data.loader import EVAL_BATCH, iterate_batches
 from sclabel.errors import InputError
 from sclabel.models import check_family
@@ -85,3 +91,36 @@ def choose(scores: dict[str, float | None]) -> tuple[str, str]:
     best = max(known.values())
     family = next(f for f in scores if known.get(f) == best)
     return family, f"highest validation macro-F1 ({best:.3f})"
+
+
+def refit_data(data: TrainingData, augmented: bool) -> TrainingData | None:
+    """The training cells with the validation cells added (for the final fit of the chosen
+    family), or None where that is not done: no validation cells, a store's streamed rows,
+    or donor augmentation (its donor vectors were fitted on the training part)."""
+    (X, y), (X_val, y_val) = data.subsets["train"], data.subsets["val"]
+    in_memory = sp.issparse(X) or isinstance(X, np.ndarray)
+    if augmented or not in_memory or not len(y_val):
+        return None
+    stack = sp.vstack if sp.issparse(X) else np.concatenate
+    merged = stack([X, X_val]).tocsr() if sp.issparse(X) else stack([X, X_val])
+    split = data.split.astype(str).replace("val", "train")
+    return dataclasses.replace(
+        data,
+        subsets={
+            **data.subsets,
+            "train": (merged, np.concatenate([y, y_val])),
+            "val": (X_val[:0], y_val[:0]),
+        },
+        split=pd.Series(
+            pd.Categorical(split, categories=data.split.cat.categories),
+            index=data.split.index,
+            name=data.split.name,
+        ),  # fmt: skip
+    )
+
+
+def refit_config(config: TrainConfig, results: list) -> TrainConfig:
+    """The chosen family's settings for the final fit: a gradient-trained family runs the
+    epochs that validated best (there is no validation left to stop it)."""
+    epochs = max(r.best_epoch for r in results) + 1
+    return dataclasses.replace(config, max_epochs=max(1, epochs))

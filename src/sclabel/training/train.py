@@ -185,12 +185,26 @@ def train(
         }
         log.info("auto: chose %s (%s) from %s", model, reason, ", ".join(families))
     module, results, train_config, hardware, params = fitted[model]
+    calibration = calibrate(module, data)  # on validation cells this fit has not seen
+    merged = auto.refit_data(data, augmentation is not None) if "auto" in metrics else None
+    if merged is not None:  # the chosen family again, on training + validation cells
+        train_config = auto.refit_config(train_config, results)
+        log.info("auto: refitting %s on %d cells", model, merged.subsets["train"][1].size)
+        module, results = fit_members(
+            merged, model, params, train_config, hardware=hardware, progress=progress,
+            ensemble=ensemble, checkpoint_dir=checkpoint_dir and checkpoint_dir / "refit",
+        )  # fmt: skip
+        metrics["auto"]["refit"] = {
+            "n_cells": int(merged.subsets["train"][1].size),
+            "max_epochs": train_config.max_epochs,
+            "calibration": "fitted on the validation cells before they joined training",
+        }
+        data = merged
     model_config = ModelConfig(family=model, params=params)
     fits = [fit_record(r, train_config.seed + i) for i, r in enumerate(results)]
     metrics["fit"] = fits[0]
     if ensemble > 1:
         metrics["members"] = fits
-    calibration = calibrate(module, data)
     metrics.update(test_metrics(module, data, data_config.label_keys, calibration))
     split_frame = pd.DataFrame({"split": data.split.astype(str)})
     if data.groups is not None:
