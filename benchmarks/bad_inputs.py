@@ -77,6 +77,7 @@ def fixtures(base: Path) -> dict[str, Path]:
     cells.write_h5ad(base / "cells.h5ad")
     model = sclabel.train(cells, label_key="cell_type", split_by="donor", model="linear",
                           max_epochs=2, progress=False)  # fmt: skip
+    model.build_reference(cells)  # for `predict --model map:...` and `map`
     model.save(base / "model")
     sclabel.build_store([base / "cells.h5ad"], base / "cells.store", progress=False)
     return {"cells": base / "cells.h5ad", "model": base / "model", "store": base / "cells.store"}
@@ -159,6 +160,24 @@ def dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def foreign_index(folder: Path) -> Path:
+    """Another model holding `model`'s reference index (reference.safetensors and its entry in
+    config.json copied over, as a user copying files between folders would)."""
+    cells = sclabel.read(folder / "cells.h5ad")
+    other = sclabel.train(cells, label_key="cell_type", split_by="donor", model="mlp",
+                          max_epochs=1, progress=False)  # fmt: skip
+    other.save(folder / "other")
+    mine = json.loads((folder / "model" / "config.json").read_text())
+    theirs = json.loads((folder / "other" / "config.json").read_text())
+    shutil.copy(folder / "model" / "reference.safetensors", folder / "other")
+    theirs["reference"] = mine["reference"]
+    theirs.setdefault("extra_files", {})["reference.safetensors"] = mine["extra_files"][
+        "reference.safetensors"
+    ]
+    (folder / "other" / "config.json").write_text(json.dumps(theirs))
+    return folder / "other"
 
 
 def hostile_bert(folder: Path) -> Path:
@@ -565,6 +584,88 @@ CASES = [
             "--out",
             f / "r",
         ],
+    ),
+    (
+        "predict: --cluster-key not in obs",
+        lambda f: [
+            "predict",
+            f / "cells.h5ad",
+            "--model",
+            f / "model",
+            "--cluster-key",
+            "leiden",
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
+    ),
+    (
+        "predict: --model map:DIR whose index another model built",
+        lambda f: [
+            "predict",
+            f / "cells.h5ad",
+            "--model",
+            f"map:{foreign_index(f)}",
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
+    ),
+    (
+        "map: an index another model built",
+        lambda f: ["map", f / "cells.h5ad", "--model", foreign_index(f), "--out", f / "p.csv"],
+    ),
+    (
+        "predict: --levels with classes outside the Cell Ontology",
+        lambda f: [
+            "predict",
+            f / "cells.h5ad",
+            "--model",
+            f / "model",
+            "--levels",
+            "2",
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
+    ),
+    (
+        "predict: --coverage 1.5",
+        lambda f: [
+            "predict",
+            f / "cells.h5ad",
+            "--model",
+            f / "model",
+            "--coverage",
+            "1.5",
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
+    ),
+    (
+        "predict: --report names a file",
+        lambda f: [
+            "predict",
+            f / "cells.h5ad",
+            "--model",
+            f / "model",
+            "--report",
+            f / "cells.h5ad",
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
+    ),
+    (
+        "train: --model auto with --param",
+        lambda f: [
+            "train",
+            f / "cells.h5ad",
+            "--label-key",
+            "cell_type",
+            "--model",
+            "auto",
+            "--param",
+            "depth=3",
+            "--out",
+            f / "m",
+        ],  # fmt: skip
     ),
     (
         "evaluate: a store",
