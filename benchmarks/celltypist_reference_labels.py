@@ -3,7 +3,9 @@ for tests/test_celltypist_import.py. Run with CellTypist's environment:
 
     .venv-celltypist/bin/python benchmarks/celltypist_reference_labels.py
 
-Writes tests/fixtures/celltypist_aifi_l3_kang_labels.csv (cell, label, seconds in the header).
+Writes tests/fixtures/celltypist_aifi_l3_kang_labels.csv (cell, label) and
+tests/fixtures/celltypist_aifi_l3_kang_majority_voting.csv (cell, label, over_clustering,
+majority_voting: CellTypist's majority voting over its own over-clustering).
 """
 
 import time
@@ -27,3 +29,14 @@ labels = result.predicted_labels["predicted_labels"].astype(str)
 out = ROOT / "tests" / "fixtures" / "celltypist_aifi_l3_kang_labels.csv"
 labels.rename("label").to_csv(out, index_label="cell")
 print(f"{len(labels)} cells annotated in {seconds:.2f} s -> {out}")
+
+# majority voting: CellTypist's own over-clustering (it builds the neighbour graph and runs
+# Leiden itself) and the majority label of each cluster, for tests/inference/test_voting.py
+start = time.perf_counter()
+voted = celltypist.annotate(adata, model=model, majority_voting=True)
+seconds = time.perf_counter() - start
+table = voted.predicted_labels[["predicted_labels", "over_clustering", "majority_voting"]]
+table = table.astype(str).rename(columns={"predicted_labels": "label"})
+out = ROOT / "tests" / "fixtures" / "celltypist_aifi_l3_kang_majority_voting.csv"
+table.to_csv(out, index_label="cell")
+print(f"majority voting over {table['over_clustering'].nunique()} clusters in {seconds:.2f} s -> {out}")

@@ -121,3 +121,18 @@ def test_cli_majority_voting_writes_the_same_answers_backed_or_not(noisy, tmp_pa
     result = run(*base, "--cluster-key", "nope", "--out", tmp_path / "c.h5ad")
     assert result.returncode == 2 and "cluster key 'nope' is not an obs column" in result.stderr
     assert not (tmp_path / "c.h5ad").exists()
+
+
+def test_the_vote_equals_celltypists_own_majority_voting_on_its_clusters():
+    """CellTypist 1.7.1's majority voting of the AIFI L3 model on the Kang PBMCs, over its own
+    over-clustering (benchmarks/celltypist_reference_labels.py): the same clusters and
+    per-cell labels give the same majority label for every cell."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "fixtures"
+    theirs = pd.read_csv(path / "celltypist_aifi_l3_kang_majority_voting.csv", dtype=str)
+    assert theirs["over_clustering"].nunique() > 20 and len(theirs) == 2000
+    ours = vote(theirs["label"].to_numpy(object), theirs["over_clustering"].to_numpy(object))
+    assert (ours.labels == theirs["majority_voting"].to_numpy(object)).all()
+    # it is a real vote: a good share of cells change label (platelets in a T cell cluster...)
+    assert (theirs["label"] != theirs["majority_voting"]).mean() > 0.05
