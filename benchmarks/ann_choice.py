@@ -9,6 +9,7 @@ of 2,000 queries. Numba's compile time is part of pynndescent's first build in e
 process, so it is reported apart.
 
 Usage: python benchmarks/ann_choice.py [--n 1000000] [--queries 200000]
+       [--libraries hnswlib,faiss-hnsw]
 Writes benchmarks/results/ann_choice.json and its table in benchmarks/RESULTS.md.
 """
 
@@ -92,9 +93,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200_000)
     parser.add_argument("--k", type=int, default=15)
+    parser.add_argument("--libraries", default=",".join(LIBRARIES), help="comma-separated")
     args = parser.parse_args()
     rows = []
-    for library in LIBRARIES:
+    for library in args.libraries.split(","):
         command = [sys.executable, "-c", WORKER, library, str(args.n), str(args.queries),
                    str(args.k), str(HERE)]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
