@@ -120,7 +120,8 @@ def fit_pca(X: sp.csr_matrix, n_components: int, seed: int = 0) -> Projection:
 class GenePCA:
     """PCA of cells for neighbour graphs and reference mapping, fitted chunk by chunk: the
     `n_hvg` genes of highest variance, standardized and clipped at 10 (as scanpy's scale),
-    then an incremental PCA; memory holds one dense chunk of the chosen genes. Saved as
+    then an exact PCA from their covariance, accumulated chunk by chunk; memory holds one
+    dense chunk of the chosen genes and a genes x genes matrix. Saved as
     tensors, so a reference's PCA is applied to a query the same way."""
 
     genes: np.ndarray  # positions of the chosen genes in the input's genes
@@ -134,8 +135,6 @@ class GenePCA:
     @classmethod
     def fit(cls, bound, *, n_hvg: int = N_HVG, n_pcs: int = N_PCS, chunk_size: int = 16_384,
             progress: bool = False) -> GenePCA:  # fmt: skip
-        from sklearn.decomposition import IncrementalPCA
-
         n_genes = len(bound.spec.vocabulary.ids)
         total, square = np.zeros(n_genes), np.zeros(n_genes)
         for chunk in bound.chunks(chunk_size, project=False, progress=progress, desc="variance"):
@@ -150,13 +149,21 @@ class GenePCA:
         n_pcs = min(n_pcs, genes.size - 1, n - 1)
         empty = np.zeros(0, np.float32)
         pca = cls(genes, mean[genes], np.sqrt(var[genes]), np.zeros((0, genes.size)), empty)
-        fitter = IncrementalPCA(n_components=n_pcs)
-        for chunk in bound.chunks(max(chunk_size, n_pcs), project=False, progress=progress,
-                                  desc="PCA"):  # fmt: skip
-            if chunk.shape[0] >= n_pcs:
-                fitter.partial_fit(pca.standardized(chunk))
-        pca.components = fitter.components_.astype(np.float32)
-        pca.center = fitter.mean_.astype(np.float32)
+        # exact PCA from the covariance of the standardized genes, accumulated chunk by chunk:
+        # one matrix product per chunk instead of IncrementalPCA's SVD of every chunk (which
+        # took minutes at 100k cells; see RESULTS.md "Majority voting and mapping at ...")
+        total_z, gram = np.zeros(genes.size), np.zeros((genes.size, genes.size))
+        for chunk in bound.chunks(chunk_size, project=False, progress=progress, desc="PCA"):
+            z = pca.standardized(chunk)
+            total_z += z.sum(axis=0)
+            gram += z.T @ z
+        center = total_z / n
+        covariance = gram / n - np.outer(center, center)
+        values, vectors = np.linalg.eigh(covariance)
+        top = vectors[:, np.argsort(values)[::-1][:n_pcs]].T
+        top *= np.where(top[np.arange(n_pcs), np.abs(top).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+        pca.components = top.astype(np.float32)
+        pca.center = center.astype(np.float32)
         return pca
 
     def standardized(self, chunk) -> np.ndarray:
