@@ -196,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="run only these split names")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--tag", help="write results/query_features_TAG.json, leave RESULTS.md")
     args = parser.parse_args()
     logging.getLogger("sclabel").setLevel(logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -215,9 +216,11 @@ def main() -> None:
                   flush=True)  # fmt: skip
         report["splits"].append(split)
     report["wall_minutes"] = (time.perf_counter() - started) / 60
-    bc.write_json(HERE / "results" / "query_features.json", report)
+    name = f"query_features_{args.tag}.json" if args.tag else "query_features.json"
+    bc.write_json(HERE / "results" / name, report)
     text = markdown(report)
-    bc.update_results(f"{MD_START}\n{text}{MD_END}", MD_START, MD_END)
+    if not args.tag:
+        bc.update_results(f"{MD_START}\n{text}{MD_END}", MD_START, MD_END)
     print(text)
 
 

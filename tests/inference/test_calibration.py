@@ -142,3 +142,21 @@ def test_cli_predict_with_sets_and_auto_threshold(calibrated_model, tmp_path):
                  "--coverage", "2", "--out", tmp_path / "bad.csv")  # fmt: skip
     assert result.returncode == 2 and "coverage must be between 0 and 1" in result.stderr
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_no_temperature_is_learned_from_validation_cells_that_are_all_right():
+    from sclabel.inference.calibration import MIN_ERRORS, Calibration
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    proba = np.full((200, 3), 0.1)
+    proba[np.arange(200), y] = 0.8  # every cell right: the likelihood only grows as T -> 0
+    fitted = Calibration.fit(proba, y)
+    assert fitted.temperature == 1.0
+    assert "not fitted" in fitted.info["temperature"] and fitted.info["errors"] == 0
+    # with real mistakes among them a temperature is fitted: 0.8 confidence at ~60% right
+    # asks for softer probabilities
+    wrong = rng.choice(200, 80, replace=False)
+    proba[wrong] = np.roll(proba[wrong], 1, axis=1)
+    assert (proba.argmax(1) != y).sum() >= MIN_ERRORS
+    assert Calibration.fit(proba, y).temperature > 1.0
