@@ -202,7 +202,9 @@ def annotation_sections(prediction, bound=None, model=None, rows=None, *,
         rows = np.arange(len(prediction.labels)) if rows is None else rows
         x = model_values(bound, rows)
         sections.append(embedding_section(bound, prediction, rows, x))
-        genes_in = model is not None and bound.values is None
+        # markers need a model that reads the genes themselves (not an embedding, principal
+        # components or rank tokens)
+        genes_in = model is not None and model.input_spec.kind == "genes"
         if genes_in and not model.module.capabilities.pretrained:
             labels = np.asarray(prediction.labels, dtype=object)
             sections.append(dotplot_section(model, x, labels, n_markers))

@@ -67,7 +67,9 @@ def evaluate_model(
         from sclabel.evaluation.annotation import annotation_sections, sample_rows
 
         rows = sample_rows(adata.n_obs)
-        bound = model.input_spec.bind(adata)
+        bound = model.input_spec.bind(
+            adata, layer=predict_options.get("layer"), gene_key=predict_options.get("gene_key")
+        )
         sections = annotation_sections(prediction.subset(rows), bound, model, rows)[1:]
     return evaluate(
         prediction,

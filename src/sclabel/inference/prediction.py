@@ -170,11 +170,13 @@ class Prediction:
             extra={k: np.asarray(v)[rows] for k, v in self.extra.items()},
         )
 
-    def to_report(self, out_dir: str | Path, *, adata=None, model=None,
-                  title: str = "sclabel annotation", seed: int = 0) -> Path:  # fmt: skip
+    def to_report(self, out_dir: str | Path, *, adata=None, model=None, layer=None,
+                  gene_key=None, title: str = "sclabel annotation",
+                  seed: int = 0) -> Path:  # fmt: skip
         """report.html (self-contained: embedding coloured by label, confidence and
         agreement; marker genes per label from `model`; the vote table) and report.md in
-        `out_dir`. The embedding and markers need `adata` (and `model`); at most
+        `out_dir`. The embedding and markers need `adata` (read as `model` reads it, with
+        `layer`/`gene_key` as at prediction); at most
         `annotation.MAX_CELLS` cells (a seeded sample) are drawn."""
         from sclabel.evaluation.annotation import sample_rows, write_report
 
@@ -187,7 +189,7 @@ class Prediction:
                 raise InputError(
                     "the report's embedding reads the query as a model does: pass model="
                 )
-            bound = model.input_spec.bind(adata)
+            bound = model.input_spec.bind(adata, layer=layer, gene_key=gene_key)
         return write_report(out_dir, self.subset(rows), bound=bound, model=model, rows=rows,
                             title=title)  # fmt: skip
 
