@@ -45,5 +45,5 @@ def run_demo(
         f"ECE {m['ece']:.3f}"
     )
     print(f"model:  {out / 'model'}")
-    print(f"report: {out / 'report' / 'report.md'}")
+    print(f"report: {out / 'report' / 'report.md'} (figures: {out / 'report' / 'report.html'})")
     return out
