@@ -39,4 +39,5 @@ table = voted.predicted_labels[["predicted_labels", "over_clustering", "majority
 table = table.astype(str).rename(columns={"predicted_labels": "label"})
 out = ROOT / "tests" / "fixtures" / "celltypist_aifi_l3_kang_majority_voting.csv"
 table.to_csv(out, index_label="cell")
-print(f"majority voting over {table['over_clustering'].nunique()} clusters in {seconds:.2f} s -> {out}")
+n_clusters = table["over_clustering"].nunique()
+print(f"majority voting over {n_clusters} clusters in {seconds:.2f} s -> {out}")
