@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from sclabel.data.inputs import BoundInput
 from sclabel.errors import InputError
-from sclabel.evaluation.annotation import sample_rows, write_report
 from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
 from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
@@ -233,6 +232,8 @@ def predict_to_file(
 
         _join(out, frames, bound, classes, key_added, vote)
         if report is not None:
+            from sclabel.evaluation.annotation import sample_rows, write_report
+
             rows = sample_rows(bound.n_cells)
             sample = _sample(frames(), rows, request, classes, vote)
             write_report(report, sample, bound=bound, model=job.members[0].model, rows=rows)

@@ -117,8 +117,7 @@ class Prediction:
         from sclabel.inference.voting import vote_on
         from sclabel.io.sources import AnnDataSource
 
-        if not adata.obs_names.equals(pd.Index(self.obs_names)):
-            raise InputError("this prediction was made for other cells than this AnnData holds")
+        self._check_cells(adata)
         self.vote = vote_on(
             AnnDataSource(adata, layer),
             self.labels,
@@ -134,8 +133,7 @@ class Prediction:
         """Write `{key}_label`, `{key}_confidence`, `{key}_uncertainty` to obs, the
         probabilities (a DataFrame with one column per class) to `obsm[f"{key}_probabilities"]`
         and the classes to `uns[f"{key}_classes"]`."""
-        if not adata.obs_names.equals(pd.Index(self.obs_names)):
-            raise InputError("this prediction was made for other cells than this AnnData holds")
+        self._check_cells(adata)
         for column, values in answer_columns(self.to_frame(), key_added).items():
             adata.obs[column] = values
         adata.obsm[f"{key_added}_probabilities"] = pd.DataFrame(
@@ -158,6 +156,10 @@ class Prediction:
             write_h5ad(tmp, lambda: [frame], base=adata, names=pd.Index(self.obs_names),
                        classes=self.classes, key_added=key_added, uns=uns)  # fmt: skip
         return path
+
+    def _check_cells(self, adata) -> None:
+        if not adata.obs_names.equals(pd.Index(self.obs_names)):
+            raise InputError("this prediction was made for other cells than this AnnData holds")
 
     def subset(self, rows: np.ndarray) -> Prediction:
         """These answers for some cells only (row numbers): a report's sample."""
@@ -183,8 +185,7 @@ class Prediction:
         bound = None
         rows = sample_rows(len(self.obs_names), seed=seed)
         if adata is not None:
-            if not adata.obs_names.equals(pd.Index(self.obs_names)):
-                raise InputError("this prediction was made for other cells than this AnnData holds")
+            self._check_cells(adata)
             if model is None:
                 raise InputError(
                     "the report's embedding reads the query as a model does: pass model="

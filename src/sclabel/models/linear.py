@@ -121,13 +121,10 @@ class LinearClassifier(Classifier):
                 bias.grad = residual.sum(dim=0)
             return loss
 
-        def objective():
-            return closure()
-
         self.train()
         first = float(optimizer.step(closure).detach())
         self.eval()
         with torch.no_grad():
-            last = float(objective())
+            last = float(closure())
         log.info("full-batch L-BFGS on %d cells: loss %.4f -> %.4f", n, first, last)
         return direct_fit_result(self, val, start, n, losses=(first, last))

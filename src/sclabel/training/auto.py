@@ -111,8 +111,7 @@ def refit_data(data: TrainingData, augmented: bool) -> TrainingData | None:
     in_memory = sp.issparse(X) or isinstance(X, np.ndarray)
     if augmented or not in_memory or not len(y_val):
         return None
-    stack = sp.vstack if sp.issparse(X) else np.concatenate
-    merged = stack([X, X_val]).tocsr() if sp.issparse(X) else stack([X, X_val])
+    merged = sp.vstack([X, X_val], format="csr") if sp.issparse(X) else np.concatenate([X, X_val])
     split = data.split.astype(str).replace("val", "train")
     return dataclasses.replace(
         data,

@@ -172,7 +172,8 @@ def train(
             ),
         )
         fitted[family] = (module, results, train_config, hardware, params)
-    if model == AUTO:
+    chose_family = model == AUTO
+    if chose_family:
         scores = {f: auto.score(fitted[f][0], data, "val") for f in families}
         model, reason = auto.choose(scores)
         metrics["auto"] = {
@@ -186,7 +187,7 @@ def train(
         log.info("auto: chose %s (%s) from %s", model, reason, ", ".join(families))
     module, results, train_config, hardware, params = fitted[model]
     calibration = calibrate(module, data)  # on validation cells this fit has not seen
-    merged = auto.refit_data(data, augmentation is not None) if "auto" in metrics else None
+    merged = auto.refit_data(data, augmentation is not None) if chose_family else None
     if merged is not None:  # the chosen family again, on training + validation cells
         train_config = auto.refit_config(train_config, results)
         log.info("auto: refitting %s on %d cells", model, merged.subsets["train"][1].size)
