@@ -27,6 +27,7 @@ _EXPORTS = {
     "embed": "sclabel.inference.embed",
     "evaluate": "sclabel.evaluation.report",
     "import_celltypist": "sclabel.inference.celltypist",
+    "import_sctab": "sclabel.inference.sctab",
     "predict": "sclabel.inference.engine",
     "predict_to_file": "sclabel.inference.engine",
     "pretrain": "sclabel.foundation.pretrain",
@@ -46,6 +47,7 @@ __all__ = [
     "embed",
     "evaluate",
     "import_celltypist",
+    "import_sctab",
     "predict",
     "predict_to_file",
     "pretrain",
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from sclabel.inference.engine import predict, predict_to_file
     from sclabel.inference.model import Model
     from sclabel.inference.prediction import Prediction
+    from sclabel.inference.sctab import import_sctab
     from sclabel.io.read import read
     from sclabel.store.build import build_store
     from sclabel.studies.disease import run_disease_experiment

@@ -1,4 +1,4 @@
-"""`sclabel info` and `sclabel import-celltypist`: look at and bring in saved models."""
+"""`sclabel info`, `import-celltypist` and `import-sctab`: look at and bring in saved models."""
 
 from __future__ import annotations
 
@@ -42,6 +42,23 @@ def run_import_celltypist(args) -> None:
     print(f"{model!r} written to {args.out}")
 
 
+def sctab_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="scTab Lightning checkpoint (.ckpt)")
+    p.add_argument("--genes", required=True, help="scTab's var.parquet (feature_id in order)")
+    p.add_argument("--classes", required=True, help="scTab's cell_type.parquet (label column)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+
+
+def run_import_sctab(args) -> None:
+    from sclabel.inference.sctab import import_sctab
+    from sclabel.io.atomic import check_dir
+
+    check_dir(args.out, marker="config.json", what="checkpoint")
+    model = import_sctab(args.checkpoint, genes=args.genes, classes=args.classes)
+    model.save(args.out)
+    print(f"{model!r} written to {args.out}")
+
+
 COMMANDS = [
     Command(
         "info",
@@ -56,5 +73,14 @@ COMMANDS = [
         "sclabel import-celltypist Immune_All_Low.pkl --out immune-model",
         import_arguments,
         run_import_celltypist,
+    ),
+    Command(
+        "import-sctab",
+        "Convert an scTab checkpoint (.ckpt) into a sclabel tabnet checkpoint; no pickle "
+        "code is run.",
+        "sclabel import-sctab scTab/run5/val_f1_macro_epoch=41.ckpt --genes var.parquet "
+        "--classes cell_type.parquet --out sctab-model",
+        sctab_arguments,
+        run_import_sctab,
     ),
 ]

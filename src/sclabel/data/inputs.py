@@ -26,12 +26,18 @@ import torch
 
 from sclabel.data.features import Projection, embedding_vocabulary, fit_pca, read_obsm
 from sclabel.data.genes import GeneAlignment, Vocabulary, align
-from sclabel.data.normalize import log_normalize
+from sclabel.data.normalize import log_normalize, log_normalize_within
 from sclabel.errors import InputError
 from sclabel.io.sources import RowSource, as_source
 
 log = logging.getLogger("sclabel")
 NORMALIZED = "log1p(counts / total_counts * target_sum)"
+# where a cell's library size is summed: all of its genes in its own file (scanpy, CellTypist
+# and sclabel's training), or only the genes the model reads (scTab's published recipe)
+LIBRARY_SIZES = {
+    "cell": NORMALIZED,
+    "model_genes": "log1p(counts / total_counts over the model's genes * target_sum)",
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,12 @@ class InputSpec:
     obsm_key: str | None = None  # read this embedding instead of genes
     projection: Projection | None = None  # pca input: fitted on the training cells
     training_input: str = "counts"  # what the training values were (counts, log1p, ...)
+    library_size: str = "cell"  # a key of LIBRARY_SIZES
+
+    def __post_init__(self) -> None:
+        if self.library_size not in LIBRARY_SIZES:
+            msg = f"library_size must be one of {sorted(LIBRARY_SIZES)}, not {self.library_size!r}"
+            raise InputError(msg)
 
     @property
     def kind(self) -> str:
@@ -66,7 +78,7 @@ class InputSpec:
             return f"obsm[{self.obsm_key!r}] as given"
         if self.kind == "pca":
             return f"top {self.n_inputs} principal components of {NORMALIZED}"
-        return NORMALIZED
+        return LIBRARY_SIZES[self.library_size]
 
     def describe(self) -> str:
         if self.kind == "obsm":
@@ -188,6 +200,8 @@ class BoundInput:
     def normalized(self, rows: slice | np.ndarray) -> sp.csr_matrix:
         """log1p-normalized rows over the model's genes (before any projection)."""
         raw, factors = self.source.count_rows(rows, self.spec.target_sum)
+        if self.spec.library_size == "model_genes":
+            return log_normalize_within(raw, self.alignment, self.spec.target_sum)
         return log_normalize(raw, factors, self.alignment)
 
     def rows(self, rows: slice | np.ndarray):

@@ -62,6 +62,19 @@ def log_normalize(
     return aligned
 
 
+def log_normalize_within(
+    raw: sp.csr_matrix, alignment: GeneAlignment | None, target_sum: float
+) -> sp.csr_matrix:
+    """log1p of rows scaled to `target_sum` over the model's genes only (scTab's recipe:
+    the library size is the sum over the genes the model reads; an all-zero row stays 0)."""
+    aligned = raw if alignment is None else alignment.apply(raw)
+    totals = np.asarray(aligned.sum(axis=1, dtype=np.float64)).ravel()
+    totals[totals == 0] = 1.0
+    _scale_rows(aligned.indptr, aligned.data, (target_sum / totals).astype(np.float32))
+    np.log1p(aligned.data, out=aligned.data)
+    return aligned
+
+
 def row_block(X, start: int, stop: int):
     """Rows start:stop; for an in-memory CSR a view without copying (count_space copies once)."""
     if isinstance(X, sp.csr_matrix | sp.csr_array):

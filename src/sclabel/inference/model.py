@@ -136,6 +136,7 @@ class Model:
                 "transform": self.input_spec.transform,
                 "target_sum": self.input_spec.target_sum,
                 "gene_key": self.input_spec.gene_key,
+                "library_size": self.input_spec.library_size,
             },
         }
         if self.calibration.fitted or self.calibration.temperature != 1.0:
@@ -198,6 +199,7 @@ class Model:
                 obsm_key=data_config.obsm_key,
                 projection=projection,
                 training_input=config["preprocessing"]["training_input"],
+                library_size=config["preprocessing"].get("library_size", "cell"),
             )
             n_inputs = inputs.n_inputs
             extra_classes = {
