@@ -12,6 +12,7 @@ def info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint directory")
     p.add_argument("--export-split", help="write the training split as CSV")
     p.add_argument("--json", action="store_true", help="print config.json and metrics")
+    p.add_argument("--short", action="store_true", help="a few lines instead of the model card")
 
 
 def run_info(args) -> None:
@@ -20,8 +21,10 @@ def run_info(args) -> None:
     model = Model.load(args.model)
     if args.json:
         print(json.dumps({"config": model.config_dict(), "metrics": model.metrics}, indent=2))
-    else:
+    elif args.short:
         print(model.summary())
+    else:
+        print(model.card())
     if args.export_split:
         model.export_split(args.export_split)
         print(f"split written to {args.export_split}")

@@ -187,6 +187,7 @@ def run(args) -> None:
         checkpoint_dir=out.with_name(f".{out.name}.training"),
         resume=args.resume,
         out=out,
+        data_name=Path(args.input).name,
         **options,
     )
     if not model.is_main_process:

@@ -7,6 +7,7 @@ genes.json         the gene vocabulary
 labels.json        class names, in output order
 metrics.json       validation history and test metrics
 split.csv          cell -> train/val/test (and group), to reproduce or export the split
+README.md          the model card (sclabel.inference.card), Hugging Face layout; not read back
 *.safetensors      optional extra tensors (e.g. augmentation.safetensors: donor-difference
                    vectors), listed with their SHA-256 under "extra_files" in config.json
 """
@@ -60,6 +61,7 @@ def save(
     metrics: dict[str, Any],
     split: pd.DataFrame,
     extras: dict[str, dict[str, torch.Tensor]] | None = None,
+    card: str | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically; an existing checkpoint there is replaced.
 
@@ -84,6 +86,8 @@ def save(
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "metrics.json", metrics)
         split.to_csv(tmp / "split.csv", index_label="cell")
+        if card is not None:
+            (tmp / "README.md").write_text(card)
     return directory
 
 

@@ -163,7 +163,14 @@ class Model:
             metrics=self.metrics,
             split=self.split,
             extras=self._extras(),
+            card=self.card(),
         )
+
+    def card(self) -> str:
+        """The model card (README.md of the checkpoint folder; `sclabel info` prints it)."""
+        from sclabel.inference.card import model_card
+
+        return model_card(self)
 
     def _extras(self) -> dict[str, dict]:
         extras = {}

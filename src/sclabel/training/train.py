@@ -53,6 +53,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     out: str | Path | None = None,
+    data_name: str | None = None,
     **train_options: Any,
 ) -> Model:
     """Train a classifier of family `model` on `adata.obs[label_key]`.
@@ -85,7 +86,8 @@ def train(
     `checkpoint_dir` keeps the training state after every epoch; `resume=True` continues a
     killed run from it and ends as the uninterrupted run would have. `out` saves the model
     there (checked before any data is read); the state is removed only once the model is
-    safely written (or, without `out`, when the trained model is returned).
+    safely written (or, without `out`, when the trained model is returned). `data_name`
+    names the training data in the model card (default: the file, when it is known).
 
     Loss and class balance (TrainConfig fields): `loss` is one of ce, weighted_ce (default),
     focal (with `focal_gamma`), dice or bce (see `sclabel.training.losses`); `upsample=f`
@@ -143,6 +145,7 @@ def train(
         loader=loader,
     )  # fmt: skip
     metrics: dict[str, Any] = {"n_cells": {p: int(s[1].size) for p, s in data.subsets.items()}}
+    metrics["trained_with"] = provenance(adata, data_name)
     augmentation = None
     if augment_config is not None:
         augmentation, metrics["augmentation"] = make_augmentation(
@@ -235,6 +238,18 @@ def train(
     if checkpoint_dir is not None and model.is_main_process:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only now: the model is complete
     return model
+
+
+def provenance(adata, data_name: str | None) -> dict[str, str]:
+    """sclabel version, date and (when known) the training data, for the model card."""
+    from datetime import date
+    from importlib.metadata import version
+
+    if data_name is None:
+        path = getattr(adata, "path", None) or getattr(adata, "filename", None)
+        data_name = None if path is None else Path(path).name
+    info = {"sclabel_version": version("sclabel"), "date": str(date.today())}
+    return info if data_name is None else {**info, "data": data_name}
 
 
 def calibrate(module: Classifier, data: TrainingData) -> Calibration:
