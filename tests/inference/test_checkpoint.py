@@ -16,9 +16,9 @@ def checkpoint_copy(saved_model, tmp_path):
     return path
 
 
-def test_checkpoint_holds_json_and_safetensors_only(saved_model):
+def test_checkpoint_holds_json_safetensors_and_its_card_only(saved_model):
     # and the validation cells' calibration (temperature, conformal scores)
-    expected = [*FILES, "calibration.safetensors"]
+    expected = [*FILES, "calibration.safetensors", "README.md"]  # README.md: the model card
     assert sorted(p.name for p in saved_model.iterdir()) == sorted(expected)
     config = json.loads((saved_model / "config.json").read_text())
     assert config["format_version"] == FORMAT_VERSION
