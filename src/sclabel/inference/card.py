@@ -104,7 +104,7 @@ def model_card(model: Model) -> str:
         f"{spec.describe()}.",
         "",
         "```",
-        f"sclabel predict query.h5ad --model {{this folder}} --out predictions.csv",
+        "sclabel predict query.h5ad --model {this folder} --out predictions.csv",
         "```",
         "",
         "## Genes",
