@@ -62,6 +62,31 @@ def run_import_sctab(args) -> None:
     print(f"{model!r} written to {args.out}")
 
 
+def zoo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "get"], help="list the models, or get one")
+    p.add_argument("name", nargs="?", help="model name for get, e.g. Immune_All_Low")
+    p.add_argument("--cache", help="cache folder (default: $SCLABEL_CACHE or ~/.cache/sclabel)")
+    p.add_argument("--index-url", help="the model index (default: CellTypist's models.json)")
+
+
+def run_zoo(args) -> None:
+    from sclabel.errors import InputError
+    from sclabel.inference import zoo
+
+    if args.action == "list":
+        if args.name:
+            raise InputError("`sclabel models list` takes no name; use `sclabel models get NAME`")
+        table = zoo.list_models(url=args.index_url, cache=args.cache)
+        table["details"] = table["details"].str.slice(0, 60)
+        print(table.to_string(index=False))
+        return
+    if not args.name:
+        raise InputError("name the model to get, e.g. `sclabel models get Immune_All_Low`")
+    folder = zoo.fetch(args.name, url=args.index_url, cache=args.cache)
+    print(f"{args.name}: checkpoint at {folder}")
+    print(f"use it with: sclabel predict QUERY.h5ad --model celltypist:{folder.name}")
+
+
 COMMANDS = [
     Command(
         "info",
@@ -85,5 +110,13 @@ COMMANDS = [
         "--classes cell_type.parquet --out sctab-model",
         sctab_arguments,
         run_import_sctab,
+    ),
+    Command(
+        "models",
+        "CellTypist's published models by name: list them, or download, verify and convert "
+        "one (kept in a cache; then --model celltypist:NAME works anywhere).",
+        "sclabel models get Immune_All_Low",
+        zoo_arguments,
+        run_zoo,
     ),
 ]

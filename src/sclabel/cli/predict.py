@@ -21,8 +21,9 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         action="append",
-        help="checkpoint directory; several (repeated or comma-separated) give their consensus "
-        "with an agreement score; map:DIR adds DIR's reference mapping as a member",
+        help="checkpoint directory, or celltypist:NAME (a published CellTypist model, fetched "
+        "once); several (repeated or comma-separated) give their consensus with an agreement "
+        "score; map:DIR adds DIR's reference mapping as a member",
     )
     p.add_argument(
         "--out",
@@ -123,7 +124,7 @@ def load_members(specs: list[str], *, int8: bool = False, calibrated: bool = Tru
         model = Model.load(path)
         if int8:
             model = model.quantized()
-        name = Path(path).name + ("_map" if mapping else "")
+        name = Path(path).name.removeprefix("celltypist:") + ("_map" if mapping else "")
         kind = "map" if mapping else "classify"
         members.append(Member(name, model, kind=kind, calibrated=calibrated))
     if len(members) == 1 and members[0].kind == "classify":

@@ -59,6 +59,9 @@ def _provenance(model: Model, source: dict) -> list[str]:
     lines = [f"Imported from {source['source']}: `{source.get('file', '?')}`"]
     if source.get("sha256"):
         lines.append(f"- source file SHA-256: `{source['sha256']}`")
+    for key in ("url", "publication"):
+        if source.get(key):
+            lines.append(f"- {key}: {source[key]}")
     for key in ("genes_file", "classes_file"):
         if source.get(key):
             digest = source.get(key.replace("_file", "_sha256"), "?")

@@ -19,6 +19,7 @@ from sclabel.data.inputs import InputSpec
 from sclabel.errors import InputError
 from sclabel.inference.model import Model
 from sclabel.io import safe_pickle
+from sclabel.io.digest import sha256_file
 from sclabel.models import build, resolve_params
 
 SKLEARN_CLASSES = (
@@ -71,6 +72,13 @@ def import_celltypist(path: str | Path) -> Model:
         data_config=DataConfig(label_key="cell_type", gene_key="var_names"),
         model_config=ModelConfig("celltypist", resolve_params("celltypist", params)),
         train_config=TrainConfig(),
-        metrics={"imported_from": {"file": path.name, "celltypist": description}},
+        metrics={
+            "imported_from": {
+                "source": "CellTypist",
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "celltypist": description,
+            }
+        },
         split=pd.DataFrame({"split": []}),
     )

@@ -186,7 +186,13 @@ class Model:
 
     @classmethod
     def load(cls, path: str | Path) -> Model:
-        """Load and verify a checkpoint directory written by `Model.save`."""
+        """Load and verify a checkpoint directory written by `Model.save`, or a published
+        CellTypist model by name: "celltypist:Immune_All_Low" (downloaded and converted
+        once, then read from the cache; `sclabel.inference.zoo`)."""
+        if str(path).startswith("celltypist:"):
+            from sclabel.inference import zoo
+
+            path = zoo.fetch(str(path))
         parts = checkpoint.load(path)
         config = parts["config"]
         try:
