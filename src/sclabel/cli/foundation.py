@@ -60,7 +60,12 @@ def embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help=".parquet, .npy or .h5ad (obsm) to write")
     p.add_argument("--key-added", default="X_sclabel", help="obsm key / column prefix")
     p.add_argument("--pooling", choices=["mean", "cls"], help="bert: gene-state pooling")
-    p.add_argument("--max-len", type=int, default=2048, help="pretrained models: genes per cell")
+    p.add_argument(
+        "--max-len", type=int, help="pretrained models: input size (default: the model's own)"
+    )
+    p.add_argument(
+        "--tokenizer", help="pretrained models: the gene vocabulary's folder, when --model has none"
+    )
     p.add_argument("--chunk-size", type=int, default=8192, help="rows read at a time")
     p.add_argument("--genes", help="also write contextual gene embeddings (.csv) here")
     p.add_argument("--max-cells", type=int, default=2000, help="cells for --genes")
@@ -135,7 +140,9 @@ def run_embed(args) -> None:
     from sclabel.foundation.gene_classify import gene_embeddings
     from sclabel.inference.embed import cell_embeddings, load_embedder, write_embeddings
 
-    embedder = load_embedder(args.model, pooling=args.pooling, max_len=args.max_len)
+    embedder = load_embedder(
+        args.model, pooling=args.pooling, max_len=args.max_len, tokenizer=args.tokenizer
+    )
     adata = read_anndata(args)
     if args.genes and not args.genes.lower().endswith(".csv"):
         raise InputError(f"--genes must end in .csv, got {args.genes}")

@@ -34,6 +34,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
         help="bert/perceiver: a pretrained folder (sclabel pretrain, or Geneformer's)",
     )
     p.add_argument(
+        "--tokenizer",
+        help="bert/perceiver: the folder with the gene vocabulary when --from has none "
+        "(Geneformer: its token_dictionary*.pkl and gene_median_dictionary*.pkl)",
+    )
+    p.add_argument(
         "--freeze-layers", type=int, help="bert/perceiver: freeze embeddings + first N layers"
     )
     p.add_argument(
@@ -115,9 +120,9 @@ def model_params(args) -> dict:
     from sclabel.models import check_family
 
     values = params(args.param)
-    for name, value in (("from_dir", args.from_dir), ("freeze_layers", args.freeze_layers)):
-        if value is not None:
-            flag = "from" if name == "from_dir" else "freeze-layers"
+    flags = {"from_dir": "from", "tokenizer": "tokenizer", "freeze_layers": "freeze-layers"}
+    for name, flag in flags.items():
+        if (value := getattr(args, name)) is not None:
             check_family(args.model, pretrained_option=flag)
             values[name] = value
     return values

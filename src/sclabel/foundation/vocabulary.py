@@ -26,6 +26,8 @@ from sclabel.io.read import detect_values
 log = logging.getLogger("sclabel")
 SPECIAL = {"<pad>": 0, "<mask>": 1}
 N_SPECIAL = len(SPECIAL)
+# Geneformer V2 (gc104M) adds <cls> and <eos>: every cell is <cls> + ranked genes + <eos>
+WRAPPING = ("<cls>", "<eos>")
 FORMAT, VERSION = "sclabel-gene-tokenizer", 1
 LOG2_LO, BINS_PER_OCTAVE, N_BINS = -16, 32, 32 * 40  # fit's histogram: 2^-16 .. 2^24
 MEDIAN_ERROR = 2 ** (1 / BINS_PER_OCTAVE) - 1  # fit's bound on the relative median error
@@ -42,6 +44,22 @@ def _read_dict(path: Path, kinds: tuple[type, ...], what: str) -> dict:
     return value
 
 
+def geneformer_suffix(folder: Path) -> str:
+    """'' for V1's file names, '_gc104M' (or another corpus suffix) for V2's; one set only."""
+    if (folder / "token_dictionary.pkl").is_file():
+        return ""
+    found = sorted(p.name for p in folder.glob("token_dictionary*.pkl"))
+    if len(found) != 1:
+        what = f"several ({', '.join(found)}): keep one set per folder" if found else "none"
+        msg = (
+            f"no Geneformer vocabulary in {folder}: token_dictionary[_SUFFIX].pkl with "
+            f"gene_median_dictionary[_SUFFIX].pkl beside it; found {what}. Pass the folder "
+            "holding them with --tokenizer"
+        )
+        raise InputError(msg)
+    return found[0].removeprefix("token_dictionary").removesuffix(".pkl")
+
+
 @dataclass
 class GeneTokenizer:
     """Gene vocabulary + per-gene medians. The token of genes[i] is i + N_SPECIAL unless
@@ -53,6 +71,14 @@ class GeneTokenizer:
     max_len: int = 2048
     target_sum: float = 1e4
     token_ids: np.ndarray | None = None
+    special: dict[str, int] = field(default_factory=lambda: dict(SPECIAL))
+
+    @property
+    def wrap(self) -> tuple[int, int] | None:
+        """(<cls>, <eos>) token ids when cells are wrapped in them (Geneformer V2), else None."""
+        if all(name in self.special for name in WRAPPING):
+            return self.special["<cls>"], self.special["<eos>"]
+        return None
 
     def __post_init__(self) -> None:
         self.genes, self.medians = tuple(map(str, self.genes)), np.asarray(self.medians, np.float32)
@@ -78,31 +104,41 @@ class GeneTokenizer:
 
     @classmethod
     def from_geneformer(cls, folder: str | Path, *, max_len: int = 2048) -> GeneTokenizer:
-        """Geneformer V1's pickles. Genes without a median are dropped (Geneformer ranks only
-        genes with one); the kept genes keep Geneformer's token ids exactly."""
+        """Geneformer's pickles: V1 (token_dictionary.pkl, gene_median_dictionary.pkl) or
+        V2 (the same names with a corpus suffix, e.g. token_dictionary_gc104M.pkl, whose
+        vocabulary adds <cls> and <eos>). Genes without a median are dropped (Geneformer
+        ranks only genes with one); the kept genes keep Geneformer's token ids exactly."""
         folder = Path(folder)
-        tokens = _read_dict(folder / "token_dictionary.pkl", (int, np.integer), "token id")
-        medians = _read_dict(folder / "gene_median_dictionary.pkl", (float, np.floating), "median")
-        names = folder / "gene_name_id_dict.pkl"
+        suffix = geneformer_suffix(folder)
+        tokens = _read_dict(folder / f"token_dictionary{suffix}.pkl", (int, np.integer), "token id")
+        medians = _read_dict(
+            folder / f"gene_median_dictionary{suffix}.pkl", (float, np.floating), "median"
+        )
+        names = folder / f"gene_name_id_dict{suffix}.pkl"
         symbols = _read_dict(names, (str,), "Ensembl ID") if names.is_file() else {}
         for name, token in SPECIAL.items():
             if tokens.get(name, token) != token:
                 raise InputError(f"{folder}: {name} has token {tokens[name]}, expected {token}")
-        kept = sorted((int(t), g) for g, t in tokens.items() if g not in SPECIAL and g in medians)
+        special = {n: int(tokens[n]) for n in (*SPECIAL, *WRAPPING) if n in tokens}
+        special = {**SPECIAL, **special}
+        kept = sorted(
+            (int(t), g) for g, t in tokens.items() if not g.startswith("<") and g in medians
+        )
         if not kept:
             raise InputError(f"{folder}: no gene in the token dictionary has a median")
         ids = np.array([t for t, _ in kept], np.int64)
         contiguous = np.array_equal(ids, np.arange(N_SPECIAL, N_SPECIAL + ids.size))
         kept_medians = np.array([medians[g] for _, g in kept])
         genes = tuple(g for _, g in kept)
-        return cls(genes, kept_medians, symbols, max_len, token_ids=None if contiguous else ids)
+        return cls(genes, kept_medians, symbols, max_len, token_ids=None if contiguous else ids,
+                   special=special)  # fmt: skip
 
     def save(self, folder: str | Path) -> None:
         """tokenizer.json (genes, token ids, medians, settings) + gene_names.json (symbols):
         plain JSON kept beside a model's weights, as Hugging Face keeps its tokenizers."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {"format": FORMAT, "version": VERSION, "special_tokens": SPECIAL}
+        state = {"format": FORMAT, "version": VERSION, "special_tokens": self.special}
         state |= {"max_len": self.max_len, "target_sum": self.target_sum, "genes": self.genes}
         state |= {"token_ids": self.gene_tokens.tolist(), "medians": self.medians.tolist()}
         for name, value in (("tokenizer.json", state), ("gene_names.json", self.symbol_to_id)):
@@ -121,8 +157,9 @@ class GeneTokenizer:
         ids = np.asarray(state["token_ids"], np.int64)
         contiguous = np.array_equal(ids, np.arange(N_SPECIAL, N_SPECIAL + ids.size))
         symbols = json.loads(names.read_text()) if names.is_file() else {}
+        special = {str(k): int(v) for k, v in state.get("special_tokens", SPECIAL).items()}
         return cls(state["genes"], np.asarray(state["medians"]), symbols, int(state["max_len"]),
-                   float(state["target_sum"]), None if contiguous else ids)  # fmt: skip
+                   float(state["target_sum"]), None if contiguous else ids, special)  # fmt: skip
 
     @classmethod
     def fit(cls, sources, *, gene_key: str | None = None, layer: str | None = None,

@@ -56,9 +56,16 @@ class Embedder:
         return embedding.float().numpy()
 
 
-def load_embedder(path: str | Path, *, pooling: str | None = None, max_len: int = 2048) -> Embedder:
+def load_embedder(
+    path: str | Path,
+    *,
+    pooling: str | None = None,
+    max_len: int | None = None,
+    tokenizer: str | Path | None = None,
+) -> Embedder:
     """A sclabel model folder (`sclabel train`) or a pretrained one (`sclabel pretrain`,
-    a Geneformer checkpoint with its tokenizer files)."""
+    a Geneformer V1/V2 folder, its vocabulary beside it or in `tokenizer`); `max_len`
+    defaults to the pretrained model's input size."""
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -78,6 +85,8 @@ def load_embedder(path: str | Path, *, pooling: str | None = None, max_len: int 
     if kind is None:
         raise InputError(f"{path}: not a BERT or sclabel Perceiver checkpoint (config.json)")
     params = {"from_dir": str(path), "max_len": max_len, "pooling": pooling or "mean"}
+    if tokenizer is not None:
+        params["tokenizer"] = str(tokenizer)
     return Embedder(_PretrainedCells(MODELS[kind], params), inputs=None)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from torch import nn
 from sclabel.data.loader import X_KEY
 from sclabel.errors import InputError
 from sclabel.models.base import Capabilities, Classifier, ModelOutput
+
+log = logging.getLogger("sclabel")
 
 # a BERT small enough to pretrain and fine-tune in a CPU test
 TINY_BERT = {
@@ -76,17 +79,23 @@ class FoundationParams:
     architecture: dict = field(default_factory=dict)
     freeze_layers: int = 0
     pooling: str = "mean"
-    max_len: int = 2048
+    max_len: int | None = None  # default: the pretrained model's input size (V1 2,048, V2 4,096)
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.freeze_layers < 0 or self.max_len < 1:
-            raise InputError("freeze_layers must be >= 0 and max_len >= 1")
         if not self.architecture and self.from_dir is not None:
             config = read_model_config(self.from_dir)
             object.__setattr__(self, "architecture", config)
+        size = self.architecture.get("max_position_embeddings")
+        if self.max_len is None:
+            object.__setattr__(self, "max_len", int(size or 2048))
+        if self.freeze_layers < 0 or self.max_len < 1:
+            raise InputError("freeze_layers must be >= 0 and max_len >= 1")
+        if size is not None and self.max_len > int(size):
+            msg = f"max_len {self.max_len} exceeds the pretrained model's input size {size}"
+            raise InputError(msg)
 
 
 def load_tokenizer(folder: str | Path):
@@ -96,9 +105,13 @@ def load_tokenizer(folder: str | Path):
     folder = Path(folder)
     if (folder / "tokenizer.json").is_file():
         return GeneTokenizer.load(folder)
-    if (folder / "token_dictionary.pkl").is_file():
+    if any(folder.glob("token_dictionary*.pkl")):
         return GeneTokenizer.from_geneformer(folder)
-    msg = f"no tokenizer in {folder}: expected tokenizer.json or Geneformer's token_dictionary.pkl"
+    msg = (
+        f"no tokenizer in {folder}: expected tokenizer.json or Geneformer's vocabulary "
+        "(V1 token_dictionary.pkl, V2 token_dictionary_gc104M.pkl, with their median "
+        "dictionaries); pass the folder holding them with --tokenizer"
+    )
     raise InputError(msg)
 
 
@@ -114,6 +127,40 @@ def unsafe_weights_message(folder, err: Exception) -> str:
     )
 
 
+# a pretraining checkpoint's own heads, which fine-tuning replaces with a new classifier head
+UNUSED_HEADS = ("cls.", "pooler.", "classifier.")
+
+
+def check_loaded(folder, info: dict) -> None:
+    """Refuse pretrained weights that do not fit the encoder: transformers fills every
+    missing weight with random values and only logs it, so a folder with renamed keys would
+    fine-tune from scratch without a word. Unused pretraining heads are only reported."""
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    mismatched = [str(m[0]) for m in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+
+        def some(keys):
+            return f"{len(keys)} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
+
+        msg = (
+            f"the weights in {folder} do not fit its config: missing {some(missing)}, "
+            f"unexpected {some(unexpected)}"
+            + (f", wrong shape {some(mismatched)}" if mismatched else "")
+            + "; is it a BERT checkpoint saved by transformers (or Geneformer) unchanged?"
+        )
+        raise InputError(msg)
+    heads = sorted({k.split(".")[0] for k in unexpected if k.startswith(UNUSED_HEADS)})
+    others = [k for k in unexpected if not k.startswith(UNUSED_HEADS)]
+    if others:
+        msg = f"{folder} holds weights the encoder has no place for: {others[:5]}"
+        raise InputError(msg)
+    log.info(
+        "pretrained encoder loaded from %s%s; the classification head is new", folder,
+        f" (its pretraining head {heads} is not used)" if heads else "",
+    )  # fmt: skip
+
+
 class TokenizedCells(nn.Module):
     """Training genes -> token ids and medians, as buffers saved with the checkpoint."""
 
@@ -122,18 +169,39 @@ class TokenizedCells(nn.Module):
         self.max_len = max_len
         self.register_buffer("gene_token", torch.full((n_genes,), -1, dtype=torch.long))
         self.register_buffer("gene_median", torch.ones(n_genes))
+        # (<cls>, <eos>) around every cell (Geneformer V2), or (-1, -1): genes only (V1)
+        self.register_buffer("wrap", torch.full((2,), -1, dtype=torch.long))
+
+    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
+        state.setdefault(prefix + "wrap", torch.full((2,), -1, dtype=torch.long))  # older saves
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
 
     def bind(self, gene_ids, tokenizer) -> float:
         """Map the model's genes to the tokenizer's; returns the fraction mapped."""
         token, median = tokenizer.gene_table(pd.DataFrame(index=pd.Index(gene_ids)))
         self.gene_token.copy_(torch.as_tensor(token, dtype=torch.long))
         self.gene_median.copy_(torch.as_tensor(median, dtype=torch.float32))
+        if tokenizer.wrap is not None:
+            if self.max_len < 3:
+                raise InputError("max_len must leave room for <cls>, a gene and <eos> (>= 3)")
+            self.wrap.copy_(torch.as_tensor(tokenizer.wrap, dtype=torch.long))
         return float((self.gene_token >= 0).float().mean())
 
     def forward(self, x: torch.Tensor):
+        """(tokens, values, mask). V2: <cls> + the top max_len - 2 genes + <eos>, as
+        Geneformer's V2 tokenizer writes a cell (special tokens count in the input size)."""
         from sclabel.foundation.ranking import rank_select
 
-        return rank_select(x, self.gene_token, self.gene_median, self.max_len)
+        if int(self.wrap[0]) < 0:
+            return rank_select(x, self.gene_token, self.gene_median, self.max_len)
+        tokens, values, mask = rank_select(x, self.gene_token, self.gene_median, self.max_len - 2)
+        n = mask.sum(1)
+        pad = torch.zeros_like(tokens[:, :1])
+        tokens = torch.cat([pad + self.wrap[0], tokens, pad], dim=1)
+        tokens[torch.arange(len(n)), n + 1] = self.wrap[1]
+        values = torch.cat([values[:, :1] * 0, values, values[:, :1] * 0], dim=1)
+        mask = torch.arange(tokens.shape[1], device=x.device)[None, :] < (n + 2)[:, None]
+        return tokens, values, mask
 
 
 class FoundationClassifier(Classifier):
@@ -203,12 +271,15 @@ class BertClassifier(FoundationClassifier):
         from transformers import BertModel
 
         try:
-            with quiet_transformers():  # the MLM head's weights are expected to go unused
-                pretrained = BertModel.from_pretrained(folder, add_pooling_layer=False)
+            with quiet_transformers():  # what did not load is checked below, not logged
+                pretrained, info = BertModel.from_pretrained(
+                    folder, add_pooling_layer=False, output_loading_info=True
+                )
         except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused it
             raise InputError(unsafe_weights_message(folder, err)) from None
         except OSError as err:  # transformers: no weights file, or an unreadable one
             raise InputError(f"cannot load the pretrained weights in {folder}: {err}") from None
+        check_loaded(folder, info)
         self.encoder.load_state_dict(pretrained.state_dict())
 
     def freeze(self, n_layers: int) -> None:
@@ -233,7 +304,8 @@ class BertClassifier(FoundationClassifier):
         states = self.encoder(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
         if self.params.pooling == "cls":  # the first position: the top-ranked gene in V1
             return states[:, 0]
-        weights = mask.unsqueeze(-1).to(states.dtype)
+        genes = mask & (tokens != self.cells.wrap[0]) & (tokens != self.cells.wrap[1])
+        weights = genes.unsqueeze(-1).to(states.dtype)  # genes only, not <cls>/<eos> (V2)
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
