@@ -34,6 +34,11 @@ import sclabel  # noqa: E402
 from sclabel.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SCTAB_CKPT = (
+    DATA
+    / "sctab_reference/scTab-checkpoints/scTab/run1/val_f1_macro_epoch=39_val_f1_macro=0.000.ckpt"
+)
 OUT = ROOT / "docs" / "bad-inputs.md"
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -196,6 +201,70 @@ def hostile_pickle(folder: Path) -> Path:
     path = folder / "model.pkl"
     path.write_bytes(pickle.dumps({"Model": Payload(str(folder / "PWNED")), "Scaler_": {}}))
     return path
+
+
+def hostile_ckpt(folder: Path) -> Path:
+    import torch
+
+    path = folder / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Payload(str(folder / "PWNED"))}}, path)
+    return path
+
+
+def other_ckpt(folder: Path) -> Path:
+    import torch
+
+    path = folder / "other.ckpt"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2, 2)}}, path)
+    return path
+
+
+def sctab_args(folder: Path, ckpt: Path, genes: Path | None = None) -> list:
+    ref = DATA / "sctab_reference" / "minimal"
+    genes = genes or ref / "var.parquet"
+    classes = ref / "categorical_lookup" / "cell_type.parquet"
+    return ["import-sctab", ckpt, "--genes", genes, "--classes", classes, "--out", folder / "imp"]
+
+
+def short_gene_table(folder: Path) -> Path:
+    import pandas as pd
+
+    path = folder / "var.parquet"
+    pd.read_parquet(DATA / "sctab_reference" / "minimal" / "var.parquet")[:1000].to_parquet(path)
+    return path
+
+
+def offline_zoo(folder: Path, cached_index: bool = False) -> None:
+    """Point the model index at a closed port on 127.0.0.1 (nothing listens there)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ["SCLABEL_CELLTYPIST_INDEX"] = f"http://127.0.0.1:{port}/models.json"
+    os.environ["SCLABEL_CACHE"] = str(folder / ".cache")
+    if cached_index:
+        index = {"models": [{"filename": "Immune_All_Low.pkl", "url": "http://127.0.0.1:9/x"}]}
+        (folder / ".cache" / "celltypist").mkdir(parents=True)
+        (folder / ".cache" / "celltypist" / "models.json").write_text(json.dumps(index))
+
+
+def renamed_bert(folder: Path, vocabulary: bool = True, rename: bool = True) -> Path:
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertForMaskedLM
+
+    from sclabel.models.foundation import TINY_BERT
+
+    bert = folder / "renamed"
+    BertForMaskedLM(BertConfig(**TINY_BERT, vocab_size=64)).save_pretrained(bert)
+    weights = bert / "model.safetensors"
+    if rename:
+        state = load_file(weights)
+        state = {k.replace("attention.self", "attn.me"): v for k, v in state.items()}
+        save_file(state, weights, metadata={"format": "pt"})
+    if vocabulary:
+        (bert / "token_dictionary.pkl").write_bytes(pickle.dumps({"<pad>": 0, "<mask>": 1}))
+    return bert
 
 
 # (case, what is broken, args builder: folder -> argv)
@@ -696,6 +765,56 @@ CASES = [
     (
         "import-celltypist: a pickle that runs code",
         lambda f: ["import-celltypist", hostile_pickle(f), "--out", f / "imp"],
+    ),
+    (
+        "import-sctab: not a checkpoint",
+        lambda f: (f / "x.ckpt").write_text("text") and sctab_args(f, f / "x.ckpt"),
+    ),
+    (
+        "import-sctab: a checkpoint that runs code",
+        lambda f: sctab_args(f, hostile_ckpt(f)),
+    ),
+    (
+        "import-sctab: another checkpoint layout",
+        lambda f: sctab_args(f, other_ckpt(f)),
+    ),
+    (
+        "import-sctab: a gene table of another width",
+        lambda f: sctab_args(f, SCTAB_CKPT, short_gene_table(f)),
+    ),
+    (
+        "models get: offline, nothing cached",
+        lambda f: offline_zoo(f) or ["models", "get", "Immune_All_Low"],
+    ),
+    (
+        "models get: an unknown name (cached index)",
+        lambda f: offline_zoo(f, cached_index=True) or ["models", "get", "Immune_All_Lo"],
+    ),
+    (
+        "train: --from a BERT folder with renamed weights",
+        lambda f: [
+            "train",
+            f / "cells.h5ad",
+            "--label-key",
+            "cell_type",
+            "--model",
+            "bert",
+            "--from",
+            renamed_bert(f),
+            "--out",
+            f / "tuned",
+        ],  # fmt: skip
+    ),
+    (
+        "embed: a Geneformer folder without its vocabulary",
+        lambda f: [
+            "embed",
+            f / "cells.h5ad",
+            "--model",
+            renamed_bert(f, False, False),
+            "--out",
+            f / "e.npy",
+        ],  # fmt: skip
     ),
     (
         "simulate: --cells 0",

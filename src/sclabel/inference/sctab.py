@@ -96,8 +96,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(inert):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError or RuntimeError with its reasons
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        msg = f"refusing to load {path}: it holds more than tensors and plain data ({first})"
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(err))
+        what = f"it refers to {found[1]}" if found else f"torch: {type(err).__name__}"
+        msg = (
+            f"refusing to load {path}: it holds more than tensors and plain data ({what}, "
+            "which loading could run); nothing from it was run"
+        )
         raise InputError(msg) from err
 
 
