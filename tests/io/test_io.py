@@ -419,7 +419,7 @@ def test_detect_refuses_nan_and_inf(bad):
 def test_detect_refuses_normalized_not_logged():
     values = counts(50, 30, seed=1).astype(np.float64)
     normalized = values / values.sum(axis=1, keepdims=True) * 1e4  # non-integer, max >> 20
-    with pytest.raises(InputError, match=r"normalized but not log-transformed.*--layer"):
+    with pytest.raises(InputError, match=r"not log-transformed\? Pass --input normalized.*--layer"):
         io.detect_values(sp.csr_matrix(normalized))
 
 

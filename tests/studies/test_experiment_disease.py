@@ -273,3 +273,16 @@ def test_cli_refuses_a_file_as_out_and_data_without_patients(cohort_file, tmp_pa
     assert main(args) == 2
     assert "--cell-split" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_report_header_gives_the_split_as_made(cohort):
+    """Nine patients split 0.7/0.15/0.15 cannot be 70/15/15: the header said "fractions
+    (0.7, 0.15, 0.15)"; it now says how many patients and cells each part got."""
+    few = cohort[cohort.obs["patient"].astype(str).isin(
+        sorted(cohort.obs["patient"].astype(str).unique())[:9])].copy()  # fmt: skip
+    result = run_disease_experiment(few, labels=["severity"], **KEYS, sections=["architecture"],
+                                    **{**FAST, "max_epochs": 2})  # fmt: skip
+    split = result.settings["split"]
+    counts = [int(part.split()[1]) for part in split.split(": ", 1)[1].split(", ")]
+    assert "fractions" not in split and sum(counts) == 9, split
+    assert "patients /" in split and "cells" in split

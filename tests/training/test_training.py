@@ -56,6 +56,7 @@ def test_early_stopping_keeps_the_best_epoch(synthetic):
         model_params={"solver": "sgd"},  # the epoch loop, not the full-batch solver
         max_epochs=60,
         patience=2,
+        min_steps=0,  # stop as soon as patience runs out (tests/training/test_schedule.py)
         lr=0.05,
         progress=False,
     )

@@ -46,6 +46,16 @@ def input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backed", action="store_true", help="stream an .h5ad from disk")
 
 
+def values_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input",
+        dest="values",
+        choices=["counts", "log1p", "log2", "normalized"],
+        help="what the matrix holds, instead of detecting it; normalized: per-cell-scaled "
+        "values that are not logged (CPM, TPM, FPKM), rescaled per cell and log1p'd",
+    )
+
+
 def split_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-key", required=True, help="obs column with the labels")
     p.add_argument("--split-by", help="obs column with donors/samples for a grouped split")
@@ -59,6 +69,12 @@ def hardware_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="32-true", help="e.g. 32-true, bf16-mixed, 16-mixed")
     p.add_argument("--strategy", default="auto", help="e.g. ddp (with --devices N), auto")
     p.add_argument("--num-nodes", type=int, default=1, help="machines (torchrun/SLURM set ranks)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: OMP_NUM_THREADS, else 1 for models under 5M "
+        "parameters and every core above; benchmarks/RESULTS.md 'Threads')",
+    )
 
 
 def epoch_options(p: argparse.ArgumentParser) -> None:
@@ -120,6 +136,7 @@ def hardware(args) -> dict:
         "precision": args.precision,
         "strategy": args.strategy,
         "num_nodes": args.num_nodes,
+        "threads": args.threads,
     }
 
 
@@ -155,6 +172,7 @@ def unknown_threshold(value: str):
 
 def answer_options(p: argparse.ArgumentParser) -> None:
     """How probabilities become answers: shared by predict and evaluate."""
+    values_option(p)
     p.add_argument(
         "--unknown-threshold",
         type=unknown_threshold,
@@ -175,6 +193,7 @@ def predict_options(args) -> dict:
         "gene_key": args.gene_key,
         "unknown_threshold": args.unknown_threshold,
         "min_gene_coverage": args.min_gene_coverage,
+        "values": args.values,
         "calibrated": not args.uncalibrated,
         "progress": not args.quiet,
     }

@@ -15,6 +15,7 @@ from sclabel.cli._options import (
     open_data,
     params,
     split_options,
+    values_option,
 )
 from sclabel.config import LOSSES
 from sclabel.errors import InputError
@@ -22,6 +23,15 @@ from sclabel.errors import InputError
 
 def arguments(p: argparse.ArgumentParser) -> None:
     input_options(p)
+    values_option(p)
+    genes = p.add_mutually_exclusive_group()
+    genes.add_argument("--genes", help="train on these genes only: a file, one id per line")
+    genes.add_argument(
+        "--genes-from",
+        metavar="QUERY",
+        help="train on the genes this dataset (.h5ad) shares with the input, e.g. the query "
+        "the model is for, so it covers that query fully",
+    )
     split_options(p)
     p.add_argument(
         "--model",
@@ -152,6 +162,8 @@ def run(args) -> None:
         model_params=model_params(args),
         layer=args.layer,
         gene_key=args.gene_key,
+        values=args.values,
+        genes=args.genes or args.genes_from,
         obsm_key=args.obsm_key,
         pca=args.pca,
         ensemble=args.ensemble,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,6 +185,23 @@ def align(
     return alignment
 
 
+def restrict(vocabulary: Vocabulary, wanted: pd.DataFrame, name: str) -> Vocabulary:
+    """The genes of `vocabulary` that `wanted` (a var-like table: another dataset's genes,
+    or a list's) also has, matched as a query's genes are (ids or symbols, whichever
+    overlaps most), in the vocabulary's order."""
+    alignment = align(wanted, vocabulary, min_coverage=0.0)
+    keep = np.flatnonzero(alignment.present)
+    if keep.size == 0:
+        msg = (
+            f"none of the {len(vocabulary.ids)} training genes is among the "
+            f"{len(wanted)} genes of {name}; are they the same kind of identifier?"
+        )
+        raise InputError(msg)
+    log.info("training on %d of %d genes: those %s has", keep.size, len(vocabulary.ids), name)
+    symbols = None if vocabulary.symbols is None else tuple(vocabulary.symbols[i] for i in keep)
+    return Vocabulary(tuple(vocabulary.ids[i] for i in keep), symbols)
+
+
 def _first_positions(index: pd.Index, values: np.ndarray) -> np.ndarray:
     first = pd.Series(np.arange(len(index)), index=index)
     first = first[~first.index.duplicated()]
@@ -210,3 +228,33 @@ def _low_coverage_message(
         f"{base} (best match: query {alignment.query_key}); is this the same species and "
         "annotation? Lower --min-gene-coverage to accept anyway"
     )
+
+
+def gene_list(genes) -> tuple[pd.DataFrame, str]:
+    """What `--genes`/`--genes-from` name, as (a var-like table, its name): an AnnData or
+    .h5ad (its var: names and gene columns), a list of identifiers, or a text file with one
+    identifier per line (the first field of a .csv/.tsv line; a header line is skipped)."""
+    import anndata as ad
+
+    if isinstance(genes, ad.AnnData):
+        return genes.var, "the given AnnData"
+    if isinstance(genes, list | tuple | pd.Index | np.ndarray):
+        return pd.DataFrame(
+            index=pd.Index([str(g) for g in genes])
+        ), f"the {len(genes)} genes given"
+    path = Path(genes)
+    if not path.is_file():
+        raise InputError(f"gene list not found: {path}")
+    if path.name.lower().endswith(".h5ad"):
+        return ad.read_h5ad(path, backed="r").var.copy(), path.name
+    ids = []
+    for line in path.read_text().splitlines():
+        field = re.split(r"[,\t]", line.strip())[0].strip().strip('"')
+        if field and not field.startswith("#"):
+            ids.append(field)
+    if ids and ids[0].lower() in {"gene", "genes", "gene_id", "gene_ids", "id", "feature_id",
+                                  "symbol", "gene_symbol", "feature_name"}:  # fmt: skip
+        ids = ids[1:]
+    if not ids:
+        raise InputError(f"{path} lists no genes (expected one identifier per line)")
+    return pd.DataFrame(index=pd.Index(ids)), path.name

@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from sclabel.data.features import Projection, embedding_vocabulary, fit_pca, read_obsm
-from sclabel.data.genes import GeneAlignment, Vocabulary, align
+from sclabel.data.genes import GeneAlignment, Vocabulary, align, restrict
 from sclabel.data.normalize import log_normalize, log_normalize_within
 from sclabel.errors import InputError
 from sclabel.io.sources import RowSource, as_source
@@ -37,6 +38,16 @@ NORMALIZED = "log1p(counts / total_counts * target_sum)"
 LIBRARY_SIZES = {
     "cell": NORMALIZED,
     "model_genes": "log1p(counts / total_counts over the model's genes * target_sum)",
+}
+
+
+# what was done to the training values, by what they were (io.read.detect_values)
+TRAINING_TRANSFORMS = {
+    "counts": NORMALIZED,
+    "log1p": "log1p-normalized input used as given (assumed normalized to target_sum)",
+    "log1p_rescaled": "expm1 of the log1p input, each cell rescaled to target_sum, log1p",
+    "log2": "2^x - 1 of the log2(x+1) input, each cell rescaled to target_sum, log1p",
+    "normalized": "per-cell-normalized input (CPM/TPM/FPKM) rescaled to target_sum, log1p",
 }
 
 
@@ -78,6 +89,8 @@ class InputSpec:
             return f"obsm[{self.obsm_key!r}] as given"
         if self.kind == "pca":
             return f"top {self.n_inputs} principal components of {NORMALIZED}"
+        if self.library_size == "cell" and self.training_input in TRAINING_TRANSFORMS:
+            return TRAINING_TRANSFORMS[self.training_input]
         return LIBRARY_SIZES[self.library_size]
 
     def describe(self) -> str:
@@ -101,10 +114,13 @@ class InputSpec:
         layer: str | None = None,
         gene_key: str | None = None,
         min_gene_coverage: float | None = None,
+        values: str | None = None,
     ) -> BoundInput:
         """This input applied to a query (AnnData, store, SOMA source): genes aligned and
-        coverage checked once; rows are then read, normalized and projected on demand."""
-        source = as_source(data, layer)
+        coverage checked once; rows are then read, normalized and projected on demand.
+        `values` says what the query holds (counts, log1p, log2, normalized) instead of
+        detecting it."""
+        source = as_source(data, layer, values)
         if self.kind == "obsm":
             values = _embedding(source, self.obsm_key, width=self.n_inputs)
             return BoundInput(self, source, None, values)
@@ -132,10 +148,13 @@ class InputSpec:
         min_gene_coverage: float = 0.5,
         seed: int = 0,
         progress: bool = False,
+        values: str | None = None,
+        genes: tuple[pd.DataFrame, str] | None = None,
     ) -> tuple[InputSpec, dict[str, np.ndarray | sp.csr_matrix]]:
         """Fit the input on a reference held in memory; returns the spec and the model input
-        of each part's rows (`parts`: name -> sorted row numbers)."""
-        source = as_source(data, layer)
+        of each part's rows (`parts`: name -> sorted row numbers). `genes`: (a var-like
+        table, its name): train only on the genes it shares (e.g. a query's)."""
+        source = as_source(data, layer, values)
         if obsm_key is not None:
             values = _embedding(source, obsm_key)
             spec = cls(
@@ -153,6 +172,8 @@ class InputSpec:
         report = source.values
         log.info("input: %s", report.detail)
         vocabulary, used_key = Vocabulary.from_var(source.var, gene_key)
+        if genes is not None:
+            vocabulary = restrict(vocabulary, *genes)
         spec = cls(
             vocabulary,
             target_sum=target_sum,

@@ -24,8 +24,9 @@ def count_space(
 ):
     """Validate a raw chunk; return (a count-space CSR over its own genes, size factors).
 
-    counts: the counts, factors target_sum / library size over all the cell's genes.
+    counts, normalized: the values, factors target_sum / library size over the cell's genes.
     log1p:  expm1 of the values (already normalized), factors 1.
+    log1p_rescaled, log2: expm1 (2^x - 1) of the values, rescaled like counts.
     The store keeps exactly this, so it normalizes later as `log_normalize` does now.
     The result is a new matrix unless `copy=False` and the values are counts: then it may
     share the chunk's arrays, for callers that only read it (store building, tokenizing: a
@@ -34,11 +35,17 @@ def count_space(
     chunk = to_csr(chunk)
     check_chunk(chunk, kind, first_row)
     raw = chunk.copy() if copy or kind != "counts" else chunk  # the caller's, unchanged
-    if kind == "counts":
-        totals = np.asarray(raw.sum(axis=1, dtype=np.float64)).ravel()
-        return raw, (target_sum / totals).astype(np.float32)
-    np.expm1(raw.data, out=raw.data)
-    return raw, np.ones(raw.shape[0], np.float32)
+    if kind == "log2":  # log2(x+1) -> x
+        np.exp2(raw.data, out=raw.data)
+        raw.data -= 1
+    elif kind.startswith("log1p"):
+        np.expm1(raw.data, out=raw.data)
+    if kind == "log1p":  # normalized already (to target_sum, as sclabel assumes)
+        return raw, np.ones(raw.shape[0], np.float32)
+    # counts, per-cell-normalized values, and log input whose rows sum to one total
+    # (rescaled, e.g. from CPM): each row to target_sum
+    totals = np.asarray(raw.sum(axis=1, dtype=np.float64)).ravel()
+    return raw, (target_sum / totals).astype(np.float32)
 
 
 @numba.njit(nogil=True, cache=True)

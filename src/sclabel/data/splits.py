@@ -6,11 +6,14 @@ unseen donors, not memorised donor effects (scTab's practice).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from sclabel.errors import InputError
 
+log = logging.getLogger("sclabel")
 PARTS = ("train", "val", "test")
 
 
@@ -71,7 +74,33 @@ def _grouped(labels: np.ndarray, groups: np.ndarray, fractions, rng) -> np.ndarr
         assign |= {g: "val" for g in names[n_train : n_train + n_val]}
         assign |= {g: "test" for g in names[n_train + n_val :]}
     _cover_classes_in_train(assign, table)
+    _warn_if_few_groups(assign, groups)
     return pd.Series(groups).map(assign).to_numpy(dtype=object)
+
+
+FEW_GROUPS = 3  # fewer groups than this in a part: its scores rest on one or two donors
+
+
+def _warn_if_few_groups(assign: dict, groups: np.ndarray) -> None:
+    """Say which groups went where, and warn when training or a held-out part has fewer
+    than FEW_GROUPS of them (3 replicates: one trains, one validates, one tests)."""
+    cells = pd.Series(groups).value_counts()
+    chosen = {part: sorted(g for g, p in assign.items() if p == part) for part in PARTS}
+    described = "; ".join(
+        f"{part}: {len(names)} group(s) {names[:6]}{' ...' if len(names) > 6 else ''}, "
+        f"{int(cells[names].sum()) if names else 0} cells"
+        for part, names in chosen.items()
+    )
+    few = [part for part, names in chosen.items() if 0 < len(names) < FEW_GROUPS]
+    if few:
+        log.warning(
+            "grouped split: %s. %s %s fewer than %d groups: scores then rest on one or two "
+            "groups, and a model trained on few groups may not generalize; use a column with "
+            "more groups, or --cv to rotate them",
+            described, " and ".join(few), "has" if len(few) == 1 else "have", FEW_GROUPS,
+        )  # fmt: skip
+    else:
+        log.info("grouped split: %s", described)
 
 
 def _stratified_groups(table: pd.DataFrame, names, fractions, rng) -> dict | None:

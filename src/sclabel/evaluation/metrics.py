@@ -69,7 +69,43 @@ def compute_metrics(
         **uncertainty_metrics(np.asarray(confidence), correct),
         "unseen_labels": sorted(set(present) - set(classes)),
         "n_unknown": int((y_pred == "unknown").sum()) if "unknown" not in classes else 0,
+        **seen_and_unseen(y_true, y_pred, np.asarray(confidence), classes),
     }
+
+
+UNSEEN_FLAGGED = 0.9  # the threshold reported is the one that would flag this share
+
+
+def seen_and_unseen(y_true, y_pred, confidence: np.ndarray, classes) -> dict:
+    """With true labels the model never saw, the headline mixes two questions: how well it
+    labels what it knows, and whether it says "unknown" for what it does not. Scores over
+    the known classes only, and for the unseen-class cells: how many the unknown threshold
+    flagged, and the threshold that would flag 90% of them (with the share of known-class
+    cells it would flag too)."""
+    seen = np.isin(y_true, list(classes))
+    if seen.all():
+        return {}
+    known = sorted(set(y_true[seen]))
+    out: dict = {}
+    if seen.any():
+        out["known_classes"] = {
+            "n_cells": int(seen.sum()),
+            "accuracy": float(accuracy_score(y_true[seen], y_pred[seen])),
+            "macro_f1": float(
+                f1_score(y_true[seen], y_pred[seen], labels=known, average="macro", zero_division=0)
+            ),  # fmt: skip
+        }
+    unseen_conf = confidence[~seen]
+    threshold = float(np.nextafter(np.quantile(unseen_conf, UNSEEN_FLAGGED), np.inf))
+    out["unseen_cells"] = {
+        "n_cells": int((~seen).sum()),
+        "flagged_unknown": int((y_pred[~seen] == "unknown").sum()),
+        "threshold_flagging_90pct": min(threshold, 1.0),
+        "known_cells_flagged_at_it": float((confidence[seen] < threshold).mean())
+        if seen.any()
+        else None,
+    }
+    return out
 
 
 REJECTED_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)

@@ -68,7 +68,10 @@ def evaluate_model(
 
         rows = sample_rows(adata.n_obs)
         bound = model.input_spec.bind(
-            adata, layer=predict_options.get("layer"), gene_key=predict_options.get("gene_key")
+            adata,
+            layer=predict_options.get("layer"),
+            gene_key=predict_options.get("gene_key"),
+            values=predict_options.get("values"),
         )
         sections = annotation_sections(prediction.subset(rows), bound, model, rows)[1:]
     return evaluate(

@@ -69,7 +69,9 @@ class Report:
             lines += [
                 "True labels the model was never trained on: "
                 + ", ".join(map(_md, m["unseen_labels"]))
-                + ".",
+                + ". The scores above count their cells as wrong; separately:",
+                "",
+                *_seen_and_unseen(m),
                 "",
             ]
         lines += [
@@ -121,6 +123,29 @@ def _md(value) -> str:
     return (
         str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
     )
+
+
+def _seen_and_unseen(m: dict) -> list[str]:
+    known, unseen = m.get("known_classes"), m.get("unseen_cells")
+    lines = []
+    if known:
+        lines.append(
+            f"- over the classes the model knows ({known['n_cells']} cells): accuracy "
+            f"{known['accuracy']:.4f}, macro-F1 {known['macro_f1']:.4f}"
+        )
+    if unseen:
+        flagged = unseen["flagged_unknown"]
+        lines.append(
+            f"- cells of unseen classes: {unseen['n_cells']}, of which {flagged} "
+            f"({flagged / unseen['n_cells']:.0%}) were labelled unknown; an unknown threshold "
+            f"of {unseen['threshold_flagging_90pct']:.3f} would flag 90% of them"
+            + (
+                f" (and {unseen['known_cells_flagged_at_it']:.0%} of the known-class cells)"
+                if unseen["known_cells_flagged_at_it"] is not None
+                else ""
+            )
+        )
+    return lines
 
 
 def _about(about: dict) -> str:

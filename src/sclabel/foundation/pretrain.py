@@ -75,6 +75,7 @@ class PretrainConfig(_JSONConfig):
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
+    threads: int | None = None  # None: OMP_NUM_THREADS, else every core
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -176,6 +177,13 @@ def _model_for(config: PretrainConfig, n_tokens: int):
 
 def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig) -> PretrainResult:
     """Pretrain from scratch on a tokenized store and write the model folder `out`."""
+    from sclabel.training import threads
+
+    with threads.using(threads.choose(None, config.threads)):
+        return _pretrain(store, out, config)
+
+
+def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig):
     from tqdm.auto import tqdm
 
     from sclabel.foundation.vocabulary import GeneTokenizer

@@ -111,6 +111,7 @@ def predict(
     gene_key: str | None = None,
     unknown_threshold: float | str | None = None,
     min_gene_coverage: float | None = None,
+    values: str | None = None,
     coverage: float | None = None,
     calibrated: bool = True,
     ontology_threshold: float | None = None,
@@ -132,7 +133,8 @@ def predict(
     reaches it (`levels=N`: N coarse level columns too); see `levels.py`."""
     job = job_of(model, task=task, calibrated=calibrated)
     request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels)
-    job.bind(adata, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage)
+    job.bind(adata, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage,
+             values=values)  # fmt: skip
     bound = job.primary
     starts = range(0, bound.n_cells, chunk_size)
     chunks = [
@@ -163,6 +165,7 @@ def predict_to_file(
     gene_key: str | None = None,
     unknown_threshold: float | str | None = None,
     min_gene_coverage: float | None = None,
+    values: str | None = None,
     coverage: float | None = None,
     calibrated: bool = True,
     ontology_threshold: float | None = None,
@@ -191,7 +194,8 @@ def predict_to_file(
     job = job_of(model, task=task, calibrated=calibrated)
     request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels)
     classes = request.classes
-    job.bind(data, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage)
+    job.bind(data, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage,
+             values=values)  # fmt: skip
     bound = job.primary
     meta = {
         "model": job.fingerprint(),

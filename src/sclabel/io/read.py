@@ -23,7 +23,7 @@ from sclabel.errors import InputError
 
 log = logging.getLogger("sclabel")
 
-ValueKind = Literal["counts", "log1p"]
+ValueKind = Literal["counts", "log1p", "log1p_rescaled", "log2", "normalized"]
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 _HOUSEKEEPING = {"ACTB", "GAPDH", "B2M", "MALAT1", "EEF1A1", "TMSB4X", "FTL", "RPL13A", "RPS27A"}
 
@@ -205,8 +205,34 @@ class ValueReport:
     detail: str
 
 
-def detect_values(X, *, n_rows: int = 2000, seed: int = 0) -> ValueReport:
-    """Tell raw counts from log1p-normalized values; refuse scaled or broken matrices.
+# log1p of values normalized to 10,000 per cell cannot exceed log1p(10,000) = 9.21; above
+# this, natural-log input normalized to 10,000 is ruled out
+LOG1P_CEILING = 9.8
+CONSTANT = 0.05  # row sums whose coefficient of variation is below this are "constant"
+MIN_ROWS_TO_JUDGE = 20  # fewer sampled rows: log input is taken as log1p, as given
+TYPICAL_TOTAL = 1e4  # log1p input normalized to this needs no rescaling
+INPUT_KINDS = ("auto", "counts", "log1p", "log2", "normalized")
+
+
+def _spread(sums: np.ndarray) -> float:
+    return float(sums.std() / max(sums.mean(), 1e-12))
+
+
+def _row_sums(sample, transform) -> np.ndarray:
+    rows = sp.csr_matrix(sample, dtype=np.float64)
+    rows.data = transform(rows.data)
+    return np.asarray(rows.sum(axis=1)).ravel()
+
+
+def detect_values(X, *, n_rows: int = 2000, seed: int = 0, declared: str | None = None):
+    """Tell raw counts from log-scaled values, and the log's base; refuse scaled matrices.
+
+    Counts are integers. Non-integer values are read as log1p when expm1 of each row sums
+    to the same total (rescaled to the target sum if that total is another, e.g. CPM), as
+    log2(x+1) when 2^x - 1 of each row does (converted: "log2"), and as log1p as given
+    otherwise, with a warning when their maximum is above what log1p of values normalized
+    to 10,000 can reach. `declared` (--input) overrides the guess; "normalized" takes
+    per-cell-scaled values that are not logged (CPM, TPM, FPKM) and rescales them.
 
     Works on a sample of rows (contiguous for backed data, random otherwise) so it is cheap
     on any size; `check_chunk` then validates every row as it is processed.
@@ -214,6 +240,8 @@ def detect_values(X, *, n_rows: int = 2000, seed: int = 0) -> ValueReport:
     n = X.shape[0]
     if n == 0 or X.shape[1] == 0:
         raise InputError(f"the matrix is empty ({X.shape[0]} cells x {X.shape[1]} genes)")
+    if declared not in (None, *INPUT_KINDS):
+        raise InputError(f"input kind must be one of {INPUT_KINDS}, not {declared!r}")
     if isinstance(X, np.ndarray | sp.spmatrix | sp.sparray):
         rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, n_rows), replace=False))
         sample = X[rows]
@@ -228,21 +256,48 @@ def detect_values(X, *, n_rows: int = 2000, seed: int = 0) -> ValueReport:
     if vmin < 0:
         msg = (
             f"X holds negative values (min {vmin:.3g}): it looks scaled or batch-corrected. "
-            "sclabel needs raw counts or log1p-normalized values; pass --layer with the counts "
-            "(e.g. --layer raw or --layer counts)"
+            "sclabel needs raw counts, log-normalized or per-cell-normalized values; pass "
+            "--layer with the counts (e.g. --layer raw or --layer counts)"
         )
         raise InputError(msg)
+    if declared == "normalized":
+        return ValueReport("normalized", vmax, f"per-cell-normalized values (max {vmax:.3g})")
     nonzero = values[values != 0]
-    if np.allclose(nonzero, np.round(nonzero), atol=1e-4):
-        _warn_if_rounded_log(sample, vmax)
+    integers = np.allclose(nonzero, np.round(nonzero), atol=1e-4)
+    if declared == "counts" or (declared in (None, "auto") and integers):
+        if declared != "counts":
+            _warn_if_rounded_log(sample, vmax)
         return ValueReport("counts", vmax, f"raw counts (integers, max {vmax:.0f})")
-    if vmax <= 20:
+    if vmax > 20 and declared in (None, "auto"):
+        msg = (
+            f"X holds non-integer values up to {vmax:.3g}: normalized (CPM, TPM, FPKM) but "
+            "not log-transformed? Pass --input normalized to rescale each cell and log1p "
+            "them, or --layer with the raw counts"
+        )
+        raise InputError(msg)
+    if sample.shape[0] < MIN_ROWS_TO_JUDGE:  # too few rows to tell a total from chance
         return ValueReport("log1p", vmax, f"log1p-normalized values (max {vmax:.2f})")
-    msg = (
-        f"X holds non-integer values up to {vmax:.3g}: normalized but not log-transformed? "
-        "sclabel needs raw counts or log1p-normalized values; pass --layer with the raw counts"
-    )
-    raise InputError(msg)
+    totals = _row_sums(sample, np.expm1)
+    natural = _spread(totals)
+    base2 = _spread(_row_sums(sample, lambda v: np.exp2(v) - 1))
+    if declared == "log2" or (declared in (None, "auto") and base2 < CONSTANT <= natural):
+        detail = f"log2(x+1) values (max {vmax:.2f}; 2^x - 1 of every row sums to one total)"
+        return ValueReport("log2", vmax, detail + ": converted to log1p")
+    if natural < CONSTANT:
+        total = float(np.median(totals))
+        if abs(total / TYPICAL_TOTAL - 1) < 0.01:  # normalized to 10,000 already
+            return ValueReport("log1p", vmax, f"log1p-normalized values (max {vmax:.2f})")
+        detail = f"log1p values of rows normalized to {total:,.0f} (max {vmax:.2f})"
+        return ValueReport("log1p_rescaled", vmax, detail + ": rescaled to the target sum")
+    if vmax > LOG1P_CEILING:
+        log.warning(
+            "X holds non-integer values up to %.2f, more than log1p of values normalized to "
+            "10,000 reaches (9.2), and neither expm1 nor 2^x - 1 of the rows sums to one total "
+            "(spread %.0f%% and %.0f%%); they are read as log1p values as given. If they are "
+            "log2(x+1) pass --input log2; if they are not logged, --input normalized",
+            vmax, 100 * natural, 100 * base2,
+        )  # fmt: skip
+    return ValueReport("log1p", vmax, f"log1p-normalized values (max {vmax:.2f})")
 
 
 def _warn_if_rounded_log(sample, vmax: float) -> None:
@@ -260,10 +315,7 @@ def _warn_if_rounded_log(sample, vmax: float) -> None:
     np.expm1(expm1.data, out=expm1.data)
     normalized_sums, raw_sums = (np.asarray(m.sum(axis=1)).ravel() for m in (expm1, rows))
 
-    def spread(sums: np.ndarray) -> float:
-        return float(sums.std() / max(sums.mean(), 1e-12))
-
-    constant = spread(normalized_sums) < 0.05 and spread(raw_sums) > 0.1
+    constant = _spread(normalized_sums) < CONSTANT and _spread(raw_sums) > 0.1
     shallow = vmax <= 10 and genes_per_cell >= 200
     if constant or shallow:
         why = (
@@ -311,5 +363,29 @@ def check_chunk(chunk: sp.csr_matrix, kind: ValueKind, first_row: int | np.ndarr
         msg = (
             f"{empty.size} cell(s) have zero counts (first at row {row(empty[0])}); "
             "filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)"
+        )
+        raise InputError(msg)
+
+
+def check_all_rows(X, *, chunk_size: int = 16384) -> None:
+    """Every row of X checked once, before any work: non-finite and negative values, and
+    all the cells with zero counts counted (not only the first chunk's)."""
+    from sclabel.data.normalize import row_block, to_csr
+
+    empty: list[int] = []
+    n_empty = 0
+    for start in range(0, X.shape[0], chunk_size):
+        block = to_csr(row_block(X, start, start + chunk_size))
+        _check_finite(block.data)
+        if block.data.size and block.data.min() < 0:
+            check_chunk(block, "counts", start)  # names the first negative row
+        zero = np.flatnonzero(np.asarray(block.sum(axis=1)).ravel() == 0)
+        n_empty += zero.size
+        empty.extend((zero[: max(0, 5 - len(empty))] + start).tolist())
+    if n_empty:
+        rows = ", ".join(map(str, empty)) + (", ..." if n_empty > len(empty) else "")
+        msg = (
+            f"{n_empty} cell(s) have zero counts (rows {rows}); filter them first, e.g. "
+            "sc.pp.filter_cells(adata, min_counts=1)"
         )
         raise InputError(msg)

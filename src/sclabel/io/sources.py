@@ -55,7 +55,9 @@ class RowSource(Protocol):
 class AnnDataSource:
     """An AnnData in memory or backed (`.h5ad` opened with backed="r"), X or a layer/raw."""
 
-    def __init__(self, source: str | Path | ad.AnnData, layer: str | None = None):
+    def __init__(
+        self, source: str | Path | ad.AnnData, layer: str | None = None, values: str | None = None
+    ):
         if isinstance(source, ad.AnnData):
             readers.check_cells(source, genes=False)  # an embedding alone is input too
             self.adata = source
@@ -64,6 +66,7 @@ class AnnDataSource:
         else:
             self.adata, self.name = readers.read(source, backed=True), str(source)
         self.layer = layer
+        self.declared = values  # --input: what the values are, instead of detecting it
         self.X, self.var = readers.matrix(self.adata, layer)
         self.obs = self.adata.obs
         self.n_cells = self.adata.n_obs
@@ -75,7 +78,7 @@ class AnnDataSource:
         if self._kind is None:
             if self.X is None:
                 raise InputError(f"{self.name} has no expression matrix (X is empty)")
-            self._kind = readers.detect_values(self.X)
+            self._kind = readers.detect_values(self.X, declared=self.declared)
         return self._kind
 
     def count_rows(self, rows: slice | np.ndarray, target_sum: float, *, copy: bool = True):
@@ -166,7 +169,7 @@ class StoreSource:
         }
 
 
-def as_source(data, layer: str | None = None) -> RowSource:
+def as_source(data, layer: str | None = None, values: str | None = None) -> RowSource:
     """The `RowSource` for what a user passed: AnnData, a store, a SOMA selection or a path."""
     from sclabel.store.format import Store
 
@@ -176,4 +179,4 @@ def as_source(data, layer: str | None = None) -> RowSource:
         return StoreSource(data)
     if isinstance(data, RowSource):
         return data
-    return AnnDataSource(data, layer)
+    return AnnDataSource(data, layer, values)

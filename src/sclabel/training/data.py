@@ -23,6 +23,7 @@ from sclabel.data.inputs import InputSpec
 from sclabel.data.obs import read_labels, require_column
 from sclabel.data.splits import PARTS, make_split
 from sclabel.errors import InputError
+from sclabel.io.read import check_all_rows, matrix
 from sclabel.store.format import Store
 from sclabel.store.loader import StoreRows
 
@@ -81,6 +82,7 @@ def load_training_data(
     donor_key: str | None = None,
     progress: bool = True,
     loader: dict[str, Any] | None = None,
+    genes: tuple[pd.DataFrame, str] | None = None,
 ) -> TrainingData:
     """Labels, split (from `split_key`, by `split_by` groups, or stratified) and each part's
     model input, one part at a time so peak memory is about the normalized data.
@@ -91,6 +93,10 @@ def load_training_data(
     """
     donor_key = donor_key or data_config.split_by
     label_keys = data_config.label_keys
+    if not isinstance(source, Store) and data_config.obsm_key is None:
+        X = matrix(source, data_config.layer)[0]
+        if X is not None and X.shape[1]:
+            check_all_rows(X)  # every cell, once, before any split or log line
     if isinstance(source, Store):
         used = [*label_keys, data_config.split_key, data_config.split_by, donor_key]
         obs = pd.DataFrame({c: source.column(c) for c in dict.fromkeys(used) if c is not None})
@@ -146,6 +152,8 @@ def load_training_data(
             min_gene_coverage=data_config.min_gene_coverage,
             seed=seed,
             progress=progress,
+            values=data_config.values,
+            genes=genes,
         )
     subsets = {name: (matrices[name], y[part == name]) for name in PARTS}
     train_y = subsets["train"][1].reshape(len(subsets["train"][1]), -1)

@@ -28,6 +28,7 @@ from sclabel.models import Classifier, build, check_family
 from sclabel.models.ensemble import combine
 from sclabel.models.multitask import with_tasks
 from sclabel.store.loader import StoreRows
+from sclabel.training import threads
 from sclabel.training.data import TrainingData
 from sclabel.training.loop import FitResult, fit
 from sclabel.training.parallel import fit_members_parallel
@@ -89,8 +90,15 @@ def fit_members(
         return with_tasks(module, {k: len(v) for k, v in data.extra_classes.items()})
 
     def train_member(member: int, member_hardware: Hardware) -> tuple[Classifier, FitResult]:
-        member_config = dataclasses.replace(config, seed=config.seed + member)
         module = build_member(member)
+        n_threads = threads.choose(module, member_hardware.threads)
+        with threads.using(n_threads):
+            module, result = fit_member(member, module, member_hardware)
+        result.threads = n_threads
+        return module, result
+
+    def fit_member(member: int, module: Classifier, member_hardware: Hardware):
+        member_config = dataclasses.replace(config, seed=config.seed + member)
         augmented = augmentation is not None
         distributed = str(member_hardware.devices) != "1" or member_hardware.num_nodes > 1
         if module.fits_directly(
@@ -140,6 +148,7 @@ def fit_record(result: FitResult, seed: int) -> dict[str, Any]:
         "epochs_run": result.epochs_run,
         "train_seconds": result.seconds,
         "batch_size": result.batch_size,
+        "threads": result.threads,
         "history": result.history,
     }
 

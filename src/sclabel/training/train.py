@@ -15,6 +15,7 @@ import torch
 
 from sclabel.config import DataConfig, ModelConfig, split_options
 from sclabel.data.augment import AugmentConfig, config_from
+from sclabel.data.genes import gene_list
 from sclabel.data.loader import EVAL_BATCH, iterate_batches
 from sclabel.errors import InputError
 from sclabel.evaluation.calibration import expected_calibration_error
@@ -54,6 +55,8 @@ def train(
     resume: bool = False,
     out: str | Path | None = None,
     data_name: str | None = None,
+    values: str | None = None,
+    genes=None,
     **train_options: Any,
 ) -> Model:
     """Train a classifier of family `model` on `adata.obs[label_key]`.
@@ -89,6 +92,16 @@ def train(
     safely written (or, without `out`, when the trained model is returned). `data_name`
     names the training data in the model card (default: the file, when it is known).
 
+    `genes` trains on the genes a list, a file (one id per line) or another dataset (an
+    AnnData or .h5ad: a query's) shares with `adata`, matched as a query's genes are; the
+    model then covers that query fully.
+
+    `values` says what X (or `layer`) holds instead of detecting it: "counts", "log1p",
+    "log2" (log2(x+1), converted) or "normalized" (per-cell-scaled values such as CPM, TPM
+    or FPKM, not logged: each cell is rescaled to the target sum and log1p'd, as CellTypist
+    treats its input). Detection tells counts from log1p and log2 by whether expm1 or 2^x - 1
+    of the rows sum to one total (io/read.py, `detect_values`).
+
     Loss and class balance (TrainConfig fields): `loss` is one of ce, weighted_ce (default),
     focal (with `focal_gamma`), dice or bce (see `sclabel.training.losses`); `upsample=f`
     repeats the training cells of every class smaller than f x the largest up to that size
@@ -114,6 +127,9 @@ def train(
     from_store = isinstance(adata, Store)
     if from_store and (layer is not None or gene_key is not None):
         raise InputError("a store has one matrix and one gene vocabulary: drop layer/gene_key")
+    if genes is not None and (from_store or obsm_key is not None):
+        raise InputError("genes= chooses genes of an expression matrix, not of a store/embedding")
+    gene_table = None if genes is None else gene_list(genes)
     data_config = DataConfig(
         label_key=label_keys[0],
         extra_label_keys=tuple(label_keys[1:]),
@@ -124,6 +140,8 @@ def train(
         obsm_key=obsm_key,
         pca=pca,
         split_fractions=split_fractions,
+        values=values,
+        genes_from=None if gene_table is None else gene_table[1],
         **({"target_sum": adata.meta["target_sum"]} if from_store else {}),
     )
     augment_config = config_from(augment)
@@ -142,7 +160,7 @@ def train(
         check_inputs(model, data_config, first_config, augment_config is not None, from_store)
     data = load_training_data(
         adata, data_config, seed=first_config.seed, donor_key=donor_key, progress=progress,
-        loader=loader,
+        loader=loader, genes=gene_table,
     )  # fmt: skip
     metrics: dict[str, Any] = {"n_cells": {p: int(s[1].size) for p, s in data.subsets.items()}}
     metrics["trained_with"] = provenance(adata, data_name)

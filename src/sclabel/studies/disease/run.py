@@ -130,7 +130,7 @@ def run_disease_experiment(
         setup.train_kwargs["pca"] = pca
     notes = []
     splits = _splits(setup, folds, fractions, cell_split, seed, notes)
-    settings = _settings(setup, adata, model, obsm_key, pca, folds, fractions, cell_split, seed)
+    settings = _settings(setup, adata, model, obsm_key, pca, folds, cell_split, seed, splits)
     settings |= {"caps": list(caps), "train_options": train_options}
     options = {
         "caps": list(caps),
@@ -226,7 +226,19 @@ def _splits(setup: Setup, folds, fractions, cell_split, seed, notes) -> list[pd.
     return [patient_split(frame, "patient", "stratum", fractions=fractions, seed=seed)]
 
 
-def _settings(setup, adata, model, obsm_key, pca, folds, fractions, cell_split, seed) -> dict:
+def _real_split(setup, split: pd.Series) -> str:
+    """What the first split holds: patients (or units) and cells per part, as made."""
+    key = setup.patient_key or setup.unit_key
+    if key is None:
+        return ", ".join(f"{p} {int((split == p).sum())} cells" for p in ("train", "val", "test"))
+    units = setup.adata.obs.loc[split.index, key].astype(str)
+    return ", ".join(
+        f"{p} {units[split == p].nunique()} {key}s / {int((split == p).sum())} cells"
+        for p in ("train", "val", "test")
+    )
+
+
+def _settings(setup, adata, model, obsm_key, pca, folds, cell_split, seed, splits) -> dict:
     obs = setup.adata.obs
     if obsm_key is not None:
         representation = f"obsm[{obsm_key!r}]"
@@ -235,9 +247,9 @@ def _settings(setup, adata, model, obsm_key, pca, folds, fractions, cell_split, 
     if cell_split:
         split = "cell-level random split (patients leak)"
     elif folds:
-        split = f"{folds}-fold by {setup.patient_key}"
+        split = f"{folds}-fold by {setup.patient_key} (fold 1: {_real_split(setup, splits[0])})"
     else:
-        split = f"by {setup.patient_key}, fractions {tuple(fractions)}"
+        split = f"by {setup.patient_key}: {_real_split(setup, splits[0])}"
     return {
         "cells": int(adata.n_obs),
         "labels": setup.labels,
