@@ -20,6 +20,7 @@ def test_public_names_are_explicit():
             "embed",
             "evaluate",
             "import_celltypist",
+            "import_sctab",
             "predict",
             "predict_to_file",
             "pretrain",
