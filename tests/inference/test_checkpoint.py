@@ -130,3 +130,18 @@ def test_a_checkpoint_without_file_digests_loads_and_gains_them_on_save(checkpoi
     model.save(tmp_path / "again")
     again = json.loads((tmp_path / "again" / "config.json").read_text())
     assert set(again["file_sha256"]) == {"genes.json", "labels.json"}
+
+
+def test_weight_files_follow_the_users_umask(trained_model, tmp_path):
+    """safetensors writes 0600; a model in a shared lab folder must be readable by the lab."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        trained_model.save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
+    assert all(mode == 0o644 for mode in modes.values()), modes

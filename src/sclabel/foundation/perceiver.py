@@ -31,6 +31,7 @@ from sclabel.foundation.objectives import (
     negative_binomial_nll,
     poisson_nll,
 )
+from sclabel.io.atomic import shared_like_umask
 
 ARCHITECTURE = "sclabel-perceiver"
 FORMAT_VERSION = 1
@@ -213,6 +214,7 @@ def save(model: PerceiverForMaskedExpression, folder: str | Path) -> None:
     (folder / "config.json").write_text(json.dumps(info, indent=1))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
+    shared_like_umask(folder / "model.safetensors")
 
 
 def load(folder: str | Path) -> PerceiverForMaskedExpression:

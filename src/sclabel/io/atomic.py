@@ -34,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        shared_like_umask(tmp)
         if path.is_dir() and tmp.is_dir():
             old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             path.rename(old)
@@ -51,6 +52,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def shared_like_umask(path: Path) -> None:
+    """Give `path` (and a folder's files) the modes the user's umask allows, as any other
+    file they write: safetensors writes its files 0600, and a model in a shared lab folder
+    then could not be loaded by colleagues. Only read/write bits are added, none removed."""
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        mode = file.stat().st_mode & 0o777
+        wanted = mode | (0o666 & ~mask)
+        if wanted != mode:
+            file.chmod(wanted)
+    if path.is_dir():  # mkdtemp-style folders are 0700 too
+        for folder in [path, *(p for p in path.rglob("*") if p.is_dir())]:
+            mode = folder.stat().st_mode & 0o777
+            if (wanted := mode | (0o777 & ~mask)) != mode:
+                folder.chmod(wanted)
 
 
 _LEFTOVER = re.compile(r"\.(tmp|old)-(\d+)-[0-9a-f]{8}$")
