@@ -81,12 +81,12 @@ def test_threads_follow_the_request_the_environment_and_the_model_size(monkeypat
     assert sclabel.train(adata, threads=2, **options).metrics["fit"]["threads"] == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert sclabel.train(adata, **options).metrics["fit"]["threads"] == 3
-    big = {"model_params": {"width": 4096, "depth": 2}}
+    big = {"model_params": {"width": 5000, "depth": 2}}
     monkeypatch.delenv("OMP_NUM_THREADS")
     import os
 
     threads = sclabel.train(adata, **options, **big).metrics["fit"]["threads"]
-    assert threads == os.cpu_count()  # 40 x 4096 + 4096^2 weights: over 5M parameters
+    assert threads == os.cpu_count()  # 40 x 5000 + 5000^2 weights: over 20M parameters
     assert torch.get_num_threads() == before  # restored after training
 
 

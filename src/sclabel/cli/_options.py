@@ -72,7 +72,7 @@ def hardware_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        help="CPU threads for torch (default: OMP_NUM_THREADS, else 1 for models under 5M "
+        help="CPU threads for torch (default: OMP_NUM_THREADS, else 1 for models under 20M "
         "parameters and every core above; benchmarks/RESULTS.md 'Threads')",
     )
 

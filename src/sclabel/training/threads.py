@@ -3,9 +3,12 @@
 torch's default (one intra-op thread per core) makes small models CPU-hungry without making
 them faster: their matrix products are too small to split well, and on a busy machine the
 threads wait for each other (two TabNet epochs on 2 shared cores: 9.7 CPU-s with the default,
-0.9 CPU-s with one thread). `benchmarks/threads.py` measures it per family; the default here
-follows it: one thread below LARGE_MODEL parameters, every core above. OMP_NUM_THREADS, when
-set, and `threads=` / `--threads` always win.
+0.9 CPU-s with one thread). `benchmarks/threads.py` measures it per family: on a shared
+2-core machine one thread was faster for every model tried, up to an 8.3M-parameter mlp
+(21 s against 27 s for 3 epochs) and TabNet (15 s against 56 s). So the default is one
+thread below LARGE_MODEL parameters, every core above (large models and pretraining, where
+attention over thousands of tokens a cell dominates). OMP_NUM_THREADS, when set, and
+`threads=` / `--threads` always win.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 
 from sclabel.errors import InputError
 
-LARGE_MODEL = 5_000_000  # parameters; see benchmarks/RESULTS.md "Threads"
+LARGE_MODEL = 20_000_000  # parameters; see benchmarks/RESULTS.md "Threads"
 
 
 def given(requested: int | None = None) -> int | None:
