@@ -14,6 +14,7 @@ def test_public_names_are_explicit():
             "Model",
             "Prediction",
             "Report",
+            "annotate",
             "build_store",
             "cross_validate",
             "datasets",

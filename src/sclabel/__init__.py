@@ -1,5 +1,6 @@
 """sclabel: train and apply cell-level classifiers to single-cell RNA-seq data.
 
+sclabel.annotate(query, "celltypist:Immune_All_Low")   # or a model folder: answers in obs
 model = sclabel.train(adata, label_key="cell_type", split_by="donor", model="mlp")
 prediction = model.predict(query)
 prediction.to_adata(query)
@@ -22,6 +23,7 @@ _EXPORTS = {
     "Model": "sclabel.inference.model",
     "Prediction": "sclabel.inference.prediction",
     "Report": "sclabel.evaluation.report",
+    "annotate": "sclabel.inference.annotate",
     "build_store": "sclabel.store.build",
     "cross_validate": "sclabel.training.cv",
     "embed": "sclabel.inference.embed",
@@ -41,6 +43,7 @@ __all__ = [
     "Model",
     "Prediction",
     "Report",
+    "annotate",
     "build_store",
     "cross_validate",
     "datasets",
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from sclabel.evaluation.report import Report, evaluate
     from sclabel.foundation.corpus import tokenize
     from sclabel.foundation.pretrain import pretrain
+    from sclabel.inference.annotate import annotate
     from sclabel.inference.celltypist import import_celltypist
     from sclabel.inference.embed import embed
     from sclabel.inference.engine import predict, predict_to_file

@@ -1,4 +1,4 @@
-"""`sclabel predict` and `sclabel evaluate`: apply a saved model to a dataset."""
+"""`sclabel annotate`, `predict` and `evaluate`: apply a saved model to a dataset."""
 
 from __future__ import annotations
 
@@ -169,7 +169,53 @@ def run_evaluate(args) -> None:
     print(f"report written to {report.path}/report.md")
 
 
+def annotate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help=".h5ad to annotate (written back in place unless --out)")
+    p.add_argument("--model", required=True, help="checkpoint directory or celltypist:NAME")
+    p.add_argument("--out", help=".h5ad to write instead of updating INPUT")
+    p.add_argument("--layer", help="matrix to use instead of X: a layer name or 'raw'")
+    p.add_argument("--gene-key", help="var column with gene ids ('var_names' for the index)")
+    answer_options(p)
+    p.add_argument("--majority-voting", action="store_true", help="add over-cluster votes")
+    p.add_argument("--cluster-key", help="obs column of clusters to vote in (implies voting)")
+    p.add_argument("--key-added", default="sclabel", help="prefix of the obs/obsm keys")
+    p.add_argument(
+        "--celltypist-names",
+        action="store_true",
+        help="also write CellTypist's columns (predicted_labels, conf_score, majority_voting, "
+        "over_clustering), so notebooks written for CellTypist keep working",
+    )
+
+
+def run_annotate(args) -> None:
+    import pandas as pd
+
+    from sclabel.inference.annotate import annotate_file
+
+    prediction, path = annotate_file(
+        args.input,
+        args.model,
+        out=args.out,
+        majority_voting=args.majority_voting,
+        cluster_key=args.cluster_key,
+        key_added=args.key_added,
+        celltypist_names=args.celltypist_names,
+        **predict_options(args),
+    )
+    counts = pd.Series(prediction.labels).value_counts()
+    print(f"{len(prediction.labels)} cells annotated ({prediction.coverage:.1%} gene coverage)")
+    print(counts.head(10).to_string())
+    print(f"written to {path} (obs {args.key_added}_label, {args.key_added}_confidence, ...)")
+
+
 COMMANDS = [
+    Command(
+        "annotate",
+        "Annotate an .h5ad in one step: labels, confidence and probabilities into the file.",
+        "sclabel annotate query.h5ad --model celltypist:Immune_All_Low --majority-voting",
+        annotate_arguments,
+        run_annotate,
+    ),
     Command(
         "predict",
         "Predict labels for every cell of a dataset.",
