@@ -156,3 +156,25 @@ def test_missing_tiledbsoma_says_how_to_install(synthetic_soma, monkeypatch):
     with pytest.raises(InputError, match=r"pip install 'sclabel\[soma\]'"):
         open_soma(synthetic_soma[0])
     assert is_soma(synthetic_soma[0])  # still recognised, so the user gets the hint above
+
+
+def test_the_layer_tiledbsoma_writes_by_default_is_read_and_named(tmp_path):
+    """`tiledbsoma.io.from_anndata`, which our own messages recommend, names X "data"; only
+    a layer named "raw" used to work."""
+    from conftest import run
+
+    adata = sclabel.datasets.synthetic(300, 50, 3, 3, seed=1)
+    uri = str(tmp_path / "exp")
+    from_anndata(uri, adata, "RNA")  # X_layer_name defaults to "data"
+    with open_soma(uri) as source:
+        assert source.layer == "data"
+        np.testing.assert_array_equal(source.to_anndata().X.toarray(), adata.X.toarray())
+    for extra in ([], ["--layer", "data"]):
+        out = tmp_path / f"m{len(extra)}"
+        result = run("train", uri, "--label-key", "cell_type", "--model", "linear", *extra,
+                     "--out", out)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    missing = run("train", uri, "--label-key", "cell_type", "--layer", "counts", "--out",
+                  tmp_path / "m9")  # fmt: skip
+    assert missing.returncode == 2 and "X layer 'counts' not in measurement" in missing.stderr
+    assert "['data']" in missing.stderr

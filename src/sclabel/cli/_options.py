@@ -145,7 +145,8 @@ def open_data(args):
     from sclabel.io.read import open_input
 
     backed, obs_filter = getattr(args, "backed", False), getattr(args, "obs_filter", None)
-    return open_input(args.input, backed=backed, obs_filter=obs_filter)
+    layer = getattr(args, "layer", None)
+    return open_input(args.input, backed=backed, obs_filter=obs_filter, layer=layer)
 
 
 def read_anndata(args):

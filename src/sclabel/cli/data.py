@@ -35,7 +35,11 @@ def run_store(args) -> None:
 
     if args.obs_filter and not any(is_soma(p) for p in args.inputs):
         raise InputError("--obs-filter applies to SOMA inputs only")
-    sources = [open_soma(p, obs_filter=args.obs_filter) if is_soma(p) else p for p in args.inputs]
+
+    def soma(path):
+        return open_soma(path, obs_filter=args.obs_filter, layer=args.layer)
+
+    sources = [soma(p) if is_soma(p) else p for p in args.inputs]
     store = build_store(
         sources,
         args.out,

@@ -138,9 +138,16 @@ def _read_table(path: Path) -> ad.AnnData:
     )
 
 
-def open_input(path: str | Path, *, backed: bool = False, obs_filter: str | None = None):
+def open_input(
+    path: str | Path,
+    *,
+    backed: bool = False,
+    obs_filter: str | None = None,
+    layer: str | None = None,
+):
     """What the CLI's INPUT names: a `Store` folder, a SOMA experiment (its cells selected by
-    `obs_filter`, read into memory) or any file `read` takes."""
+    `obs_filter`, X from its `layer`: by default raw, counts or data, read into memory) or
+    any file `read` takes."""
     from sclabel.io.soma import is_soma, open_soma
     from sclabel.store.format import Store, is_store
 
@@ -149,7 +156,8 @@ def open_input(path: str | Path, *, backed: bool = False, obs_filter: str | None
             raise InputError("--obs-filter applies to SOMA experiments, not to a store")
         return Store.open(path)
     if is_soma(path):
-        with open_soma(path, obs_filter=obs_filter) as source:
+        soma_layer = None if layer in (None, "X") else layer
+        with open_soma(path, obs_filter=obs_filter, layer=soma_layer) as source:
             return source.to_anndata()
     if obs_filter:
         raise InputError("--obs-filter applies to SOMA experiments only")

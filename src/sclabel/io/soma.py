@@ -62,7 +62,7 @@ def open_soma(
     uri: str | PathLike,
     *,
     measurement: str = "RNA",
-    layer: str = "raw",
+    layer: str | None = None,
     obs_filter: str | None = None,
     obs_columns: Sequence[str] | None = None,
     var_key: str | None = None,
@@ -118,12 +118,19 @@ class SomaSource:
     def n_cells(self) -> int:
         return len(self.obs)
 
-    def _x_layer(self, measurement: str, layer: str):
+    def _x_layer(self, measurement: str, layer: str | None):
         available = sorted(self._experiment.ms)
         if measurement not in available:
             raise InputError(f"measurement {measurement!r} not found; available: {available}")
         ms = self._experiment.ms[measurement]
         layers = sorted(ms.X) if "X" in ms else []
+        if layer is None:  # raw counts first; "data" is what tiledbsoma.io.from_anndata writes
+            preferred = [name for name in ("raw", "counts", "data") if name in layers]
+            layer = preferred[0] if preferred else (layers[0] if len(layers) == 1 else None)
+            if layer is None:
+                msg = f"measurement {measurement!r} has X layers {layers}; choose one with --layer"
+                raise InputError(msg)
+        self.layer = layer
         if layer not in layers:
             msg = f"X layer {layer!r} not in measurement {measurement!r}; available: {layers}"
             raise InputError(msg)
@@ -223,7 +230,9 @@ class SomaSource:
     def to_anndata(self) -> ad.AnnData:
         """The whole selection in memory; meant for small selections (use iter_chunks else)."""
         X, obs = next(self.iter_chunks(self.n_cells))
-        return ad.AnnData(X=X, obs=obs.copy(), var=self.var.copy())
+        adata = ad.AnnData(X=X, obs=obs.copy(), var=self.var.copy())
+        adata.layers[self.layer] = adata.X  # so --layer NAME finds the layer it was read from
+        return adata
 
     def close(self) -> None:
         self._experiment.close()
