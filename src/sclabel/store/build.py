@@ -113,8 +113,9 @@ def _append_source(
     writer, source, columns, gene_key, min_gene_coverage, chunk_size, bar, reorder=None
 ):
     alignment = genes.align(
-        source.var, writer.vocabulary, gene_key=gene_key, min_coverage=min_gene_coverage
-    )
+        source.var, writer.vocabulary, gene_key=gene_key, min_coverage=min_gene_coverage,
+        what="store",
+    )  # fmt: skip
     kind, start, done, writing = None, writer.n_cells, 0, None
     # chunk i is written on a thread while chunk i + 1 is read (another thread) and prepared
     with ThreadPoolExecutor(1, thread_name_prefix="sclabel-write") as write:

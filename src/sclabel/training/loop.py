@@ -182,7 +182,7 @@ def fit(
         stop = has_val and epoch - best[1] >= config.patience and done_steps >= config.min_steps
         checkpoint(epoch, finished=stop or epoch == config.max_epochs - 1)
         if stop:
-            log.info("early stop after epoch %d (best epoch %d)", epoch, best[1])
+            log.info("early stop after epoch %d (best epoch %d)", epoch + 1, best[1] + 1)
             break
     bar.close()
     warn_if_early_best(best[1], len(history), has_val, steps)
