@@ -171,3 +171,12 @@ def test_evaluate_scores_known_classes_and_unseen_cells_apart(tmp_path):
     assert report.metrics["unseen_cells"]["n_cells"] == int(
         (adata.obs["cell_type"] == "type_2").sum()
     )
+
+
+def test_numeric_labels_sort_as_numbers_in_scores():
+    from sclabel.evaluation.metrics import compute_metrics
+
+    labels = np.array([str(i) for i in (1, 2, 10, 3, 1, 10)])
+    m = compute_metrics(labels, labels, np.ones(6), ["1", "10", "2", "3"])
+    assert m["confusion"]["rows"] == ["1", "2", "3", "10"]
+    assert list(m["per_class"]) == ["1", "2", "3", "10"]

@@ -16,6 +16,19 @@ from sklearn.metrics import (
 from sclabel.evaluation.calibration import expected_calibration_error, reliability_table
 
 
+def label_order(labels) -> list[str]:
+    """Labels sorted as people read them: numbers as numbers (1, 2, ..., 10, not 1, 10, 2),
+    then text."""
+
+    def key(label: str):
+        try:
+            return (0, float(label), "")
+        except ValueError:
+            return (1, 0.0, label)
+
+    return sorted((str(label) for label in labels), key=key)
+
+
 def compute_metrics(
     y_true: Sequence[str],
     y_pred: Sequence[str],
@@ -30,9 +43,9 @@ def compute_metrics(
     """
     y_true = np.asarray(y_true, dtype=object).astype(str)
     y_pred = np.asarray(y_pred, dtype=object).astype(str)
-    present = sorted(set(y_true))
+    present = label_order(set(y_true))
     rows = present
-    columns = list(classes) + sorted(set(y_pred) - set(classes))  # e.g. "unknown"
+    columns = list(classes) + label_order(set(y_pred) - set(classes))  # e.g. "unknown"
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=present, zero_division=0
     )
