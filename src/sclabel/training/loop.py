@@ -45,6 +45,7 @@ class FitResult:
     is_main_process: bool = True  # under DDP only rank 0 should write outputs
     history: list[dict] = field(default_factory=list)
     threads: int = 0  # CPU threads torch used (training/threads.py); 0: not recorded
+    schedule: dict | None = None  # the warmup_steps and decay_steps it ran with
 
 
 def make_fabric(hardware: Hardware):
@@ -92,7 +93,7 @@ def fit(
         train[0].shape[0], module.max_batch_size, module.steps_per_epoch
     )
     steps = n_batches(train[0].shape[0], batch_size, fabric.world_size)
-    scheduler = step_schedule(optimizer, config, steps)
+    scheduler, schedule = step_schedule(optimizer, config, steps)
     restored = None
     if state_dir is not None:  # before setup, so DDP broadcasts the restored weights
         restored = load_state(state_dir, module, optimizer, scheduler, run or {})
@@ -196,6 +197,7 @@ def fit(
         batch_size=batch_size,
         is_main_process=fabric.global_rank == 0,
         history=history,
+        schedule=schedule,
     )
 
 
@@ -216,7 +218,8 @@ def step_schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
         ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
         return ramp * gamma ** (step // decay)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedule = {"warmup_steps": warmup, "decay_steps": decay}
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), schedule
 
 
 def warn_if_early_best(best_epoch: int, epochs_run: int, has_val: bool, steps: int) -> None:
