@@ -104,8 +104,8 @@ def test_explain_finds_the_marker_genes(standardized_tabnet, marker_data):
 
 
 def test_explain_needs_a_feature_mask(trained_model, marker_data):
-    with pytest.raises(InputError, match="no feature mask.*tabnet"):
-        trained_model.explain(marker_data[:10].copy(), progress=False)
+    with pytest.raises(InputError, match="no feature mask.*gradient.*tabnet"):
+        trained_model.explain(marker_data[:10].copy(), method="mask", progress=False)
 
 
 def test_batch_norm_statistics_are_recomputed_from_training_batches():

@@ -233,6 +233,54 @@ COMMANDS = [
 ]
 
 
+def explain_arguments(p: argparse.ArgumentParser) -> None:
+    input_options(p)
+    p.add_argument("--model", required=True, help="checkpoint directory (any gene-input family)")
+    p.add_argument("--out", required=True, help="folder for the table and plots")
+    p.add_argument(
+        "--method",
+        choices=["auto", "mask", "gradient"],
+        default="auto",
+        help="mask: TabNet's feature mask; gradient: input x gradient of the predicted label "
+        "(any gene-input model); auto: the mask where the model has one",
+    )
+    p.add_argument("--top", type=int, default=10, help="genes per predicted label in the table")
+    p.add_argument("--plot-top", type=int, default=4, help="genes per label in the plots")
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        default=20000,
+        help="explain a random subset of at most this many cells (importances are cells x "
+        "genes floats); 0 for all",
+    )
+    p.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
+
+
+def run_explain(args) -> None:
+    import numpy as np
+
+    from sclabel.inference.explain import explain
+    from sclabel.inference.model import Model
+    from sclabel.io.atomic import check_dir
+
+    check_dir(args.out, marker="top_genes.csv", what="explain output")
+    model = Model.load(args.model)
+    adata = read_anndata(args)
+    if args.max_cells and adata.n_obs > args.max_cells:
+        rows = np.sort(np.random.default_rng(0).choice(adata.n_obs, args.max_cells, replace=False))
+        print(f"explaining {args.max_cells:,} of {adata.n_obs:,} cells (--max-cells)")
+        adata = adata[rows]
+    explanation = explain(model, adata, method=args.method, layer=args.layer,
+                          gene_key=args.gene_key, min_gene_coverage=args.min_gene_coverage,
+                          progress=not args.quiet)  # fmt: skip
+    written = explanation.write(args.out, n=args.top, n_plot=args.plot_top)
+    top = explanation.top_genes(min(args.top, 5), symbols=True)
+    print(f"{len(explanation.labels):,} cells explained ({explanation.method})")
+    for label, genes in sorted(top.items(), key=lambda item: str(item[0])):
+        print(f"  {label}: {', '.join(genes)}")
+    print("written: " + ", ".join(str(path) for path in written.values()))
+
+
 def reference_arguments(p: argparse.ArgumentParser) -> None:
     input_options(p)
     p.add_argument("--model", required=True, help="checkpoint directory to add the index to")
@@ -287,6 +335,13 @@ def run_map(args) -> None:
 
 
 COMMANDS += [
+    Command(
+        "explain",
+        "Which genes drive each predicted label: a table, a heat map and a dot plot.",
+        "sclabel explain query.h5ad --model my-model --out explain/",
+        explain_arguments,
+        run_explain,
+    ),
     Command(
         "reference",
         "Index a labelled reference in a model's space, for sclabel map.",

@@ -5,8 +5,9 @@
   with scanpy on up to `max_cells` cells) coloured by label, by confidence and by agreement
   (between the members of a consensus, or between each cell and its cluster's vote);
 - a dot plot of the genes that drive each predicted label in the model itself: TabNet's
-  attention masks, or for other gene-input families input x gradient of the label's logit
-  (for a linear model: expression x weight), averaged over the cells given that label;
+  attention masks, or for other gene-input families the positive part of input x gradient of
+  the label's logit (for a linear model: expression x weight), averaged over the cells given
+  that label (`sclabel.inference.explain.cell_importance`, what `sclabel explain` uses);
 - the majority-voting table.
 
 `Prediction.to_report` writes them as report.html (self-contained) with a report.md beside it.
@@ -22,7 +23,6 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sclabel.data.loader import X_KEY
 from sclabel.evaluation.html import Section
 
 log = logging.getLogger("sclabel")
@@ -128,9 +128,12 @@ def embedding_section(bound, prediction, rows, x) -> Section:
 def marker_genes(model, x, labels: np.ndarray, n: int = 4, seed: int = 0) -> dict[str, list[int]]:
     """Per predicted label, the model-gene positions that drive it most (see the module
     docstring), from up to PER_LABEL of that label's cells."""
+    from sclabel.inference.explain import cell_importance
+
     module = model.module
     module.eval()
     classes = list(model.classes)
+    method = "mask" if module.capabilities.explains else "gradient"
     markers, rng = {}, np.random.default_rng(seed)
     for label in sorted(set(labels) & set(classes)):
         cells = np.flatnonzero(labels == label)
@@ -139,23 +142,15 @@ def marker_genes(model, x, labels: np.ndarray, n: int = 4, seed: int = 0) -> dic
         block = x[cells]
         dense = block.toarray() if sp.issparse(block) else np.asarray(block)
         inputs = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-        if getattr(module.capabilities, "explains", False) and hasattr(module, "explain_batch"):
-            with torch.no_grad():
-                score = module.explain_batch(inputs)[0].mean(0)
-        else:
-            inputs.requires_grad_(True)
-            logits = module({X_KEY: inputs}).logits
-            logits = logits[0] if isinstance(logits, list | tuple) else logits
-            (grad,) = torch.autograd.grad(logits[:, classes.index(label)].sum(), inputs)
-            score = (inputs * grad).mean(0).detach()
+        score = cell_importance(module, inputs, method)[0].mean(0)
         markers[label] = [int(i) for i in torch.argsort(score, descending=True)[:n]]
     return markers
 
 
 def dotplot_section(model, x, labels: np.ndarray, n: int = 4) -> Section:
     import anndata as ad
-    import matplotlib.pyplot as plt
-    import scanpy as sc
+
+    from sclabel.evaluation.plots import dotplot_figure
 
     section = Section("Marker genes per predicted label")
     family = model.family
@@ -169,18 +164,15 @@ def dotplot_section(model, x, labels: np.ndarray, n: int = 4) -> Section:
     work.var_names = pd.Index(names).astype(str)
     work.var_names_make_unique()
     work.obs["predicted"] = pd.Categorical(np.asarray(labels, dtype=str))
-    work = work[work.obs["predicted"].isin(list(genes))].copy()
-    work.obs["predicted"] = work.obs["predicted"].cat.remove_unused_categories()
     unique = {label: [work.var_names[names.index(g)] for g in gs] for label, gs in genes.items()}
-    plot = sc.pl.dotplot(work, unique, groupby="predicted", show=False, return_fig=True)
-    plot.make_figure()
+    figure = dotplot_figure(work, unique, "predicted")
     section.text(
         f"The {n} genes that drive each label in this {family} model ({how}), shown as the "
         "fraction of the label's cells expressing them and their mean log-normalized "
         "expression.",
         note=True,
     )
-    section.figure(plt.gcf() if plot.fig is None else plot.fig, "dot plot of marker genes")
+    section.figure(figure, "dot plot of marker genes")
     table = pd.DataFrame({"marker genes": {k: ", ".join(v) for k, v in genes.items()}})
     table.index.name = "predicted label"
     return section.table(table)

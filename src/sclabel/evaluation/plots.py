@@ -1,4 +1,5 @@
-"""The report's three pictures: confusion matrix, per-class F1, reliability diagram."""
+"""The pictures of reports and explain: confusion matrix, per-class F1, reliability diagram,
+gene-importance heat map and marker dot plot."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
     with warnings.catch_warnings():  # labels in scripts DejaVu lacks: boxes, not a warning
         warnings.filterwarnings("ignore", "Glyph .* missing from", UserWarning)
         warnings.filterwarnings("ignore", "Matplotlib currently does not support", UserWarning)
+        warnings.filterwarnings("ignore", ".*not compatible with tight_layout", UserWarning)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -94,3 +97,40 @@ def reliability_plot(metrics: dict, path: Path) -> Path:
     ax_n.set_ylabel("cells")
     ax_n.set_xlim(0, 1)
     return save_figure(fig, path)
+
+
+def importance_heatmap(per_class, top: dict, names: dict, path: Path, *, title: str) -> Path:
+    """Classes x the union of their top genes (in class order), mean importance; a gene's
+    column is labelled by its symbol where known."""
+    genes = list(dict.fromkeys(g for label in per_class.index for g in top.get(label, [])))
+    values = per_class[genes].to_numpy(dtype=float)
+    n_rows, n_cols = values.shape
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * n_cols + 3), max(3, 0.35 * n_rows + 2)))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(n_cols), [tick_label(names.get(g, g), 16) for g in genes], rotation=90,
+                  fontsize=7)  # fmt: skip
+    ax.set_yticks(range(n_rows), map(tick_label, per_class.index), fontsize=8)
+    ax.set_xlabel("gene")
+    ax.set_ylabel("predicted label")
+    fig.colorbar(image, ax=ax, label="mean importance")
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def dotplot_figure(adata, genes: dict, groupby: str):
+    """scanpy's dot plot of `genes` (label -> var names) per `groupby` group: fraction of the
+    group's cells expressing each gene and their mean expression."""
+    import scanpy as sc
+
+    groups = [g for g in genes if g in set(adata.obs[groupby].astype(str))]
+    work = adata[adata.obs[groupby].astype(str).isin(groups)].copy()
+    work.obs[groupby] = pd.Categorical(work.obs[groupby].astype(str), categories=groups)
+    plot = sc.pl.dotplot(work, {g: genes[g] for g in groups}, groupby=groupby, show=False,
+                         return_fig=True)  # fmt: skip
+    plot.make_figure()
+    return plt.gcf() if plot.fig is None else plot.fig
+
+
+def explain_dotplot(adata, genes: dict, path: Path) -> Path:
+    """Dot plot of each predicted label's top genes (`genes`: label -> var names)."""
+    return save_figure(dotplot_figure(adata, genes, "predicted_label"), path)

@@ -354,7 +354,8 @@ class Model:
         return self.reference.map(self, adata, **options)
 
     def explain(self, adata: ad.AnnData, **options: Any):
-        """Per-cell gene importances from TabNet's feature mask; see `sclabel.explain`."""
+        """Per-cell gene importances (TabNet's feature mask, or input x gradient for other
+        gene-input models), a table and plots; see `sclabel.explain`."""
         from sclabel.inference.explain import explain
 
         return explain(self, adata, **options)

@@ -52,7 +52,8 @@ RULES = (
     Rule(
         "explain",
         "explains",
-        "{family} models have no feature mask; train with model='tabnet' to explain",
+        "{family} models have no feature mask; explain them with method 'gradient' (input x "
+        "gradient), or train with model='tabnet' for its mask",
     ),
     Rule("embed", "embeds", "{family} models have no cell embedding; embed with mlp, tabnet, bert"),
 )
