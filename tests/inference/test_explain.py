@@ -93,8 +93,10 @@ def test_symbols_table_and_expression(linear, marker_data):
         label: [symbol[g] for g in genes] for label, genes in ids.items()
     }
     table = explanation.to_table(3)
-    assert list(table.columns) == ["predicted_label", "cells", "rank", "gene_id", "gene_symbol",
-                                   "importance", "fraction_expressing", "mean_expression"]  # fmt: skip
+    assert list(table.columns) == [
+        "predicted_label", "cells", "rank", "gene_id", "gene_symbol", "importance",
+        "fraction_expressing", "mean_expression",
+    ]  # fmt: skip
     assert len(table) == 3 * len(ids)
     first = table.iloc[0]
     assert first["gene_id"] == ids[first["predicted_label"]][0]
@@ -105,8 +107,9 @@ def test_symbols_table_and_expression(linear, marker_data):
     assert first["fraction_expressing"] == pytest.approx((counts > 0).mean())
 
 
-def test_write_gives_a_table_and_plots_with_the_labels_and_symbols(linear, marker_data,
-                                                                   tmp_path, monkeypatch):  # fmt: skip
+def test_write_gives_a_table_and_plots_with_the_labels_and_symbols(
+    linear, marker_data, tmp_path, monkeypatch
+):
     explanation = linear.explain(marker_data[:300].copy(), progress=False)
     drawn = {}
     save = plots.save_figure
@@ -119,7 +122,10 @@ def test_write_gives_a_table_and_plots_with_the_labels_and_symbols(linear, marke
     monkeypatch.setattr(plots, "save_figure", keep)
     written = explanation.write(tmp_path / "explain", n=5, n_plot=3)
     assert sorted(p.name for p in (tmp_path / "explain").iterdir()) == [
-        "dotplot.png", "importance_per_class.csv", "top_genes.csv", "top_genes.png"
+        "dotplot.png",
+        "importance_per_class.csv",
+        "top_genes.csv",
+        "top_genes.png",
     ]
     for path in written.values():
         assert path.exists()

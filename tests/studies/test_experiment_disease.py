@@ -7,6 +7,7 @@ Warnings are errors here (pyproject): the leaky cell-level split's warning is as
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -152,10 +153,16 @@ def test_kmeans_follows_cell_type_not_severity(full):
 
 
 @pytest.mark.slow
-def test_patient_kfold_tests_every_patient_once(cohort):
-    result = run_disease_experiment(
-        cohort, labels=["severity"], **KEYS, folds=3, sections=["architecture"], **FAST
-    )
+def test_patient_kfold_tests_every_patient_once(cohort, caplog):
+    with caplog.at_level(logging.INFO, logger="sclabel"):
+        result = run_disease_experiment(
+            cohort, labels=["severity"], **KEYS, folds=3, sections=["architecture"], **FAST
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("disease experiment: section 1/1, architecture (3 fold(s)")
+               for line in lines)  # fmt: skip
+    runs = [line for line in lines if line.startswith("run ")]
+    assert [r.split(":")[0] for r in runs] == ["run 1", "run 2", "run 3"]  # one per fold
     patients = cohort.obs["patient"].astype(str).to_numpy()
     tested = [set(patients[s.to_numpy() == "test"]) for s in result.splits]
     assert sum(len(t) for t in tested) == len(set.union(*tested)) == COHORT["n_patients"]

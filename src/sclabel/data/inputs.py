@@ -240,15 +240,17 @@ class BoundInput:
         desc: str = "reading",
         project: bool = True,
     ) -> Iterator[sp.csr_matrix | np.ndarray]:
-        """Model input of every row (or of sorted `rows`), `chunk_size` rows at a time."""
-        from tqdm.auto import tqdm
+        """Model input of every row (or of sorted `rows`), `chunk_size` rows at a time; the
+        bar (cells) moves as the consumer finishes each chunk."""
+        from sclabel.data.loader import cell_bar
 
         n = self.n_cells if rows is None else rows.size
-        starts = range(0, n, chunk_size)
         read = self.rows if project else self.normalized
-        for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress or len(starts) < 2):
-            stop = min(start + chunk_size, n)
-            yield read(slice(start, stop) if rows is None else rows[start:stop])
+        with cell_bar(n, desc, progress) as bar:
+            for start in range(0, n, chunk_size):
+                stop = min(start + chunk_size, n)
+                yield read(slice(start, stop) if rows is None else rows[start:stop])
+                bar.update(stop - start)
 
     def gather(self, rows: np.ndarray, *, chunk_size: int = 8192, project: bool = True, **options):
         """The model input of sorted `rows` as one matrix, read chunk by chunk."""

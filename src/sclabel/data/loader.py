@@ -102,3 +102,22 @@ def torch_csr(rows: sp.csr_matrix) -> torch.Tensor:
             size=rows.shape,
             check_invariants=False,  # scipy already guarantees a valid CSR
         )
+
+
+def cell_bar(total: int, desc: str, progress: bool = True, **options):
+    """A progress bar on stderr counting cells (1.2k, 3.4M): how every long pass over cells
+    shows itself, once it has run a second (short passes stay silent). Disabled by
+    `progress=False` (the CLI's --quiet)."""
+    from tqdm.auto import tqdm
+
+    options = {"mininterval": 0.5, "smoothing": 0.1, "delay": 1.0, **options}
+    return tqdm(total=total, desc=desc, unit="cell", unit_scale=True, disable=not progress,
+                **options)  # fmt: skip
+
+
+def counted(batches: Iterator[dict[str, torch.Tensor]], bar) -> Iterator[dict[str, torch.Tensor]]:
+    """`batches` unchanged, ticking `bar` by each batch's cells once the consumer is done
+    with it (so a slow model shows progress within a chunk)."""
+    for batch in batches:
+        yield batch
+        bar.update(batch[X_KEY].shape[0])

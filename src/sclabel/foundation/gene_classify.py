@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from sclabel.data.inputs import BoundInput
-from sclabel.data.loader import X_KEY, iterate_batches
+from sclabel.data.loader import X_KEY, cell_bar, counted, iterate_batches
 from sclabel.errors import InputError
 from sclabel.inference.embed import Embedder
 
@@ -177,7 +177,7 @@ def gene_embeddings(
 
 
 def _batches(query: BoundInput, batch_size: int, progress: bool):
-    with torch.no_grad():
-        for chunk in query.chunks(8192, progress=progress, desc="gene states"):
-            for batch in iterate_batches(chunk, batch_size=batch_size):
+    with torch.no_grad(), cell_bar(query.n_cells, "gene states", progress) as bar:
+        for chunk in query.chunks(8192):
+            for batch in counted(iterate_batches(chunk, batch_size=batch_size), bar):
                 yield batch[X_KEY]

@@ -21,7 +21,7 @@ import torch
 
 from sclabel.data.genes import Vocabulary
 from sclabel.data.inputs import InputSpec
-from sclabel.data.loader import X_KEY, iterate_batches
+from sclabel.data.loader import X_KEY, cell_bar, counted, iterate_batches
 from sclabel.errors import InputError
 from sclabel.io.sources import AnnDataSource
 from sclabel.models import MODELS, rules
@@ -129,11 +129,10 @@ def cell_embeddings(
     """One float32 block (cells x dims) per chunk of `adata`, in row order."""
     bound = embedder.bind(adata, layer=layer, gene_key=gene_key)
     embedder.module.eval()
-    with torch.no_grad():
-        for chunk in bound.chunks(chunk_size, progress=progress, desc="embedding"):
-            parts = [
-                embedder.vectors(b[X_KEY]) for b in iterate_batches(chunk, batch_size=batch_size)
-            ]
+    with torch.no_grad(), cell_bar(bound.n_cells, "embedding", progress) as bar:
+        for chunk in bound.chunks(chunk_size):
+            batches = counted(iterate_batches(chunk, batch_size=batch_size), bar)
+            parts = [embedder.vectors(b[X_KEY]) for b in batches]
             yield np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from sclabel.data.inputs import BoundInput
+from sclabel.data.loader import cell_bar
 from sclabel.errors import InputError
 from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
@@ -137,10 +137,11 @@ def predict(
              values=values)  # fmt: skip
     bound = job.primary
     starts = range(0, bound.n_cells, chunk_size)
-    chunks = [
-        job.chunk(start, min(start + chunk_size, bound.n_cells), batch_size)
-        for start in _bar(starts, progress)
-    ]
+    with _bar(job, bound.n_cells, progress) as bar:
+        chunks = [
+            job.chunk(start, min(start + chunk_size, bound.n_cells), batch_size, bar)
+            for start in starts
+        ]
     extra = {key: np.concatenate([c[1][key] for c in chunks]) for key in chunks[0][1]}
     probabilities = np.concatenate([c[0] for c in chunks])
     return request.prediction(bound.source.obs_names(), probabilities, extra, bound.coverage)
@@ -210,16 +211,17 @@ def predict_to_file(
         "out": out.suffix.lower(),
     }
     starts = range(0, bound.n_cells, chunk_size)
-    with PartWriter(out, meta, resume=resume) as parts:
+    with PartWriter(out, meta, resume=resume) as parts, _bar(job, bound.n_cells, progress) as bar:
         names = bound.source.cell_names()
         counts: list[pd.Series] = []  # label counts per chunk, for the summary
-        for i, start in enumerate(_bar(starts, progress)):
+        for i, start in enumerate(starts):
             chunk_names = list(itertools.islice(names, min(chunk_size, bound.n_cells - start)))
+            stop = min(start + chunk_size, bound.n_cells)
             if parts.done(i):  # finished before an interruption
                 counts.append(parts.labels(i).value_counts())
+                bar.update((stop - start) * len(job.members))
                 continue
-            stop = min(start + chunk_size, bound.n_cells)
-            proba, extra = job.chunk(start, stop, batch_size)
+            proba, extra = job.chunk(start, stop, batch_size, bar)
             frame = request.prediction(chunk_names, proba, extra).to_frame()
             parts.write(i, frame)
             counts.append(frame["label"].value_counts())
@@ -293,5 +295,7 @@ def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: s
         raise InputError(f"cannot write --out {out}: permission denied") from err
 
 
-def _bar(starts: range, progress: bool):
-    return tqdm(starts, desc="predicting", unit="chunk", disable=not progress or len(starts) < 2)
+def _bar(job: Job, n_cells: int, progress: bool):
+    """Cells predicted, batch by batch (x members for a consensus)."""
+    k = len(job.members)
+    return cell_bar(n_cells * k, "predicting" + (f" ({k} members)" if k > 1 else ""), progress)

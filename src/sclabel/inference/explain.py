@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sclabel.data.loader import X_KEY
+from sclabel.data.loader import X_KEY, cell_bar
 from sclabel.errors import InputError
 from sclabel.models import rules
 
@@ -100,8 +100,10 @@ class Explanation:
             raise InputError("this explanation kept no input; explain with keep_input=True")
         adata = ad.AnnData(
             self.expression,
-            obs=pd.DataFrame({"predicted_label": pd.Categorical(self.labels.astype(str))},
-                             index=self.obs_names.astype(str)),  # fmt: skip
+            obs=pd.DataFrame(
+                {"predicted_label": pd.Categorical(self.labels.astype(str))},
+                index=self.obs_names.astype(str),
+            ),
             var=pd.DataFrame({"gene_id": self.genes}, index=pd.Index(self.names).astype(str)),
         )
         adata.var_names_make_unique()
@@ -197,7 +199,8 @@ def explain(
         raise InputError("a model on an obsm embedding weighs its dimensions, not genes")
     module.eval()
     importance, predicted, kept = [], [], []
-    for chunk in bound.chunks(chunk_size, progress=progress, desc="explaining"):
+    bar = cell_bar(bound.n_cells, "explaining", progress)
+    for chunk in bound.chunks(chunk_size):
         for start in range(0, chunk.shape[0], batch_size):
             block = chunk[start : start + batch_size]
             dense = block.toarray() if sp.issparse(block) else np.asarray(block)
@@ -205,8 +208,10 @@ def explain(
             weights, logits = cell_importance(module, x, method)
             importance.append(weights.numpy())
             predicted.append(logits.argmax(dim=1).numpy())
+            bar.update(x.shape[0])
         if keep_input:
             kept.append(sp.csr_matrix(chunk, dtype=np.float32))
+    bar.close()
     classes = np.asarray(model.classes, dtype=object)
     symbols = model.vocabulary.symbols
     return Explanation(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sclabel.data.loader import PRESENT_KEY, iterate_batches
+from sclabel.data.loader import PRESENT_KEY, counted, iterate_batches
 from sclabel.errors import InputError
 from sclabel.models.base import predict_proba
 
@@ -51,17 +51,19 @@ class Member:
     def fingerprint(self) -> str:
         return f"{self.kind}:{self.model.weights_digest()}"
 
-    def probabilities(self, start: int, stop: int, batch_size: int) -> np.ndarray:
+    def probabilities(self, start: int, stop: int, batch_size: int, bar=None) -> np.ndarray:
+        """Rows start:stop; `bar` (a `cell_bar`) ticks per batch."""
         if self.kind == "map":
-            return self.model.reference.map_rows(self.model, self.bound, slice(start, stop))
+            mapped = self.model.reference.map_rows(self.model, self.bound, slice(start, stop))
+            if bar is not None:
+                bar.update(stop - start)
+            return mapped
         X = self.bound.rows(slice(start, stop))
         present = self.bound.present
-        batches = (
-            {**batch, PRESENT_KEY: present}
-            for batch in iterate_batches(
-                X, batch_size=batch_size, sparse=self.model.module.sparse_input
-            )
-        )
+        batches = iterate_batches(X, batch_size=batch_size, sparse=self.model.module.sparse_input)
+        if bar is not None:
+            batches = counted(batches, bar)
+        batches = ({**batch, PRESENT_KEY: present} for batch in batches)
         proba = predict_proba(self.model.module, batches, task=self.task).numpy()
         return self.model.calibration.apply(proba) if self.calibrated else proba
 
@@ -94,14 +96,15 @@ class Job:
     def fingerprint(self) -> list[str]:
         return [m.fingerprint() for m in self.members]
 
-    def chunk(self, start: int, stop: int, batch_size: int) -> tuple[np.ndarray, dict]:
-        """Probabilities (cells x `classes`) of rows start:stop, and further answers."""
+    def chunk(self, start: int, stop: int, batch_size: int, bar=None) -> tuple[np.ndarray, dict]:
+        """Probabilities (cells x `classes`) of rows start:stop, and further answers; `bar`
+        counts cells x members."""
         if not self.consensus:
-            return self.members[0].probabilities(start, stop, batch_size), {}
+            return self.members[0].probabilities(start, stop, batch_size, bar), {}
         total = np.zeros((stop - start, len(self.classes)), np.float64)
         labels = {}
         for member in self.members:
-            proba = member.probabilities(start, stop, batch_size)
+            proba = member.probabilities(start, stop, batch_size, bar)
             columns = [self.classes.index(c) for c in member.classes]
             total[:, columns] += proba
             labels[member.name] = np.asarray(member.classes, dtype=object)[proba.argmax(axis=1)]

@@ -185,7 +185,8 @@ def run_variant(
     if ontology:
         onto, _ = ontology_metrics(y_true, y_pred, data.classes, ontology_ids)
         row["macro_f1_ontology"] = onto["macro_f1"]
-    log.info("%s: macro-F1 %.3f in %.1f s", variant.name, row["macro_f1"], train_seconds)
+    log.info("%s: test macro-F1 %.3f, trained in %.1f s", variant.name, row["macro_f1"],
+             train_seconds)  # fmt: skip
     return row
 
 
@@ -241,9 +242,11 @@ def run_benchmark(
     if any(v.augment for v in parsed):
         seed = int(train_options.get("seed", 0))
         augmentation, info = make_augmentation(data, augment or AugmentConfig(), seed)
-        log.info("augmentation R^2: %s", json.dumps(info["variance_explained"]))
     rows = []
-    for variant in parsed:
+    for i, variant in enumerate(parsed, start=1):
+        n_train = data.subsets["train"][1].size
+        log.info("variant %d/%d: %s on %s training cells", i, len(parsed), variant.name,
+                 f"{n_train:,}")  # fmt: skip
         rows.append(
             run_variant(
                 data,

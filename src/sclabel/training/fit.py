@@ -126,6 +126,7 @@ def fit_members(
             augment=None if augmentation is None else augmentation.apply,
             state_dir=None if checkpoint_dir is None else checkpoint_dir / f"member-{member}",
             run=run,
+            desc=f"member {member + 1}/{ensemble}" if ensemble > 1 else "training",
         )
         return module, result
 

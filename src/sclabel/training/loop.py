@@ -74,6 +74,7 @@ def fit(
     augment: Callable[[torch.Tensor, np.random.Generator], torch.Tensor] | None = None,
     state_dir: Path | None = None,
     run: dict | None = None,
+    desc: str = "training",
 ) -> FitResult:
     """Train `module` in place; returns the history and the epoch whose weights were kept.
 
@@ -124,12 +125,8 @@ def fit(
         save_state(state_dir, state, module, optimizer, scheduler, run or {})
 
     start = time.perf_counter()
-    bar = tqdm(
-        range(first_epoch, config.max_epochs),
-        desc="training",
-        unit="epoch",
-        disable=not progress or fabric.global_rank != 0,
-    )
+    show = progress and fabric.global_rank == 0
+    bar = tqdm(range(first_epoch, config.max_epochs), desc=desc, unit="epoch", disable=not show)
 
     def epoch_batches(epoch: int):
         """This rank's shuffled training batches of one epoch."""
@@ -147,7 +144,11 @@ def fit(
         model.train()
         total = torch.zeros((), device=fabric.device)
         rng = np.random.default_rng([config.seed, epoch, fabric.global_rank])
-        for batch in epoch_batches(epoch):
+        # within an epoch, a second bar (batches) once the epoch has run 2 s: TabNet epochs
+        # on real data take minutes; short epochs stay one line
+        batches = tqdm(epoch_batches(epoch), total=steps, desc=f"epoch {epoch + 1}", unit="batch",
+                       leave=False, delay=2.0, mininterval=0.5, disable=not show)  # fmt: skip
+        for batch in batches:
             if augment is not None:
                 batch[X_KEY] = augment(batch[X_KEY], rng)
             batch = fabric.to_device(batch)

@@ -34,6 +34,7 @@ class Setup:
     patient_key: str | None  # splits keep patients whole
     unit_key: str | None  # patient-level answers are per unit (sample, else patient)
     train_kwargs: dict = field(default_factory=dict)  # model, obsm_key/pca, seed, options
+    runs: int = 0  # models trained so far (the log's run counter)
 
 
 @dataclass
@@ -60,8 +61,10 @@ def fit_and_score(
         parts[(parts == "train") & ~np.asarray(train_cells)] = None
     adata = setup.adata
     adata.obs[SPLIT_COLUMN] = pd.Categorical(parts, categories=["train", "val", "test"])
+    setup.runs += 1
     log.info(
-        "training %s on %d cells (%d val, %d test)",
+        "run %d: training %s on %d cells (%d val, %d test)",
+        setup.runs,
         "+".join(label_keys),
         int((parts == "train").sum()),
         int((parts == "val").sum()),

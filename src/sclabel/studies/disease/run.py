@@ -11,6 +11,7 @@ per-cell-type analyses that say where the signal is. Sections: see `SECTIONS`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -155,10 +156,13 @@ def run_disease_experiment(
 def _run(setup, splits, chosen, options, settings, notes, folder) -> DiseaseResult:
     state = sections_.State(setup, splits, options, folder)
     built = {}
-    for name in SECTIONS:
-        if name in chosen:
-            log.info("disease experiment: %s", name)
-            built[name] = getattr(sections_, name)(state)
+    todo = [name for name in SECTIONS if name in chosen]
+    start = time.perf_counter()
+    for i, name in enumerate(todo, start=1):
+        log.info("disease experiment: section %d/%d, %s (%d fold(s); %d models trained so far, "
+                 "%.0f s)", i, len(todo), name, len(splits), setup.runs,
+                 time.perf_counter() - start)  # fmt: skip
+        built[name] = getattr(sections_, name)(state)
     notes += state.notes
     return DiseaseResult(settings, built, state.records, notes, splits)
 
