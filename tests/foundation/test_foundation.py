@@ -102,7 +102,8 @@ def test_bert_pretraining_lowers_the_masked_loss_and_loads_in_transformers(bert_
     out, result = bert_dir
     first, last = loss_fell(result.history)
     assert last < first - 0.5, (first, last)
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    files = {"config.json", "model.safetensors", "gene_tokenizer.json", "tokenizer.json"}
+    assert files <= {p.name for p in out.iterdir()}
     model = AutoModel.from_pretrained(out).eval()
     ids = torch.tensor([[5, 9, 300, 12]])
     states = model(input_ids=ids).last_hidden_state

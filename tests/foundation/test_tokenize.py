@@ -238,8 +238,8 @@ def test_bad_tokenizer_files_are_refused(geneformer, tmp_path):
     with pytest.raises(InputError, match="refusing to load collections.Counter"):
         GeneTokenizer.from_geneformer(folder)
     geneformer.save(tmp_path / "tok")
-    state = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
-    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps({**state, "version": 99}))
+    state = json.loads((tmp_path / "tok" / "gene_tokenizer.json").read_text())
+    (tmp_path / "tok" / "gene_tokenizer.json").write_text(json.dumps({**state, "version": 99}))
     with pytest.raises(InputError, match="version 99 is not sclabel-gene-tokenizer v1"):
         GeneTokenizer.load(tmp_path / "tok")
 

@@ -17,7 +17,9 @@ def tokenize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="corpus folder to write")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--geneformer", help="folder with Geneformer's vocabulary pickles")
-    source.add_argument("--tokenizer", help="folder with tokenizer.json (e.g. a pretrained model)")
+    source.add_argument(
+        "--tokenizer", help="folder with gene_tokenizer.json (a pretrained model or a corpus)"
+    )
     source.add_argument("--fit", action="store_true", help="fit vocabulary + medians on inputs")
     p.add_argument("--max-len", type=int, default=2048, help="model input size")
     p.add_argument("--columns", help="comma-separated obs columns to carry (labels, ...)")
@@ -46,11 +48,25 @@ def pretrain_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=16, help="cells per step")
-    p.add_argument("--max-len", type=int, default=2048, help="genes (tokens) per cell")
+    p.add_argument(
+        "--max-len",
+        type=int,
+        help="genes (tokens) per cell (default: the preset's: tiny 256, sized for a CPU; "
+        "geneformer-6L and base 2048, Geneformer's)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps")
     p.add_argument("--mask-prob", type=float, default=0.15, help="fraction of genes masked")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, masks and batches")
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=100,
+        help="steps between saved training states (beside --out; 0: none), for --resume",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue a killed pretraining from its last state"
+    )
     hardware_options(p)
 
 
@@ -125,10 +141,11 @@ def run_pretrain(args) -> None:
         warmup_steps=args.warmup_steps,
         mask_prob=args.mask_prob,
         seed=args.seed,
+        save_every=args.save_every,
         **hardware(args),
         progress=not args.quiet,
     )
-    result = pretrain(args.corpus, args.out, config)
+    result = pretrain(args.corpus, args.out, config, resume=args.resume)
     first, last = loss_fell(result.history)
     print(
         f"{len(result.history)} steps, masked loss {first:.3f} -> {last:.3f}, "

@@ -64,8 +64,7 @@ def tokenize(sources, out: str | Path, tokenizer: GeneTokenizer, *,
         return sp.csr_matrix((ranked[2], ranked[1], indptr), (chunk.shape[0], mapping.shape[1]))
 
     def finish(folder: Path) -> dict:
-        tokenizer.save(folder)
-        files = ["tokenizer.json", "gene_names.json"]
+        files = tokenizer.save(folder)
         info = {"format": FORMAT, "version": VERSION, "files": files, "truncated": truncate}
         return {"tokenizer": info | {"max_len": tokenizer.max_len}, "gene_key": gene_key}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,16 @@ PERCEIVER_PRESETS = {
     "tiny": {"d_model": 32, "n_latents": 16, "n_heads": 4, "n_self_layers": 1},
     "base": {"d_model": 128, "n_latents": 64, "n_heads": 4, "n_self_layers": 2},
 }
+# genes per cell each preset reads unless --max-len says otherwise: the tiny presets are for
+# a laptop CPU (BERT attention costs length^2: at 2,048 a tiny BERT step took ~50 s on 2
+# cores; see benchmarks/pretrain_presets.py), the others keep Geneformer's 2,048
+PRESET_MAX_LEN = {
+    ("bert", "tiny"): 256,
+    ("bert", "geneformer-6L"): 2048,
+    ("perceiver", "tiny"): 256,
+    ("perceiver", "base"): 2048,
+}
+STATE_EVERY = 100  # optimizer steps between saved training states (--save-every)
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class PretrainConfig(_JSONConfig):
     preset: str = "tiny"
     config_file: str | None = None  # a model config.json instead of the preset
     objective: str = "nb"  # perceiver: nb, poisson or mse
-    max_len: int = 2048
+    max_len: int | None = None  # None: the preset's (PRESET_MAX_LEN), or the config file's
     batch_size: int = 16
     max_steps: int = 1000
     lr: float = 1e-3
@@ -76,6 +87,7 @@ class PretrainConfig(_JSONConfig):
     num_nodes: int = 1
     precision: str = "32-true"
     threads: int | None = None  # None: OMP_NUM_THREADS, else every core
+    save_every: int = STATE_EVERY  # steps between saved states (0: none); see `pretrain`
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -84,10 +96,23 @@ class PretrainConfig(_JSONConfig):
         presets = BERT_PRESETS if self.arch == "bert" else PERCEIVER_PRESETS
         if self.config_file is None and self.preset not in presets:
             raise InputError(f"unknown {self.arch} preset {self.preset!r}; have {list(presets)}")
+        if self.max_len is None:
+            object.__setattr__(self, "max_len", self._default_max_len())
+        if self.save_every < 0:
+            raise InputError("save_every must be >= 0 (0: no saved states)")
         if min(self.max_len, self.batch_size, self.max_steps, self.group_batches) < 1:
             raise InputError("max_len, batch_size, max_steps and group_batches must be >= 1")
         if not 0 < self.mask_prob < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise InputError("mask_prob must be in (0, 1), lr > 0 and warmup_steps >= 0")
+
+    def _default_max_len(self) -> int:
+        if self.config_file is None:
+            return PRESET_MAX_LEN[(self.arch, self.preset)]
+        try:
+            architecture = json.loads(Path(self.config_file).read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read --config {self.config_file}: {err}") from err
+        return int(architecture.get("max_position_embeddings", architecture.get("max_len", 2048)))
 
 
 @dataclass
@@ -175,19 +200,35 @@ def _model_for(config: PretrainConfig, n_tokens: int):
     return PerceiverForMaskedExpression(PerceiverConfig(**values))
 
 
-def pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig) -> PretrainResult:
-    """Pretrain from scratch on a tokenized store and write the model folder `out`."""
+def pretrain(
+    store: Store | str | Path, out: str | Path, config: PretrainConfig, *, resume: bool = False
+) -> PretrainResult:
+    """Pretrain from scratch on a tokenized store and write the model folder `out`.
+
+    Every `config.save_every` steps the training state (weights, optimizer, schedule, RNG,
+    history) is saved in `.OUT.pretraining` beside `out`; after a crash or a kill,
+    `resume=True` continues from the last saved step and gives the same model as an
+    uninterrupted run. The state goes once `out` is written."""
+    from sclabel.io.atomic import check_dir
     from sclabel.training import threads
 
+    check_dir(out, marker="config.json", what="pretrained model")  # before hours of work
+    state_dir = Path(out).with_name(f".{Path(out).name}.pretraining")
+    if state_dir.exists() and not resume:
+        raise InputError(
+            f"an interrupted pretraining left its state in {state_dir}; pass --resume "
+            "(resume=True) to continue it, or delete that folder to start again"
+        )
     with threads.using(threads.choose(None, config.threads)):
-        return _pretrain(store, out, config)
+        return _pretrain(store, out, config, state_dir)
 
 
-def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig):
+def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig, state_dir: Path):
     from tqdm.auto import tqdm
 
     from sclabel.foundation.vocabulary import GeneTokenizer
     from sclabel.training.loop import make_fabric
+    from sclabel.training.resume import TrainingState, load_state, save_state
 
     store = store if isinstance(store, Store) else Store.open(store)
     if not store.meta.get("rank_order"):
@@ -215,11 +256,20 @@ def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig
     # the Perceiver's masking cuts cells itself and must see every expressed gene, so that
     # a gene past max_len is never drawn as "unexpressed"
     read_len = config.max_len if config.arch == "bert" else int(np.diff(store.indptr).max())
-    generator = torch.Generator().manual_seed(config.seed + fabric.global_rank)
+    generator = torch.Generator()
     history: list[dict] = []
-    tokens_seen, step, epoch, start = 0, 0, 0, time.perf_counter()
+    ignored = ("progress", "save_every", "threads")  # a resume may change these
+    run = {k: v for k, v in config.to_dict().items() if k not in ignored}
+    run |= {"corpus_cells": int(lengths.size), "corpus_tokens": int(lengths.sum())}
+    restored = load_state(state_dir, module, optimizer, scheduler, run)
+    if restored is not None:
+        history = restored.history
+        log.info("resuming pretraining after step %d from %s", restored.epoch, state_dir)
+    done = 0 if restored is None else restored.epoch  # steps already taken
+    tokens_seen, step, epoch, position, start = 0, done, 0, 0, time.perf_counter()
     bar = tqdm(
         total=config.max_steps,
+        initial=done,
         desc="pretraining",
         unit="step",
         disable=not config.progress or fabric.global_rank != 0,
@@ -235,6 +285,12 @@ def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig
         for rows in batches:
             if step >= config.max_steps:
                 break
+            position += 1
+            if position <= done:  # taken before the interruption: the same order again
+                continue
+            # masks drawn from (seed, rank, step): the same after a resume
+            seed = np.random.SeedSequence([config.seed, fabric.global_rank, step])
+            generator.manual_seed(int(seed.generate_state(1)[0]))
             batch = token_batch(store, tokenizer, rows, read_len)
             loss = _loss(model, module, batch, config, generator, fabric.device)
             optimizer.zero_grad(set_to_none=True)
@@ -247,12 +303,17 @@ def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}")
             step += 1
+            every = config.save_every
+            if every and step % every == 0 and step < config.max_steps and fabric.global_rank == 0:
+                state = TrainingState(step, history, (0.0, 0.0), 0, {})
+                save_state(state_dir, state, module, optimizer, scheduler, run)
         epoch += 1
     bar.close()
     seconds = time.perf_counter() - start
     result = PretrainResult(Path(out), history, tokens_seen * fabric.world_size / seconds, seconds)
     if fabric.global_rank == 0:
         _save(module, tokenizer, out, config, result)
+        shutil.rmtree(state_dir, ignore_errors=True)  # only now: the model is complete
     return result
 
 
@@ -313,7 +374,7 @@ def _save(model, tokenizer, out, config: PretrainConfig, result: PretrainResult)
             from sclabel.foundation import perceiver
 
             perceiver.save(model, folder)
-        tokenizer.save(folder)
+        tokenizer.save(folder, share=True)  # + Hugging Face's and Geneformer's files
         info: dict[str, Any] = {
             "config": config.to_dict(),
             "steps": len(result.history),

@@ -1,8 +1,16 @@
 """The gene vocabulary of rank-value tokens: genes, their token ids and corpus medians.
 
 A `GeneTokenizer` is Geneformer's (its V1 pickles, read by a restricted unpickler), one saved
-beside a pretrained model (tokenizer.json), or one fitted on a corpus (`fit`: medians from a
+beside a pretrained model or a corpus (gene_tokenizer.json; folders written before 0.9 named
+it tokenizer.json, which still loads), or one fitted on a corpus (`fit`: medians from a
 streamed histogram). `ranking.py` applies it to cells; `corpus.py` writes tokenized stores.
+
+A pretrained model folder also gets what other tools read (`save(..., share=True)`):
+Hugging Face's tokenizer.json + tokenizer_config.json (a word-level tokenizer over gene ids,
+so `AutoTokenizer.from_pretrained(folder)` maps "ENSG... ENSG..." to the model's token ids;
+a gene the model does not know becomes <pad>),
+and Geneformer's three dictionaries as JSON (token_dictionary.json,
+gene_median_dictionary.json, gene_name_id_dict.json).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ N_SPECIAL = len(SPECIAL)
 # Geneformer V2 (gc104M) adds <cls> and <eos>: every cell is <cls> + ranked genes + <eos>
 WRAPPING = ("<cls>", "<eos>")
 FORMAT, VERSION = "sclabel-gene-tokenizer", 1
+FILE, OLD_FILE = "gene_tokenizer.json", "tokenizer.json"  # OLD_FILE: Hugging Face's name
 LOG2_LO, BINS_PER_OCTAVE, N_BINS = -16, 32, 32 * 40  # fit's histogram: 2^-16 .. 2^24
 MEDIAN_ERROR = 2 ** (1 / BINS_PER_OCTAVE) - 1  # fit's bound on the relative median error
 
@@ -133,23 +142,80 @@ class GeneTokenizer:
         return cls(genes, kept_medians, symbols, max_len, token_ids=None if contiguous else ids,
                    special=special)  # fmt: skip
 
-    def save(self, folder: str | Path) -> None:
-        """tokenizer.json (genes, token ids, medians, settings) + gene_names.json (symbols):
-        plain JSON kept beside a model's weights, as Hugging Face keeps its tokenizers."""
+    def save(self, folder: str | Path, *, share: bool = False) -> list[str]:
+        """gene_tokenizer.json (genes, token ids, medians, settings) + gene_names.json
+        (symbols), plain JSON; with `share`, also the files Hugging Face and Geneformer's
+        tools read (module docstring). Returns the file names written."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {"format": FORMAT, "version": VERSION, "special_tokens": self.special}
         state |= {"max_len": self.max_len, "target_sum": self.target_sum, "genes": self.genes}
         state |= {"token_ids": self.gene_tokens.tolist(), "medians": self.medians.tolist()}
-        for name, value in (("tokenizer.json", state), ("gene_names.json", self.symbol_to_id)):
+        files = {FILE: state, "gene_names.json": self.symbol_to_id}
+        if share:
+            files |= self._shared_files()
+        for name, value in files.items():
             with atomic_path(folder / name) as tmp:  # float32 -> JSON -> float32 is exact
                 tmp.write_text(json.dumps(value))
+        return list(files)
+
+    def _shared_files(self) -> dict[str, dict]:
+        tokens = {**self.special, **dict(zip(self.genes, self.gene_tokens.tolist(), strict=True))}
+        hugging_face = {  # the `tokenizers` library's JSON: word level, split on whitespace
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {
+                    "id": i,
+                    "content": name,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": True,
+                }
+                for name, i in sorted(self.special.items(), key=lambda item: item[1])
+            ],  # fmt: skip
+            "normalizer": None,
+            "pre_tokenizer": {"type": "WhitespaceSplit"},
+            "post_processor": None,
+            "decoder": None,
+            "model": {"type": "WordLevel", "vocab": tokens, "unk_token": "<pad>"},
+        }
+        names = {"<pad>": "pad_token", "<mask>": "mask_token", "<cls>": "cls_token",
+                 "<eos>": "eos_token"}  # fmt: skip
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": self.max_len,
+            **{names[name]: name for name in self.special if name in names},
+        }
+        medians = dict(zip(self.genes, self.medians.tolist(), strict=True))
+        return {
+            OLD_FILE: hugging_face,
+            "tokenizer_config.json": config,
+            "token_dictionary.json": tokens,
+            "gene_median_dictionary.json": medians,
+            "gene_name_id_dict.json": self.symbol_to_id,
+        }
+
+    @staticmethod
+    def saved_in(folder: str | Path) -> Path | None:
+        """The sclabel tokenizer file of `folder` (either name), or None."""
+        for name in (FILE, OLD_FILE):
+            path = Path(folder) / name
+            if not path.is_file():
+                continue
+            with path.open() as handle:  # Hugging Face's tokenizer.json is not ours
+                if name == FILE or f'"format": "{FORMAT}"' in handle.read(200):
+                    return path
+        return None
 
     @classmethod
     def load(cls, folder: str | Path) -> GeneTokenizer:
-        path, names = Path(folder) / "tokenizer.json", Path(folder) / "gene_names.json"
-        if not path.is_file():
-            raise InputError(f"no tokenizer.json in {folder}")
+        path, names = cls.saved_in(folder), Path(folder) / "gene_names.json"
+        if path is None:
+            raise InputError(f"no {FILE} in {folder}")
         state = json.loads(path.read_text())
         if (state.get("format"), state.get("version")) != (FORMAT, VERSION):
             found = f"format {state.get('format')!r} version {state.get('version')!r}"

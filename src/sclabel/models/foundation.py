@@ -103,12 +103,12 @@ def load_tokenizer(folder: str | Path):
     from sclabel.foundation.vocabulary import GeneTokenizer
 
     folder = Path(folder)
-    if (folder / "tokenizer.json").is_file():
+    if GeneTokenizer.saved_in(folder) is not None:
         return GeneTokenizer.load(folder)
     if any(folder.glob("token_dictionary*.pkl")):
         return GeneTokenizer.from_geneformer(folder)
     msg = (
-        f"no tokenizer in {folder}: expected tokenizer.json or Geneformer's vocabulary "
+        f"no tokenizer in {folder}: expected gene_tokenizer.json or Geneformer's vocabulary "
         "(V1 token_dictionary.pkl, V2 token_dictionary_gc104M.pkl, with their median "
         "dictionaries); pass the folder holding them with --tokenizer"
     )

@@ -54,9 +54,20 @@ def save_state(
     }
     with atomic_path(path) as tmp:
         tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                  str(tmp / "tensors.safetensors"))  # fmt: skip
+        save_file(_unshared(tensors), str(tmp / "tensors.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta))
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies safetensors accepts: a tensor sharing storage with one already kept (tied
+    weights, e.g. BERT's decoder and word embeddings) is cloned; loading ties them again."""
+    kept, storages = {}, set()
+    for key, value in tensors.items():
+        value = value.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        kept[key] = value.clone() if storage in storages else value
+        storages.add(storage)
+    return kept
 
 
 def load_state(
