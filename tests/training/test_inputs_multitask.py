@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 
 import sclabel
-from conftest import FAST
+from conftest import FAST, run
 from sclabel import Model
 from sclabel.cli import main
 from sclabel.errors import InputError
@@ -64,7 +64,9 @@ def test_obsm_input_trains_saves_and_predicts_from_the_querys_obsm(split_cohort,
     loaded = Model.load(tmp_path / "m")
     query = adata[:50].copy()
     query.X = sp.csr_matrix(query.shape, dtype=np.float32)  # genes are not read at all
-    expected = model.predict(query, progress=False).probabilities
+    expected = model.predict(query, progress=False)
+    assert expected.coverage is None  # no genes read: no "100% gene coverage" to report
+    expected = expected.probabilities
     np.testing.assert_allclose(loaded.predict(query, progress=False).probabilities, expected)
     del query.obsm["X_emb"]
     with pytest.raises(InputError, match="obsm key 'X_emb' not found"):
@@ -79,6 +81,12 @@ def test_obsm_input_trains_saves_and_predicts_from_the_querys_obsm(split_cohort,
     streamed = predict_to_file(loaded, adata, tmp_path / "p.parquet", progress=False)
     table = pd.read_parquet(streamed.path)
     np.testing.assert_array_equal(table["label"].to_numpy(), loaded.predict(adata).labels)
+    assert streamed.coverage is None
+    adata.write_h5ad(tmp_path / "q.h5ad")
+    result = run("--quiet", "predict", tmp_path / "q.h5ad", "--model", tmp_path / "m",
+                 "--out", tmp_path / "q.csv")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{adata.n_obs:,} cells predicted\n" in result.stdout and "genes" not in result.stdout
 
 
 def test_pca_is_fitted_on_training_cells_only(split_cohort):

@@ -103,11 +103,16 @@ def run_predict(args) -> None:
         report=args.report,
         **predict_options(args),
     )
-    print(f"{result.n_cells} cells predicted ({result.coverage:.1%} gene coverage)")
+    print(f"{result.n_cells:,} cells predicted{coverage_note(result.coverage)}")
     print(result.label_counts.sort_values(ascending=False).head(10).to_string())
     print(f"written to {result.path}")
     if args.report:
         print(f"report: {Path(args.report) / 'report.html'}")
+
+
+def coverage_note(coverage: float | None) -> str:
+    """' (97.5% of the model's genes found)', or nothing for a model on an embedding."""
+    return "" if coverage is None else f" ({coverage:.1%} of the model's genes found)"
 
 
 def load_members(specs: list[str], *, int8: bool = False, calibrated: bool = True):
@@ -203,7 +208,7 @@ def run_annotate(args) -> None:
         **predict_options(args),
     )
     counts = pd.Series(prediction.labels).value_counts()
-    print(f"{len(prediction.labels)} cells annotated ({prediction.coverage:.1%} gene coverage)")
+    print(f"{len(prediction.labels):,} cells annotated{coverage_note(prediction.coverage)}")
     print(counts.head(10).to_string())
     print(f"written to {path} (obs {args.key_added}_label, {args.key_added}_confidence, ...)")
 

@@ -206,9 +206,10 @@ class BoundInput:
         return self.source.n_cells
 
     @property
-    def coverage(self) -> float:
-        """Fraction of the model's genes found in the query (1 for an embedding)."""
-        return 1.0 if self.alignment is None else self.alignment.coverage
+    def coverage(self) -> float | None:
+        """Fraction of the model's genes found in the query (None: the model reads an
+        embedding, not genes)."""
+        return None if self.alignment is None else self.alignment.coverage
 
     @property
     def present(self) -> torch.Tensor:

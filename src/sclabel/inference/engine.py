@@ -149,11 +149,11 @@ def predict(
 
 @dataclass
 class PredictionSummary:
-    """What `predict_to_file` wrote."""
+    """What `predict_to_file` wrote (`coverage` None: the model reads an embedding)."""
 
     path: Path
     n_cells: int
-    coverage: float
+    coverage: float | None
     label_counts: pd.Series
 
 
