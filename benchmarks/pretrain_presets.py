@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
-from foundation import build_corpus, load_splits  # noqa: E402
 
+from foundation import build_corpus, load_splits  # noqa: E402
 from sclabel.foundation.pretrain import PRESET_MAX_LEN, PretrainConfig, pretrain  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "pretrain_presets.json"
