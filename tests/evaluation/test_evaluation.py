@@ -8,6 +8,7 @@ import pytest
 
 import sclabel
 from sclabel.errors import InputError
+from sclabel.evaluation import plots
 from sclabel.evaluation.calibration import expected_calibration_error
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -83,6 +84,7 @@ def test_report_folder(small_prediction, tmp_path):
     names = sorted(p.name for p in report.path.iterdir())
     assert names == [
         "confusion_matrix.png",
+        "crosstab.csv",
         "metrics.json",
         "per_class_f1.png",
         "reliability.png",
@@ -161,6 +163,54 @@ def test_report_names_the_model_and_its_training_cells(trained_model, tmp_path):
     n_train = trained_model.metrics["n_cells"]["train"]
     assert f"Model: mlp; trained on {n_train:,} cells; labels from obs['cell_type']" in text
     assert report.metrics["model"]["family"] == "mlp"
+    # the provenance: which cells (the test split's donors), what data, which version
+    split = trained_model.split
+    donors = sorted(set(split.loc[split["split"] == "test", "group"]))
+    n_test = int((split["split"] == "test").sum())
+    assert "## Provenance" in text
+    assert (f"- Data: an AnnData in memory, {n_test} cells of the model's 'test' split "
+            f"(matched by cell name); its groups: {', '.join(donors)}.") in text  # fmt: skip
+    version = trained_model.metrics["trained_with"]["sclabel_version"]
+    assert f"trained with sclabel {version}" in text
+    assert "- Scored with sclabel " in text and "training split" not in text
+    whole = trained_model.evaluate(adata, progress=False).to_markdown()
+    assert f"- {n_train:,} of these cells were in the model's training split" in whole
+
+
+def test_labels_the_model_does_not_have_get_a_cross_tab(trained_model, tmp_path):
+    adata = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1)
+    lineage = {"type_0": "lymphoid", "type_1": "lymphoid", "type_2": "myeloid", "type_3": "myeloid"}
+    adata.obs["lineage"] = adata.obs["cell_type"].astype(str).map(lineage)
+    drawn = {}
+    save = plots.save_figure
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        drawn[path.name] = (ax.get_title(), ax.get_ylabel(),
+                            [t.get_text() for t in ax.get_xticklabels()])  # fmt: skip
+        return save(fig, path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "save_figure", keep)
+        report = trained_model.evaluate(adata, label_key="lineage", out_dir=tmp_path / "r",
+                                        progress=False)  # fmt: skip
+    predicted = trained_model.predict(adata, progress=False).labels
+    expected = pd.crosstab(adata.obs["lineage"].to_numpy(), predicted)
+    table = pd.read_csv(tmp_path / "r" / "crosstab.csv", index_col=0)
+    assert table.loc[expected.index, expected.columns].equals(expected.rename_axis("given label"))
+    assert report.metrics["label_overlap"] == {"true": 2, "classes": 4, "shared": 0}
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "**None of the 2 true labels is one of the model's 4 classes**" in text
+    share = expected.loc["lymphoid"].max() / expected.loc["lymphoid"].sum()
+    top = expected.loc["lymphoid"].idxmax()
+    assert f"| lymphoid | {expected.loc['lymphoid'].sum()} | {top} {share:.0%}" in text
+    title, ylabel, columns = drawn["confusion_matrix.png"]
+    assert title.startswith("given vs predicted labels") and ylabel == "given"
+    assert sorted(columns) == sorted(set(predicted))  # only the predicted labels used
+    assert "None of the 2 true labels" in (tmp_path / "r" / "report.html").read_text()
+    # the same labels as the model's: no cross-tab section, a confusion matrix
+    plain = trained_model.evaluate(adata, progress=False).to_markdown()
+    assert "Given vs predicted" not in plain and "None of" not in plain
 
 
 def test_non_ascii_and_long_labels_plot_without_warnings(tmp_path):

@@ -293,3 +293,31 @@ def test_the_report_header_gives_the_split_as_made(cohort):
     counts = [int(part.split()[1]) for part in split.split(": ", 1)[1].split(", ")]
     assert "fractions" not in split and sum(counts) == 9, split
     assert "patients /" in split and "cells" in split
+
+
+def test_few_test_patients_are_warned_about_with_an_interval():
+    from sclabel.studies.disease.report import few_patients_notes
+
+    records = [
+        {"section": "architecture", "model": "severity-only", "label": "severity", "fold": f,
+         "n_test_units": 3, "patient_vote_accuracy": acc}
+        for f, acc in enumerate([2 / 3, 1.0])
+    ] + [{"section": "architecture", "model": "state-only", "label": "state", "fold": 0,
+          "n_test_units": 8, "patient_vote_accuracy": 0.5}]  # fmt: skip
+    (note,) = few_patients_notes(records)  # state rests on 8 patients: no warning
+    # Wilson 95% interval of 5 right of 6, computed here from its formula
+    z, n, p = 1.959964, 6, 5 / 6
+    centre, half = (p + z * z / (2 * n)), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    assert note.startswith("severity (severity-only): patient-level scores rest on 3 test")
+    assert "5 of 6 test patients were right by majority vote: 0.83" in note
+    assert f"95% interval {low:.2f}-{high:.2f} (Wilson)" in note
+
+
+@pytest.mark.slow
+def test_the_report_of_a_small_cohort_carries_the_warning(tmp_path):
+    cohort = synthetic_cohort(**{**COHORT, "n_patients": 12}, **SIGNAL)
+    result = run_disease_experiment(cohort, labels=["severity"], **KEYS, sections=["architecture"],
+                                    out_dir=tmp_path / "r", **FAST)  # fmt: skip
+    assert any("patient-level scores rest on" in note for note in result.notes)
+    assert "95% interval" in (tmp_path / "r" / "report.md").read_text()

@@ -165,6 +165,7 @@ def run_evaluate(args) -> None:
         ontology=args.ontology,
         ontology_key=args.ontology_key,
         group_by=args.group_by,
+        data_name=args.input,
         **predict_options(args),
     )
     m = report.metrics

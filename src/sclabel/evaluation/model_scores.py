@@ -32,6 +32,7 @@ def evaluate_model(
     ontology: bool = False,
     ontology_key: str | None = None,
     group_by: str | None = None,
+    data_name: str | None = None,
     **predict_options: Any,
 ) -> Report:
     """Predict `adata` and score it against `obs[label_key]` (default: the training key).
@@ -39,8 +40,13 @@ def evaluate_model(
     `split="test"` (or "val"/"train") keeps only the cells this model's saved split put
     there, matched by cell name, so the demo and the CLI can score held-out cells.
     `ontology` adds Cell Ontology-aware scores (`ontology_key`: an obs column of CL ids);
-    `group_by` an obs column (e.g. tissue) for a per-group breakdown.
+    `group_by` an obs column (e.g. tissue) for a per-group breakdown. `data_name` names the
+    data in the report's provenance (default: the AnnData's file, when it has one).
     """
+    about = model.about()
+    path = data_name or getattr(adata, "filename", None)
+    about["data"] = None if path is None else str(path)
+    about["split"] = split
     label_key = label_key or model.data_config.label_key
     # a label column the model has a head for is scored with that head
     if label_key in model.tasks:
@@ -54,8 +60,11 @@ def evaluate_model(
             msg = f"no cell of this AnnData is in the model's {split!r} split; omit --split"
             raise InputError(msg)
         adata = adata[keep]
+        if "group" in model.split:
+            held = model.split.loc[model.split["split"] == split, "group"].astype(str)
+            about["split_groups"] = sorted(set(held))
     else:
-        warn_if_training_cells(model, adata.obs_names)
+        about["training_cells_evaluated"] = warn_if_training_cells(model, adata.obs_names)
     truth = read_labels(adata.obs, label_key)
     for key in (ontology_key, group_by):
         if key is not None and key not in adata.obs.columns:
@@ -82,15 +91,16 @@ def evaluate_model(
         ontology=ontology or ontology_key is not None,
         ontology_ids=None if ontology_key is None else adata.obs[ontology_key].to_numpy(),
         groups=None if group_by is None else adata.obs[group_by].to_numpy(),
-        about=model.about(),
+        about=about,
         sections=sections,
     )
 
 
-def warn_if_training_cells(model, names) -> None:
-    """Scores on the cells a model was trained on are optimistic: say so, with the count."""
+def warn_if_training_cells(model, names) -> int:
+    """Scores on the cells a model was trained on are optimistic: say so, with the count
+    (returned)."""
     if not len(model.split) or "split" not in model.split:
-        return
+        return 0
     trained = model.split.index[model.split["split"].astype(str) == "train"].astype(str)
     n = int(pd.Index(names).astype(str).isin(trained).sum())
     if n:
@@ -101,3 +111,4 @@ def warn_if_training_cells(model, names) -> None:
             n,
             len(names),
         )
+    return n

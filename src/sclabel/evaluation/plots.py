@@ -36,8 +36,13 @@ def tick_label(label, width: int = 24) -> str:
 
 
 def confusion_plot(metrics: dict, path: Path) -> Path:
-    """Row-normalized confusion matrix: each row shows where a true class went."""
-    conf = metrics["confusion"]
+    """Row-normalized confusion matrix: each row shows where a true class went. When the
+    true labels are not all model classes (e.g. 8 lineages against a 71-class model), the
+    cross-tab of given vs predicted labels instead: only the predicted labels used, ordered
+    by the given label they took most cells from."""
+    overlap = metrics.get("label_overlap")
+    differ = bool(overlap) and overlap["shared"] < overlap["true"]
+    conf = metrics["crosstab"] if differ else metrics["confusion"]
     counts = np.asarray(conf["counts"], dtype=float)
     normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n_rows, n_cols = normalized.shape
@@ -47,7 +52,7 @@ def confusion_plot(metrics: dict, path: Path) -> Path:
                   fontsize=8)  # fmt: skip
     ax.set_yticks(range(n_rows), map(tick_label, conf["rows"]), fontsize=8)
     ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_ylabel("given" if differ else "true")
     if n_rows * n_cols <= 400:
         for i in range(n_rows):
             for j in range(n_cols):
@@ -55,8 +60,9 @@ def confusion_plot(metrics: dict, path: Path) -> Path:
                 if value >= 0.01:
                     color = "white" if value > 0.5 else "black"
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
-    fig.colorbar(image, ax=ax, label="fraction of true class")
-    ax.set_title("confusion matrix (row-normalized)")
+    fig.colorbar(image, ax=ax, label="fraction of the row's cells")
+    ax.set_title(("given vs predicted labels" if differ else "confusion matrix")
+                 + " (row-normalized)")  # fmt: skip
     return save_figure(fig, path)
 
 

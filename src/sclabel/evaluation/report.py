@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import f1_score
 
 from sclabel.errors import InputError
@@ -35,7 +36,10 @@ class Report:
         lines = [f"# {_md(title)}", ""]
         about = m.get("model")
         if about:
-            lines += [_about(about), ""]
+            lines += [*_provenance(about, m), ""]
+        overlap = m.get("label_overlap")
+        if overlap and overlap["shared"] < overlap["true"]:
+            lines += [_overlap_note(overlap), ""]
         lines += [
             f"{m['n_cells']} cells scored, {len(m['per_class'])} true classes"
             + (
@@ -97,6 +101,8 @@ class Report:
             for group, row in m["by_group"].items():
                 values = " | ".join(f"{row[k]:.3f}" for k in kinds)
                 lines.append(f"| {_md(group)} | {row['n_cells']} | {values} |")
+        if overlap and overlap["shared"] < overlap["true"]:
+            lines += ["", *_crosstab_lines(m["crosstab"])]
         lines += ["", "## Accuracy after rejecting the most uncertain cells", ""]
         lines += ["| rejected | cells kept | accuracy |", "|---|---|---|"]
         lines += [
@@ -160,7 +166,76 @@ def _about(about: dict) -> str:
     parts.append(f"{about['n_classes']} classes")
     if about.get("source"):
         parts.append(f"from {_md(about['source'])}")
+    trained = about.get("trained_with") or {}
+    if trained.get("sclabel_version"):
+        text = f"trained with sclabel {trained['sclabel_version']}"
+        text += f" on {trained['date']}" if trained.get("date") else ""
+        text += f" from `{_md(trained['data'])}`" if trained.get("data") else ""
+        parts.append(text)
+    if about.get("path"):
+        parts.append(f"folder `{_md(about['path'])}`")
     return "; ".join(parts) + "."
+
+
+def _provenance(about: dict, m: dict) -> list[str]:
+    """What was scored, with what, by whom: the model, the data and its cells, the run."""
+    from datetime import date
+    from importlib.metadata import version
+
+    data = f"`{_md(about['data'])}`" if about.get("data") else "an AnnData in memory"
+    cells = f"{m['n_cells'] + m.get('n_unlabeled', 0):,} cells"
+    if about.get("split"):
+        cells += f" of the model's {about['split']!r} split (matched by cell name)"
+        if about.get("split_groups"):
+            groups = ", ".join(map(_md, about["split_groups"][:20]))
+            more = len(about["split_groups"]) - 20
+            cells += f"; its groups: {groups}" + (f" and {more} more" if more > 0 else "")
+    lines = ["## Provenance", "", f"- {_about(about)}", f"- Data: {data}, {cells}."]
+    trained = about.get("training_cells_evaluated")
+    if trained:
+        lines.append(f"- {trained:,} of these cells were in the model's training split: the "
+                     "scores are optimistic (evaluate with --split test).")  # fmt: skip
+    lines.append(f"- Scored with sclabel {version('sclabel')} on {date.today()}.")
+    return lines
+
+
+def _overlap_note(overlap: dict) -> str:
+    shared, true = overlap["shared"], overlap["true"]
+    if shared == 0:
+        return (
+            f"**None of the {true} true labels is one of the model's {overlap['classes']} "
+            "classes**: accuracy and F1 count every cell as wrong. The cross-tab of given vs "
+            "predicted labels below shows how the model's classes fall on yours."
+        )
+    return (
+        f"{shared} of the {true} true labels are among the model's {overlap['classes']} "
+        "classes; cells of the others count as wrong. See the cross-tab of given vs predicted "
+        "labels below."
+    )
+
+
+def _share(value: float) -> str:
+    return f"{value:.0%}" if value >= 0.005 else "<1%"
+
+
+def _crosstab_lines(crosstab: dict, top: int = 3) -> list[str]:
+    """Per true label: its cells and the predicted labels that took most of them."""
+    counts = np.asarray(crosstab["counts"], dtype=float)
+    lines = [
+        "## Given vs predicted labels",
+        "",
+        f"The {top} predicted labels that took most cells of each given label (all counts: "
+        "crosstab.csv).",
+        "",
+        "| given label | cells | predicted as |",
+        "|---|---|---|",
+    ]
+    for row, label in zip(counts, crosstab["rows"], strict=True):
+        total = row.sum()
+        order = [j for j in np.argsort(-row, kind="stable")[:top] if row[j] > 0]
+        shares = ", ".join(f"{_md(crosstab['columns'][j])} {_share(row[j] / total)}" for j in order)
+        lines.append(f"| {_md(label)} | {int(total):,} | {shares} |")
+    return lines
 
 
 def check_report_dir(path: str | Path) -> Path:
@@ -209,6 +284,12 @@ def evaluate(
     y_true, y_pred = truth[known].astype(str), prediction.labels[known]
     metrics = compute_metrics(y_true, y_pred, prediction.confidence[known], prediction.classes)
     metrics["n_unlabeled"] = int((~known).sum())
+    metrics["label_overlap"] = {
+        "true": len(metrics["per_class"]),
+        "classes": len(prediction.classes),
+        "shared": len(set(metrics["per_class"]) & set(map(str, prediction.classes))),
+    }
+    metrics["crosstab"] = crosstab(metrics["confusion"])
     if about is not None:
         metrics["model"] = about
     scored = {"flat": y_pred}
@@ -224,6 +305,9 @@ def evaluate(
         out_dir = Path(out_dir)
         with atomic_dir(out_dir, marker="metrics.json", what="report") as tmp:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            table = metrics["crosstab"]
+            frame = pd.DataFrame(table["counts"], index=table["rows"], columns=table["columns"])
+            frame.to_csv(tmp / "crosstab.csv", index_label="given label")
             (tmp / "report.md").write_text(report.to_markdown(title))
             for name, draw in PLOTS.items():
                 draw(metrics, tmp / name)
@@ -232,10 +316,21 @@ def evaluate(
     return report
 
 
+def crosstab(confusion: dict) -> dict:
+    """The confusion matrix without predicted columns no cell went to, columns ordered by
+    the given label that sent them the most cells: block-diagonal when labels correspond."""
+    counts = np.asarray(confusion["counts"])
+    used = np.flatnonzero(counts.sum(axis=0) > 0)
+    order = sorted(used, key=lambda j: (int(np.argmax(counts[:, j])), -int(counts[:, j].max())))
+    return {
+        "rows": list(confusion["rows"]),
+        "columns": [confusion["columns"][j] for j in order],
+        "counts": counts[:, order].tolist(),
+    }
+
+
 def html_report(metrics: dict, folder: Path, title: str, sections: list) -> str:
     """report.html: the headline scores and per-class table, the plots, then `sections`."""
-    import pandas as pd
-
     from sclabel.evaluation.html import Section, page
 
     scores = Section("Scores")
@@ -248,6 +343,13 @@ def html_report(metrics: dict, folder: Path, title: str, sections: list) -> str:
             else ""
         )  # fmt: skip
     )
+    overlap = metrics.get("label_overlap")
+    if overlap and overlap["shared"] < overlap["true"]:
+        scores.text(_overlap_note(overlap).replace("**", ""), note=True)
+        rows = [line.split(" | ") for line in _crosstab_lines(metrics["crosstab"])[6:]]
+        frame = pd.DataFrame([[r[0][2:], r[1], r[2][:-2]] for r in rows],
+                             columns=["given label", "cells", "predicted as"])  # fmt: skip
+        scores.table(frame, index=False)
     scores.table(pd.DataFrame(metrics["per_class"]).T.rename_axis("true label"))
     for name in PLOTS:
         scores.png((folder / name).read_bytes(), name.removesuffix(".png").replace("_", " "))

@@ -64,6 +64,7 @@ class Model:
         self.calibration = calibration or Calibration()
         self.reference = reference  # labelled reference cells for `map` (mapping.py)
         self.is_quantized = False
+        self.loaded_from: str | None = None  # the folder `load` read (reports name it)
 
     @property
     def family(self) -> str:
@@ -251,7 +252,7 @@ class Model:
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             msg = f"inconsistent checkpoint {path}: {err}; re-save or re-train the model"
             raise InputError(msg) from err
-        return cls(
+        model = cls(
             module,
             inputs=inputs,
             classes=classes,
@@ -266,6 +267,8 @@ class Model:
             calibration=calibration,
             reference=reference,
         )
+        model.loaded_from = str(path)
+        return model
 
     def quantized(self) -> Model:
         """A copy for CPU inference with int8 dynamic quantization of every linear layer
@@ -310,6 +313,8 @@ class Model:
             "label_key": self.data_config.label_key,
             "n_classes": len(self.classes),
             "source": imported.get("file"),
+            "path": self.loaded_from,
+            "trained_with": self.metrics.get("trained_with"),  # version, date, data file
         }
 
     def weights_digest(self) -> str:

@@ -206,3 +206,36 @@ def _size_curve(table: pd.DataFrame, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("training-set size")
     save_figure(fig, path)
+
+
+FEW_PATIENTS = 5  # below this many test patients (or samples) per run, say how little it says
+
+
+def few_patients_notes(records: list[dict], threshold: int = FEW_PATIENTS) -> list[str]:
+    """A warning for each (model, label) whose patient-level accuracy rests on fewer than
+    `threshold` test patients per run, with a 95% Wilson interval over the runs' patients
+    pooled (scipy's binomtest)."""
+    from scipy.stats import binomtest
+
+    pooled: dict[tuple, list[int]] = {}
+    for r in records:
+        units, accuracy = r.get("n_test_units"), r.get("patient_vote_accuracy")
+        if r.get("section") != "architecture" or not units or accuracy is None:
+            continue
+        counts = pooled.setdefault((r.get("model"), r.get("label")), [0, 0, units])
+        counts[0] += round(accuracy * units)
+        counts[1] += units
+        counts[2] = min(counts[2], units)
+    notes = []
+    for (model, label), (right, total, fewest) in pooled.items():
+        if fewest >= threshold:
+            continue
+        interval = binomtest(right, total).proportion_ci(confidence_level=0.95, method="wilson")
+        notes.append(
+            f"{label} ({model}): patient-level scores rest on {fewest} test patient(s) per run "
+            f"(fewer than {threshold}); one patient moves a run's patient accuracy by "
+            f"{1 / fewest:.0%}. Over all runs {right} of {total} test patients were right by "
+            f"majority vote: {right / total:.2f}, 95% interval {interval.low:.2f}-"
+            f"{interval.high:.2f} (Wilson). Use more patients or --folds to narrow it."
+        )
+    return notes

@@ -28,7 +28,7 @@ from sclabel.io.read import matrix
 from sclabel.models import MODELS
 from sclabel.studies.disease import sections as sections_
 from sclabel.studies.disease.evaluate import Setup
-from sclabel.studies.disease.report import DiseaseResult
+from sclabel.studies.disease.report import DiseaseResult, few_patients_notes
 
 log = logging.getLogger("sclabel")
 SECTIONS = ("architecture", "leakage", "sizes", "wide_deep", "kmeans", "per_cell_type")
@@ -163,7 +163,7 @@ def _run(setup, splits, chosen, options, settings, notes, folder) -> DiseaseResu
                  "%.0f s)", i, len(todo), name, len(splits), setup.runs,
                  time.perf_counter() - start)  # fmt: skip
         built[name] = getattr(sections_, name)(state)
-    notes += state.notes
+    notes += state.notes + few_patients_notes(state.records)
     return DiseaseResult(settings, built, state.records, notes, splits)
 
 
