@@ -77,3 +77,14 @@ def test_import_and_cli_help_load_no_heavy_library():
     code = "import sclabel.predict, sclabel; print(type(sclabel.predict).__name__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "function", result.stderr
+
+
+def test_messages_list_numpy_values_as_plain_python():
+    import numpy as np
+
+    from sclabel.errors import listing
+
+    names = np.array(["A549", "H1975", "HCC827"])
+    assert listing(names) == "['A549', 'H1975', 'HCC827']"
+    assert listing(names, 2) == "['A549', 'H1975', ...]"
+    assert listing(np.arange(3)) == "[0, 1, 2]"

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from sclabel.errors import InputError
+from sclabel.errors import InputError, listing
 
 log = logging.getLogger("sclabel")
 PARTS = ("train", "val", "test")
@@ -87,7 +87,7 @@ def _warn_if_few_groups(assign: dict, groups: np.ndarray) -> None:
     cells = pd.Series(groups).value_counts()
     chosen = {part: sorted(g for g, p in assign.items() if p == part) for part in PARTS}
     described = "; ".join(
-        f"{part}: {len(names)} group(s) {names[:6]}{' ...' if len(names) > 6 else ''}, "
+        f"{part}: {len(names)} group(s) {listing(names, 6)}, "
         f"{int(cells[names].sum()) if names else 0} cells"
         for part, names in chosen.items()
     )

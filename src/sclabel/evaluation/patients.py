@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from sclabel.data.obs import one_label_per_group, require_classes
-from sclabel.errors import InputError
+from sclabel.errors import InputError, listing
 from sclabel.evaluation.metrics import compute_metrics
 
 log = logging.getLogger("sclabel")
@@ -188,7 +188,7 @@ def patient_metrics(
     truth.index = truth.index.astype(str)
     missing = sorted(set(scores.index.astype(str)) - set(truth.index))
     if missing:
-        raise InputError(f"no true label for {len(missing)} patient(s), e.g. {missing[:3]}")
+        raise InputError(f"no true label for {len(missing)} patient(s), e.g. {listing(missing, 3)}")
     y_true = truth.loc[scores.index.astype(str)].to_numpy()
     y_pred = scores.idxmax(axis=1).astype(str).to_numpy()
     m = compute_metrics(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sclabel.errors import InputError
+from sclabel.errors import InputError, listing
 
 
 class OntologyLevels:
@@ -29,7 +29,7 @@ class OntologyLevels:
         if unmapped:
             msg = (
                 f"{len(unmapped)} of the model's {len(self.classes)} classes have no Cell "
-                f"Ontology term: {unmapped[:8]}; ontology levels need classes named by CL "
+                f"Ontology term: {listing(unmapped, 8)}; ontology levels need classes named by CL "
                 "labels, synonyms or ids"
             )
             raise InputError(msg)

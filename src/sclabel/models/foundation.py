@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sclabel.data.loader import X_KEY
-from sclabel.errors import InputError
+from sclabel.errors import InputError, listing
 from sclabel.models.base import Capabilities, Classifier, ModelOutput
 
 log = logging.getLogger("sclabel")
@@ -153,7 +153,7 @@ def check_loaded(folder, info: dict) -> None:
     heads = sorted({k.split(".")[0] for k in unexpected if k.startswith(UNUSED_HEADS)})
     others = [k for k in unexpected if not k.startswith(UNUSED_HEADS)]
     if others:
-        msg = f"{folder} holds weights the encoder has no place for: {others[:5]}"
+        msg = f"{folder} holds weights the encoder has no place for: {listing(others, 5)}"
         raise InputError(msg)
     log.info(
         "pretrained encoder loaded from %s%s; the classification head is new", folder,

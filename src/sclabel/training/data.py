@@ -22,7 +22,7 @@ from sclabel.data.genes import Vocabulary
 from sclabel.data.inputs import InputSpec
 from sclabel.data.obs import read_labels, require_column
 from sclabel.data.splits import PARTS, make_split
-from sclabel.errors import InputError
+from sclabel.errors import InputError, listing
 from sclabel.io.read import check_all_rows, matrix
 from sclabel.store.format import Store
 from sclabel.store.loader import StoreRows
@@ -67,7 +67,10 @@ def given_split(obs: pd.DataFrame, split_key: str) -> pd.Series:
     values = obs[split_key].astype(object)
     unknown = sorted(set(values.dropna().astype(str)) - set(PARTS))
     if unknown:
-        msg = f"split column {split_key!r} has values {unknown[:5]}; expected train, val or test"
+        msg = (
+            f"split column {split_key!r} has values {listing(unknown, 5)}; expected train, "
+            "val or test"
+        )
         raise InputError(msg)
     if not (values == "train").any():
         raise InputError(f"split column {split_key!r} marks no cell as 'train'")
