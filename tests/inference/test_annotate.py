@@ -45,6 +45,26 @@ def test_cli_annotates_a_file_in_place_or_to_out(saved_model, tmp_path):
     assert bad.returncode == 2 and "annotate writes an .h5ad" in bad.stderr
 
 
+def test_cli_annotates_and_reports_in_one_command(saved_model, tmp_path):
+    query = sclabel.datasets.synthetic(150, 200, 4, 6, seed=1, cell_seed=5)
+    query.write_h5ad(tmp_path / "q.h5ad")
+    result = run("--quiet", "annotate", tmp_path / "q.h5ad", "--model", saved_model,
+                 "--report", tmp_path / "report")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"report: {tmp_path / 'report' / 'report.html'}" in result.stdout
+    html = (tmp_path / "report" / "report.html").read_text()
+    labels = set(ad.read_h5ad(tmp_path / "q.h5ad").obs["sclabel_label"])
+    assert all(label in html for label in labels)
+    # a report folder that would replace a user's files is refused before anything is written
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    query.write_h5ad(tmp_path / "fresh.h5ad")
+    bad = run("--quiet", "annotate", tmp_path / "fresh.h5ad", "--model", saved_model,
+              "--report", tmp_path / "notes")  # fmt: skip
+    assert bad.returncode == 2 and "is not a sclabel report" in bad.stderr
+    assert "sclabel_label" not in ad.read_h5ad(tmp_path / "fresh.h5ad").obs
+
+
 def test_version():
     result = run("--version")
     assert result.returncode == 0 and result.stdout.startswith("sclabel ")

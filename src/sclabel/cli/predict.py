@@ -191,6 +191,7 @@ def annotate_arguments(p: argparse.ArgumentParser) -> None:
         help="also write CellTypist's columns (predicted_labels, conf_score, majority_voting, "
         "over_clustering), so notebooks written for CellTypist keep working",
     )
+    p.add_argument("--report", metavar="DIR", help="also write DIR/report.html and report.md")
 
 
 def run_annotate(args) -> None:
@@ -206,12 +207,15 @@ def run_annotate(args) -> None:
         cluster_key=args.cluster_key,
         key_added=args.key_added,
         celltypist_names=args.celltypist_names,
+        report=args.report,
         **predict_options(args),
     )
     counts = pd.Series(prediction.labels).value_counts()
     print(f"{len(prediction.labels):,} cells annotated{coverage_note(prediction.coverage)}")
     print(counts.head(10).to_string())
     print(f"written to {path} (obs {args.key_added}_label, {args.key_added}_confidence, ...)")
+    if args.report:
+        print(f"report: {Path(args.report) / 'report.html'}")
 
 
 COMMANDS = [

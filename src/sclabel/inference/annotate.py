@@ -57,11 +57,14 @@ def annotate(
     return prediction
 
 
-def annotate_file(path: str | Path, model, *, out: str | Path | None = None, **options):
+def annotate_file(path: str | Path, model, *, out: str | Path | None = None,
+                  report: str | Path | None = None, **options):  # fmt: skip
     """`sclabel annotate`: read an .h5ad, annotate it, write it to `out` (default: in
-    place, through a temporary file, so an interrupted run leaves the input as it was)."""
+    place, through a temporary file, so an interrupted run leaves the input as it was);
+    `report`: a folder for report.html and report.md (`Prediction.to_report`)."""
+    from sclabel.inference.model import Model
     from sclabel.inference.outputs import check_output
-    from sclabel.io.atomic import atomic_path
+    from sclabel.io.atomic import atomic_path, check_dir
     from sclabel.io.read import read
 
     target = Path(out or path)
@@ -70,8 +73,14 @@ def annotate_file(path: str | Path, model, *, out: str | Path | None = None, **o
 
         raise InputError(f"annotate writes an .h5ad; got {target.name} (use predict for tables)")
     check_output(target)
+    if report is not None:
+        check_dir(report, marker="report.html", what="report")
+    model = model if isinstance(model, Model) else Model.load(model)
     adata = read(path)
     prediction = annotate(adata, model, **options)
     with atomic_path(target) as tmp:
         adata.write_h5ad(tmp)
+    if report is not None:
+        prediction.to_report(report, adata=adata, model=model, layer=options.get("layer"),
+                             gene_key=options.get("gene_key"))  # fmt: skip
     return prediction, target
