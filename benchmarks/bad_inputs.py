@@ -249,6 +249,27 @@ def offline_zoo(folder: Path, cached_index: bool = False) -> None:
         (folder / ".cache" / "celltypist" / "models.json").write_text(json.dumps(index))
 
 
+def corpus(folder: Path, interrupted_as: str | None = None) -> Path:
+    """A tokenized corpus of the cells (a fitted vocabulary); with `interrupted_as`, the state
+    folder an interrupted pretraining into that --out leaves."""
+    from sclabel.foundation.corpus import tokenize
+    from sclabel.foundation.vocabulary import GeneTokenizer
+
+    cells = sclabel.read(folder / "cells.h5ad")
+    store = tokenize([cells], folder / "corpus.store", GeneTokenizer.fit([cells], max_len=32,
+                                                                         progress=False),
+                     progress=False)  # fmt: skip
+    if interrupted_as is not None:
+        (folder / f".{interrupted_as}.pretraining").mkdir()
+    return store.path
+
+
+def user_folder(folder: Path) -> Path:
+    (folder / "notes").mkdir()
+    (folder / "notes" / "mine.txt").write_text("keep")
+    return folder / "notes"
+
+
 def renamed_bert(folder: Path, vocabulary: bool = True, rename: bool = True) -> Path:
     from safetensors.torch import load_file, save_file
     from transformers import BertConfig, BertForMaskedLM
@@ -823,6 +844,44 @@ CASES = [
     (
         "pretrain: not a tokenized corpus",
         lambda f: ["pretrain", f / "cells.store", "--out", f / "bert-out"],
+    ),
+    (
+        "pretrain: an interrupted run's state, no --resume",
+        lambda f: ["pretrain", corpus(f, "bert-out"), "--out", f / "bert-out", "--max-steps", "2"],
+    ),
+    (
+        "pretrain: --save-every -1",
+        lambda f: ["pretrain", corpus(f), "--out", f / "bert-out", "--save-every", "-1"],
+    ),
+    (
+        "explain: --method mask on a linear model",
+        lambda f: [
+            "explain",
+            f / "cells.h5ad",
+            "--model",
+            f / "model",
+            "--method",
+            "mask",
+            "--out",
+            f / "explained",
+        ],  # fmt: skip
+    ),
+    (
+        "explain: --out is a file",
+        lambda f: ["explain", f / "cells.h5ad", "--model", f / "model", "--out", f / "cells.h5ad"],
+    ),
+    (
+        "annotate: --report into a folder of the user's files",
+        lambda f: [
+            "annotate",
+            f / "cells.h5ad",
+            "--model",
+            f / "model",
+            "--out",
+            f / "a.h5ad",
+            "--report",
+            user_folder(f),
+        ],  # fmt: skip
     ),
     (
         "embed: not a model folder",
