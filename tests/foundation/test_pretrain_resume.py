@@ -97,6 +97,9 @@ def test_the_folder_loads_in_hugging_face_and_carries_geneformer_dictionaries(co
     assert [tokens[g] for g in ours.genes] == ours.gene_tokens.tolist()
     medians = json.loads((out / "gene_median_dictionary.json").read_text())
     np.testing.assert_array_equal(np.float32([medians[g] for g in ours.genes]), ours.medians)
+    # the model is as long as what it was pretrained on, and says so to every reader
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 32
+    assert ours.max_len == 32 and hf.model_max_length == 32
     # a folder written before the rename (our JSON as tokenizer.json) still loads
     old = tmp_path / "old"
     shutil.copytree(out, old)
@@ -117,3 +120,16 @@ def test_cli_pretrain_names_the_state_and_resumes(corpus, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m" / "gene_tokenizer.json").exists()
     assert not (tmp_path / ".m.pretraining").exists()
+
+
+def test_a_vocabulary_with_cls_and_eos_wraps_cells_in_hugging_face_too(tmp_path):
+    from transformers import AutoTokenizer
+
+    special = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
+    genes = GeneTokenizer(("ENSG1", "ENSG2", "ENSG3"), np.ones(3), special=special,
+                          token_ids=np.array([4, 5, 6]))  # fmt: skip
+    genes.save(tmp_path, share=True)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert hf("ENSG2 ENSG1")["input_ids"] == [2, 5, 4, 3]
+    assert hf("ENSG2 ENSG1", add_special_tokens=False)["input_ids"] == [5, 4]
+    assert hf("ENSG9", add_special_tokens=False)["input_ids"] == [0]  # unknown: <pad>

@@ -169,3 +169,13 @@ def test_the_cli_writes_the_folder_and_refuses_bad_input(linear, marker_data, tm
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], result.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_model_that_leaves_missing_genes_out_explains_what_it_predicts(marker_data):
+    model = sclabel.train(marker_data, label_key="cell_type", split_by="donor",
+                          model="celltypist", progress=False)  # fmt: skip
+    query = marker_data[:200, 40:].copy()  # 20% of the model's genes missing
+    explanation = model.explain(query, method="gradient", min_gene_coverage=0.5, progress=False)
+    predicted = model.predict(query, min_gene_coverage=0.5, progress=False).labels
+    np.testing.assert_array_equal(explanation.labels, predicted)
+    assert (explanation.importance[:, :40] == 0).all()  # missing genes carry no evidence

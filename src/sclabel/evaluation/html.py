@@ -81,3 +81,10 @@ def page(title: str, sections: Iterable[Section], subtitle: str = "") -> str:
         f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
         f"<script>{CHECK}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def md_cell(value) -> str:
+    """Text for a Markdown table cell: a '|' or a line break in a label would break the row."""
+    return (
+        str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    )

@@ -40,8 +40,9 @@ def confusion_plot(metrics: dict, path: Path) -> Path:
     true labels are not all model classes (e.g. 8 lineages against a 71-class model), the
     cross-tab of given vs predicted labels instead: only the predicted labels used, ordered
     by the given label they took most cells from."""
-    overlap = metrics.get("label_overlap")
-    differ = bool(overlap) and overlap["shared"] < overlap["true"]
+    from sclabel.evaluation.crosstab import differ as labels_differ
+
+    differ = labels_differ(metrics)
     conf = metrics["crosstab"] if differ else metrics["confusion"]
     counts = np.asarray(conf["counts"], dtype=float)
     normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)

@@ -13,6 +13,14 @@ from sklearn.metrics import f1_score
 
 from sclabel.errors import InputError
 from sclabel.evaluation import plots
+from sclabel.evaluation.crosstab import (
+    crosstab,
+    crosstab_lines,
+    crosstab_rows,
+    differ,
+    overlap_note,
+)
+from sclabel.evaluation.html import md_cell as _md
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.evaluation.ontology import CellOntology, ontology_adjusted
 from sclabel.inference.prediction import Prediction
@@ -38,8 +46,8 @@ class Report:
         if about:
             lines += [*_provenance(about, m), ""]
         overlap = m.get("label_overlap")
-        if overlap and overlap["shared"] < overlap["true"]:
-            lines += [_overlap_note(overlap), ""]
+        if differ(m):
+            lines += [overlap_note(overlap), ""]
         lines += [
             f"{m['n_cells']} cells scored, {len(m['per_class'])} true classes"
             + (
@@ -101,8 +109,8 @@ class Report:
             for group, row in m["by_group"].items():
                 values = " | ".join(f"{row[k]:.3f}" for k in kinds)
                 lines.append(f"| {_md(group)} | {row['n_cells']} | {values} |")
-        if overlap and overlap["shared"] < overlap["true"]:
-            lines += ["", *_crosstab_lines(m["crosstab"])]
+        if differ(m):
+            lines += ["", *crosstab_lines(m["crosstab"])]
         lines += ["", "## Accuracy after rejecting the most uncertain cells", ""]
         lines += ["| rejected | cells kept | accuracy |", "|---|---|---|"]
         lines += [
@@ -122,13 +130,6 @@ EXPLAINED = (
     "predictions from right ones (0.5: no better than chance; 1: every wrong prediction is "
     "less confident than every right one)."
 )
-
-
-def _md(value) -> str:
-    """Text for a Markdown table cell: a '|' or a line break in a label would break the row."""
-    return (
-        str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-    )
 
 
 def _seen_and_unseen(m: dict) -> list[str]:
@@ -196,45 +197,6 @@ def _provenance(about: dict, m: dict) -> list[str]:
         lines.append(f"- {trained:,} of these cells were in the model's training split: the "
                      "scores are optimistic (evaluate with --split test).")  # fmt: skip
     lines.append(f"- Scored with sclabel {version('sclabel')} on {date.today()}.")
-    return lines
-
-
-def _overlap_note(overlap: dict) -> str:
-    shared, true = overlap["shared"], overlap["true"]
-    if shared == 0:
-        return (
-            f"**None of the {true} true labels is one of the model's {overlap['classes']} "
-            "classes**: accuracy and F1 count every cell as wrong. The cross-tab of given vs "
-            "predicted labels below shows how the model's classes fall on yours."
-        )
-    return (
-        f"{shared} of the {true} true labels are among the model's {overlap['classes']} "
-        "classes; cells of the others count as wrong. See the cross-tab of given vs predicted "
-        "labels below."
-    )
-
-
-def _share(value: float) -> str:
-    return f"{value:.0%}" if value >= 0.005 else "<1%"
-
-
-def _crosstab_lines(crosstab: dict, top: int = 3) -> list[str]:
-    """Per true label: its cells and the predicted labels that took most of them."""
-    counts = np.asarray(crosstab["counts"], dtype=float)
-    lines = [
-        "## Given vs predicted labels",
-        "",
-        f"The {top} predicted labels that took most cells of each given label (all counts: "
-        "crosstab.csv).",
-        "",
-        "| given label | cells | predicted as |",
-        "|---|---|---|",
-    ]
-    for row, label in zip(counts, crosstab["rows"], strict=True):
-        total = row.sum()
-        order = [j for j in np.argsort(-row, kind="stable")[:top] if row[j] > 0]
-        shares = ", ".join(f"{_md(crosstab['columns'][j])} {_share(row[j] / total)}" for j in order)
-        lines.append(f"| {_md(label)} | {int(total):,} | {shares} |")
     return lines
 
 
@@ -316,19 +278,6 @@ def evaluate(
     return report
 
 
-def crosstab(confusion: dict) -> dict:
-    """The confusion matrix without predicted columns no cell went to, columns ordered by
-    the given label that sent them the most cells: block-diagonal when labels correspond."""
-    counts = np.asarray(confusion["counts"])
-    used = np.flatnonzero(counts.sum(axis=0) > 0)
-    order = sorted(used, key=lambda j: (int(np.argmax(counts[:, j])), -int(counts[:, j].max())))
-    return {
-        "rows": list(confusion["rows"]),
-        "columns": [confusion["columns"][j] for j in order],
-        "counts": counts[:, order].tolist(),
-    }
-
-
 def html_report(metrics: dict, folder: Path, title: str, sections: list) -> str:
     """report.html: the headline scores and per-class table, the plots, then `sections`."""
     from sclabel.evaluation.html import Section, page
@@ -344,11 +293,11 @@ def html_report(metrics: dict, folder: Path, title: str, sections: list) -> str:
         )  # fmt: skip
     )
     overlap = metrics.get("label_overlap")
-    if overlap and overlap["shared"] < overlap["true"]:
-        scores.text(_overlap_note(overlap).replace("**", ""), note=True)
-        rows = [line.split(" | ") for line in _crosstab_lines(metrics["crosstab"])[6:]]
-        frame = pd.DataFrame([[r[0][2:], r[1], r[2][:-2]] for r in rows],
-                             columns=["given label", "cells", "predicted as"])  # fmt: skip
+    if differ(metrics):
+        scores.text(overlap_note(overlap).replace("**", ""), note=True)
+        rows = [(label, total, "; ".join(f"{name} {share}" for name, share in shares))
+                for label, total, shares in crosstab_rows(metrics["crosstab"])]  # fmt: skip
+        frame = pd.DataFrame(rows, columns=["given label", "cells", "predicted as"])
         scores.table(frame, index=False)
     scores.table(pd.DataFrame(metrics["per_class"]).T.rename_axis("true label"))
     for name in PLOTS:

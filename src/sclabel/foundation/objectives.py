@@ -1,5 +1,6 @@
-"""The Perceiver's pretraining objective: which genes are hidden and queried, and their
-likelihoods (negative binomial, Poisson) for the masked-expression loss."""
+"""Pretraining objectives: BERT's masked gene tokens (`mask_tokens`), and the Perceiver's:
+which genes are hidden and queried, and their likelihoods (negative binomial, Poisson) for
+the masked-expression loss."""
 
 from __future__ import annotations
 
@@ -11,7 +12,26 @@ if TYPE_CHECKING:
     from sclabel.foundation.perceiver import PerceiverConfig
 
 FIRST_GENE = 2  # 0 padding, 1 mask
+MASK_ID = 1  # <mask>; <pad> is 0
 EPS = 1e-8
+
+
+def mask_tokens(
+    tokens: torch.Tensor, present: torch.Tensor, mask_prob: float, n_tokens: int, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: labels are -100 except at masked positions; of those 80% become <mask>,
+    10% a random gene token, 10% stay. Every cell gets at least one masked position."""
+    chosen = (torch.rand(tokens.shape, generator=generator) < mask_prob) & present
+    first = present.float().argmax(1)  # a cell too short to draw any: mask its first gene
+    none = ~chosen.any(1)
+    chosen[none, first[none]] = True
+    labels = torch.where(chosen, tokens, torch.full_like(tokens, -100))
+    roll = torch.rand(tokens.shape, generator=generator)
+    inputs = tokens.clone()
+    inputs[chosen & (roll < 0.8)] = MASK_ID
+    swap = chosen & (roll >= 0.8) & (roll < 0.9)
+    inputs[swap] = torch.randint(2, n_tokens, (int(swap.sum()),), generator=generator)
+    return inputs, labels
 
 
 def negative_binomial_nll(counts, mean, theta) -> torch.Tensor:

@@ -27,12 +27,13 @@ import torch
 
 from sclabel.config import _JSONConfig
 from sclabel.errors import InputError
+from sclabel.foundation.objectives import mask_tokens
 from sclabel.io.atomic import atomic_dir
 from sclabel.models.foundation import TINY_BERT, quiet_transformers
 from sclabel.store.format import Store
 
 log = logging.getLogger("sclabel")
-MASK_ID, PAD_ID = 1, 0
+PAD_ID = 0
 ARCHS = ("bert", "perceiver")
 # Geneformer V1's 6-layer architecture (../shared/data/geneformer_v1/config_6L.json)
 BERT_PRESETS = {
@@ -137,24 +138,6 @@ def length_grouped_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def mask_tokens(
-    tokens: torch.Tensor, present: torch.Tensor, mask_prob: float, n_tokens: int, generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: labels are -100 except at masked positions; of those 80% become <mask>,
-    10% a random gene token, 10% stay. Every cell gets at least one masked position."""
-    chosen = (torch.rand(tokens.shape, generator=generator) < mask_prob) & present
-    first = present.float().argmax(1)  # a cell too short to draw any: mask its first gene
-    none = ~chosen.any(1)
-    chosen[none, first[none]] = True
-    labels = torch.where(chosen, tokens, torch.full_like(tokens, -100))
-    roll = torch.rand(tokens.shape, generator=generator)
-    inputs = tokens.clone()
-    inputs[chosen & (roll < 0.8)] = MASK_ID
-    swap = chosen & (roll >= 0.8) & (roll < 0.9)
-    inputs[swap] = torch.randint(2, n_tokens, (int(swap.sum()),), generator=generator)
-    return inputs, labels
-
-
 class MaskedGeneModel(torch.nn.Module):
     """BertForMaskedLM scoring only the masked positions: Hugging Face's forward projects
     every position onto the whole vocabulary (cells x length x 25k logits), most of which
@@ -183,9 +166,10 @@ def _model_for(config: PretrainConfig, n_tokens: int):
 
         keep = {k: v for k, v in architecture.items() if k != "architectures"}
         keep.update(vocab_size=n_tokens, pad_token_id=PAD_ID)
-        keep["max_position_embeddings"] = max(
-            keep.get("max_position_embeddings", 0), config.max_len
-        )
+        # a preset's model is as long as its input (tiny: 256), so fine-tuning and embedding
+        # default to the length it was pretrained on; a config file keeps its own, if longer
+        own = keep.get("max_position_embeddings", 0) if config.config_file is not None else 0
+        keep["max_position_embeddings"] = max(own, config.max_len)
         return MaskedGeneModel(BertForMaskedLM(BertConfig(**keep)))
     from sclabel.foundation.perceiver import PerceiverConfig, PerceiverForMaskedExpression
 
@@ -261,10 +245,12 @@ def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig
     ignored = ("progress", "save_every", "threads")  # a resume may change these
     run = {k: v for k, v in config.to_dict().items() if k not in ignored}
     run |= {"corpus_cells": int(lengths.size), "corpus_tokens": int(lengths.sum())}
-    restored = load_state(state_dir, module, optimizer, scheduler, run)
+    restored = load_state(state_dir, module, optimizer, scheduler, run)  # every rank reads it
     if restored is not None:
         history = restored.history
         log.info("resuming pretraining after step %d from %s", restored.epoch, state_dir)
+    elif state_dir.exists():
+        log.info("no saved state in %s yet: pretraining from step 0", state_dir)
     done = 0 if restored is None else restored.epoch  # steps already taken
     tokens_seen, step, epoch, position, start = 0, done, 0, 0, time.perf_counter()
     bar = tqdm(
@@ -275,44 +261,52 @@ def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig
         disable=not config.progress or fabric.global_rank != 0,
     )
     model.train()
-    while step < config.max_steps:
-        rng = np.random.default_rng([config.seed, epoch])
-        batches = length_grouped_batches(
-            lengths, config.batch_size, group_batches=config.group_batches, rng=rng
-        )
-        per_rank = max(1, len(batches) // fabric.world_size)  # ranks stay in step
-        batches = batches[fabric.global_rank :: fabric.world_size][:per_rank]
-        for rows in batches:
-            if step >= config.max_steps:
-                break
-            position += 1
-            if position <= done:  # taken before the interruption: the same order again
-                continue
-            # masks drawn from (seed, rank, step): the same after a resume
-            seed = np.random.SeedSequence([config.seed, fabric.global_rank, step])
-            generator.manual_seed(int(seed.generate_state(1)[0]))
-            batch = token_batch(store, tokenizer, rows, read_len)
-            loss = _loss(model, module, batch, config, generator, fabric.device)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            tokens_seen += int(lengths[rows].sum())  # model inputs: up to max_len per cell
-            value = float(loss.detach())
-            history.append({"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]})
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.3f}")
-            step += 1
-            every = config.save_every
-            if every and step % every == 0 and step < config.max_steps and fabric.global_rank == 0:
-                state = TrainingState(step, history, (0.0, 0.0), 0, {})
-                save_state(state_dir, state, module, optimizer, scheduler, run)
-        epoch += 1
-    bar.close()
+    try:
+        while step < config.max_steps:
+            rng = np.random.default_rng([config.seed, epoch])
+            batches = length_grouped_batches(
+                lengths, config.batch_size, group_batches=config.group_batches, rng=rng
+            )
+            per_rank = max(1, len(batches) // fabric.world_size)  # ranks stay in step
+            batches = batches[fabric.global_rank :: fabric.world_size][:per_rank]
+            for rows in batches:
+                if step >= config.max_steps:
+                    break
+                position += 1
+                if position <= done:  # taken before the interruption: the same order again
+                    continue
+                # masks and dropout drawn from (seed, rank, step), on every device: a resumed
+                # run takes the same steps as an uninterrupted one
+                seed = int(np.random.SeedSequence([config.seed, fabric.global_rank, step])
+                           .generate_state(1)[0])  # fmt: skip
+                generator.manual_seed(seed)
+                torch.manual_seed(seed)
+                batch = token_batch(store, tokenizer, rows, read_len)
+                loss = _loss(model, module, batch, config, generator, fabric.device)
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                tokens_seen += int(lengths[rows].sum())  # model inputs: up to max_len per cell
+                value = float(loss.detach())
+                history.append({"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]})
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}")
+                step += 1
+                every = config.save_every
+                if every and step % every == 0 and step < config.max_steps:
+                    if fabric.global_rank == 0:  # the folder must be one every rank can read
+                        state = TrainingState(step, history, (0.0, 0.0), 0, {})
+                        save_state(state_dir, state, module, optimizer, scheduler, run)
+                    fabric.barrier()
+            epoch += 1
+    finally:
+        bar.close()
     seconds = time.perf_counter() - start
     result = PretrainResult(Path(out), history, tokens_seen * fabric.world_size / seconds, seconds)
     if fabric.global_rank == 0:
-        _save(module, tokenizer, out, config, result)
+        saved = dataclasses.replace(tokenizer, max_len=config.max_len)  # what the model reads
+        _save(module, saved, out, config, result)
         shutil.rmtree(state_dir, ignore_errors=True)  # only now: the model is complete
     return result
 

@@ -161,28 +161,7 @@ class GeneTokenizer:
 
     def _shared_files(self) -> dict[str, dict]:
         tokens = {**self.special, **dict(zip(self.genes, self.gene_tokens.tolist(), strict=True))}
-        hugging_face = {  # the `tokenizers` library's JSON: word level, split on whitespace
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": [
-                {
-                    "id": i,
-                    "content": name,
-                    "single_word": False,
-                    "lstrip": False,
-                    "rstrip": False,
-                    "normalized": False,
-                    "special": True,
-                }
-                for name, i in sorted(self.special.items(), key=lambda item: item[1])
-            ],  # fmt: skip
-            "normalizer": None,
-            "pre_tokenizer": {"type": "WhitespaceSplit"},
-            "post_processor": None,
-            "decoder": None,
-            "model": {"type": "WordLevel", "vocab": tokens, "unk_token": "<pad>"},
-        }
+        hugging_face = json.loads(self._hugging_face(tokens).to_str())
         names = {"<pad>": "pad_token", "<mask>": "mask_token", "<cls>": "cls_token",
                  "<eos>": "eos_token"}  # fmt: skip
         config = {
@@ -198,6 +177,25 @@ class GeneTokenizer:
             "gene_median_dictionary.json": medians,
             "gene_name_id_dict.json": self.symbol_to_id,
         }
+
+    def _hugging_face(self, tokens: dict[str, int]):
+        """A `tokenizers` word-level tokenizer over gene ids (split on whitespace; an unknown
+        gene becomes <pad>); a vocabulary with <cls>/<eos> wraps each cell in them, as sclabel
+        does (Geneformer V2)."""
+        from tokenizers import AddedToken, Tokenizer
+        from tokenizers.models import WordLevel
+        from tokenizers.pre_tokenizers import WhitespaceSplit
+        from tokenizers.processors import TemplateProcessing
+
+        tokenizer = Tokenizer(WordLevel(tokens, unk_token="<pad>"))
+        tokenizer.pre_tokenizer = WhitespaceSplit()
+        tokenizer.add_special_tokens([AddedToken(name, special=True) for name in self.special])
+        if self.wrap is not None:
+            tokenizer.post_processor = TemplateProcessing(
+                single="<cls> $A <eos>",
+                special_tokens=[("<cls>", self.wrap[0]), ("<eos>", self.wrap[1])],
+            )
+        return tokenizer
 
     @staticmethod
     def saved_in(folder: str | Path) -> Path | None:

@@ -9,7 +9,8 @@ Two ways to weigh genes, one per kind of model:
   (linear, celltypist, mlp, tabnet, and their ensembles); one backward pass per batch.
 
 `method="auto"` takes the mask where the model has one. Either way each cell's importances
-sum to 1, so per-class means compare across cells and classes.
+sum to 1, so per-class means compare across cells and classes (a cell with no positive
+evidence at all, e.g. an empty one, has importances of 0).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sclabel.data.loader import X_KEY, cell_bar
+from sclabel.data.loader import PRESENT_KEY, X_KEY, cell_bar
 from sclabel.errors import InputError
 from sclabel.models import rules
 
@@ -49,9 +50,11 @@ class Explanation:
     expression: sp.csr_matrix | np.ndarray | None = None
 
     def per_class(self) -> pd.DataFrame:
-        """Mean importance per predicted class (classes x genes)."""
-        frame = pd.DataFrame(self.importance, columns=self.genes)
-        return frame.groupby(self.labels).mean()
+        """Mean importance per predicted class (classes x genes); computed once."""
+        if getattr(self, "_per_class", None) is None:
+            frame = pd.DataFrame(self.importance, columns=self.genes, copy=False)
+            self._per_class = frame.groupby(self.labels).mean()
+        return self._per_class.copy()
 
     def top_genes(self, n: int = 10, *, symbols: bool = False) -> dict[str, list[str]]:
         """The `n` most important genes of each predicted class, most important first (gene
@@ -142,15 +145,19 @@ class Explanation:
         return {key: out / name for key, name in names.items()}
 
 
-def cell_importance(module, x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(importances, logits) of a batch of model inputs; `method` "mask" or "gradient"."""
+def cell_importance(
+    module, x: torch.Tensor, method: str, present: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(importances, logits) of a batch of model inputs; `method` "mask" or "gradient";
+    `present`: which model genes the query has (models that leave missing genes out)."""
     if method == "mask":
         with torch.no_grad():
             return module.explain_batch(x)
     # the positive part of input x gradient of each cell's predicted logit, summing to 1
     with torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
-        logits = module({X_KEY: x}).logits
+        batch = {X_KEY: x} if present is None else {X_KEY: x, PRESENT_KEY: present}
+        logits = module(batch).logits
         chosen = logits.argmax(dim=1, keepdim=True)
         (grad,) = torch.autograd.grad(logits.gather(1, chosen).sum(), x)
     score = (x.detach() * grad).clamp_min(0)
@@ -184,7 +191,7 @@ def explain(
     gene_key: str | None = None,
     min_gene_coverage: float | None = None,
     chunk_size: int = 4096,
-    batch_size: int = 1024,
+    batch_size: int = 512,
     keep_input: bool = True,
     progress: bool = True,
 ) -> Explanation:
@@ -199,19 +206,19 @@ def explain(
         raise InputError("a model on an obsm embedding weighs its dimensions, not genes")
     module.eval()
     importance, predicted, kept = [], [], []
-    bar = cell_bar(bound.n_cells, "explaining", progress)
-    for chunk in bound.chunks(chunk_size):
-        for start in range(0, chunk.shape[0], batch_size):
-            block = chunk[start : start + batch_size]
-            dense = block.toarray() if sp.issparse(block) else np.asarray(block)
-            x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-            weights, logits = cell_importance(module, x, method)
-            importance.append(weights.numpy())
-            predicted.append(logits.argmax(dim=1).numpy())
-            bar.update(x.shape[0])
-        if keep_input:
-            kept.append(sp.csr_matrix(chunk, dtype=np.float32))
-    bar.close()
+    present = bound.present
+    with cell_bar(bound.n_cells, "explaining", progress) as bar:
+        for chunk in bound.chunks(chunk_size):
+            for start in range(0, chunk.shape[0], batch_size):
+                block = chunk[start : start + batch_size]
+                dense = block.toarray() if sp.issparse(block) else np.asarray(block)
+                x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+                weights, logits = cell_importance(module, x, method, present)
+                importance.append(weights.numpy())
+                predicted.append(logits.argmax(dim=1).numpy())
+                bar.update(x.shape[0])
+            if keep_input:
+                kept.append(sp.csr_matrix(chunk, dtype=np.float32))
     classes = np.asarray(model.classes, dtype=object)
     symbols = model.vocabulary.symbols
     return Explanation(
