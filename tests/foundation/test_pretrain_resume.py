@@ -97,9 +97,12 @@ def test_the_folder_loads_in_hugging_face_and_carries_geneformer_dictionaries(co
     assert [tokens[g] for g in ours.genes] == ours.gene_tokens.tolist()
     medians = json.loads((out / "gene_median_dictionary.json").read_text())
     np.testing.assert_array_equal(np.float32([medians[g] for g in ours.genes]), ours.medians)
-    # the model is as long as what it was pretrained on, and says so to every reader
-    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 32
+    # fine-tuning, embedding and Hugging Face read as many genes as pretraining did
+    assert json.loads((out / "config.json").read_text())["pretrained_max_len"] == 32
     assert ours.max_len == 32 and hf.model_max_length == 32
+    from sclabel.models.foundation import FoundationParams
+
+    assert FoundationParams(from_dir=str(out)).max_len == 32
     # a folder written before the rename (our JSON as tokenizer.json) still loads
     old = tmp_path / "old"
     shutil.copytree(out, old)

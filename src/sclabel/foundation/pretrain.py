@@ -166,10 +166,12 @@ def _model_for(config: PretrainConfig, n_tokens: int):
 
         keep = {k: v for k, v in architecture.items() if k != "architectures"}
         keep.update(vocab_size=n_tokens, pad_token_id=PAD_ID)
-        # a preset's model is as long as its input (tiny: 256), so fine-tuning and embedding
-        # default to the length it was pretrained on; a config file keeps its own, if longer
-        own = keep.get("max_position_embeddings", 0) if config.config_file is not None else 0
-        keep["max_position_embeddings"] = max(own, config.max_len)
+        keep["max_position_embeddings"] = max(
+            keep.get("max_position_embeddings", 0), config.max_len
+        )
+        # saved in config.json: fine-tuning and embedding default to the length the model
+        # was pretrained on (tiny: 256), not to its position table (2,048)
+        keep["pretrained_max_len"] = config.max_len
         return MaskedGeneModel(BertForMaskedLM(BertConfig(**keep)))
     from sclabel.foundation.perceiver import PerceiverConfig, PerceiverForMaskedExpression
 
@@ -275,12 +277,13 @@ def _pretrain(store: Store | str | Path, out: str | Path, config: PretrainConfig
                 position += 1
                 if position <= done:  # taken before the interruption: the same order again
                     continue
-                # masks and dropout drawn from (seed, rank, step), on every device: a resumed
-                # run takes the same steps as an uninterrupted one
-                seed = int(np.random.SeedSequence([config.seed, fabric.global_rank, step])
-                           .generate_state(1)[0])  # fmt: skip
-                generator.manual_seed(seed)
-                torch.manual_seed(seed)
+                # masks and dropout drawn from (seed, rank, step), on every device, from two
+                # independent streams: a resumed run takes the same steps as an uninterrupted one
+                masks, dropout = np.random.SeedSequence(
+                    [config.seed, fabric.global_rank, step]
+                ).generate_state(2)
+                generator.manual_seed(int(masks))
+                torch.manual_seed(int(dropout))
                 batch = token_batch(store, tokenizer, rows, read_len)
                 loss = _loss(model, module, batch, config, generator, fabric.device)
                 optimizer.zero_grad(set_to_none=True)

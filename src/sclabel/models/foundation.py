@@ -79,7 +79,9 @@ class FoundationParams:
     architecture: dict = field(default_factory=dict)
     freeze_layers: int = 0
     pooling: str = "mean"
-    max_len: int | None = None  # default: the pretrained model's input size (V1 2,048, V2 4,096)
+    # default: the length it was pretrained on (config.json's pretrained_max_len, written by
+    # `sclabel pretrain`), else its input size (Geneformer V1 2,048, V2 4,096)
+    max_len: int | None = None
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -90,7 +92,8 @@ class FoundationParams:
             object.__setattr__(self, "architecture", config)
         size = self.architecture.get("max_position_embeddings")
         if self.max_len is None:
-            object.__setattr__(self, "max_len", int(size or 2048))
+            trained = self.architecture.get("pretrained_max_len")
+            object.__setattr__(self, "max_len", int(trained or size or 2048))
         if self.freeze_layers < 0 or self.max_len < 1:
             raise InputError("freeze_layers must be >= 0 and max_len >= 1")
         if size is not None and self.max_len > int(size):
