@@ -264,6 +264,8 @@ def test_demo_runs_on_scanpy_pbmc(tmp_path):
     assert "report:" in result.stdout
     assert (tmp_path / "demo" / "report" / "confusion_matrix.png").exists()
     assert sclabel.Model.load(tmp_path / "demo" / "model").classes[0] == "CD14+ Monocyte"
+    report = (tmp_path / "demo" / "report" / "report.md").read_text()
+    assert "- Data: `scanpy.datasets.pbmc68k_reduced() (its log-normalized .raw)`" in report
 
 
 def _bad_inputs():

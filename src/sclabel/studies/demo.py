@@ -37,6 +37,7 @@ def run_demo(
         out_dir=out / "report",
         layer="raw",
         title="sclabel demo: pbmc68k_reduced bulk_labels, held-out test cells",
+        data_name="scanpy.datasets.pbmc68k_reduced() (its log-normalized .raw)",
         progress=progress,
     )
     m = report.metrics
