@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sclabel.data.loader import PRESENT_KEY, X_KEY, cell_bar
+from sclabel.data.loader import PRESENT_KEY, X_KEY, cell_bar, counted, iterate_batches
 from sclabel.errors import InputError
 from sclabel.models import rules
 
@@ -209,14 +209,10 @@ def explain(
     present = bound.present
     with cell_bar(bound.n_cells, "explaining", progress) as bar:
         for chunk in bound.chunks(chunk_size):
-            for start in range(0, chunk.shape[0], batch_size):
-                block = chunk[start : start + batch_size]
-                dense = block.toarray() if sp.issparse(block) else np.asarray(block)
-                x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-                weights, logits = cell_importance(module, x, method, present)
+            for batch in counted(iterate_batches(chunk, batch_size=batch_size), bar):
+                weights, logits = cell_importance(module, batch[X_KEY], method, present)
                 importance.append(weights.numpy())
                 predicted.append(logits.argmax(dim=1).numpy())
-                bar.update(x.shape[0])
             if keep_input:
                 kept.append(sp.csr_matrix(chunk, dtype=np.float32))
     classes = np.asarray(model.classes, dtype=object)
