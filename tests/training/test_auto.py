@@ -22,10 +22,14 @@ def test_auto_keeps_the_candidate_with_the_best_validation_score(synthetic, tmp_
     # the first family (simplest) within the tolerance of the best validation score
     assert record["chosen"] == next(f for f in val if val[f] >= best - auto.TOLERANCE)
     assert model.model_config.family == record["chosen"]
-    # the chosen family was fitted again on training + validation cells
+    # a full-batch solver is fitted again on training + validation cells; a network is not
     n = model.metrics["n_cells"]
-    assert record["refit"]["n_cells"] == n["train"] + n["val"]
-    assert set(model.split["split"]) == {"train", "test"}  # the validation cells trained it
+    if record["chosen"] == "mlp":
+        assert not record["refit"]["done"] and "n_cells" not in record["refit"]
+        assert set(model.split["split"]) == {"train", "val", "test"}
+    else:
+        assert record["refit"]["done"] and record["refit"]["n_cells"] == n["train"] + n["val"]
+        assert set(model.split["split"]) == {"train", "test"}  # the validation cells trained it
     assert model.calibration.fitted  # from the validation cells while they were held out
     assert model.metrics["test"]["macro_f1"] > 0.8
     saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
@@ -34,6 +38,30 @@ def test_auto_keeps_the_candidate_with_the_best_validation_score(synthetic, tmp_
     assert loaded.model_config.family == record["chosen"]
     labels = loaded.predict(synthetic, progress=False).labels
     assert (np.asarray(labels) == synthetic.obs["cell_type"].to_numpy()).mean() > 0.8
+
+
+@pytest.mark.parametrize("forced", ["linear", "mlp"])
+def test_only_a_full_batch_solver_is_refitted(synthetic, monkeypatch, forced):
+    """linear (L-BFGS) is fitted again with the validation cells; an early-stopped network
+    is returned as it validated: the very candidate, with its own test score."""
+    monkeypatch.setattr(auto, "choose", lambda scores: (forced, "forced by the test"))
+    model = sclabel.train(synthetic, label_key="cell_type", split_by="donor", model="auto",
+                          **FAST)  # fmt: skip
+    record, n = model.metrics["auto"], model.metrics["n_cells"]
+    assert model.model_config.family == forced
+    if forced == "linear":
+        assert record["refit"] == {
+            "done": True,
+            "reason": "refitted on the training and validation cells (a full-batch solver)",
+            "n_cells": n["train"] + n["val"],
+        }
+        assert (model.split["split"] == "val").sum() == 0
+    else:
+        assert record["refit"]["done"] is False
+        assert "early-stopped on the validation cells" in record["refit"]["reason"]
+        assert (model.split["split"] == "val").sum() == n["val"] > 0
+        candidate = record["candidates"]["mlp"]["test_macro_f1"]
+        assert model.metrics["test"]["macro_f1"] == pytest.approx(candidate, abs=1e-6)
 
 
 def test_choose_prefers_the_simpler_family_unless_beaten_by_more_than_noise():

@@ -133,16 +133,3 @@ def test_a_split_over_many_donors_only_reports(caplog):
                       max_epochs=1, progress=False)  # fmt: skip
     assert "grouped split: train: 14 group(s)" in caplog.text
     assert not [r for r in caplog.records if "grouped split" in r.message and r.levelno >= 30]
-
-
-def test_auto_refits_on_the_held_out_fits_schedule():
-    """A refit running the 2 epochs that validated best must warm up and decay as the
-    held-out fit did, not plan a 2-step warm-up from its own short run."""
-    from sclabel.training.auto import refit_config
-    from sclabel.training.loop import FitResult
-
-    schedule = {"warmup_steps": 31, "decay_steps": 100}
-    held_out = FitResult(best_epoch=1, best_val_macro_f1=0.99, epochs_run=15, seconds=1.0,
-                         batch_size=50, schedule=schedule)  # fmt: skip
-    config = refit_config(TrainConfig(), [held_out])
-    assert (config.max_epochs, config.warmup_steps, config.decay_steps) == (2, 31, 100)

@@ -208,20 +208,17 @@ def train(
         log.info("auto: chose %s (%s) from %s", model, reason, ", ".join(families))
     module, results, train_config, hardware, params = fitted[model]
     calibration = calibrate(module, data)  # on validation cells this fit has not seen
-    merged = auto.refit_data(data, augmentation is not None) if chose_family else None
-    if merged is not None:  # the chosen family again, on training + validation cells
-        train_config = auto.refit_config(train_config, results)
-        log.info("auto: refitting %s on %d cells", model, merged.subsets["train"][1].size)
-        module, results = fit_members(
-            merged, model, params, train_config, hardware=hardware, progress=progress,
-            ensemble=ensemble, checkpoint_dir=checkpoint_dir and checkpoint_dir / "refit",
-        )  # fmt: skip
-        metrics["auto"]["refit"] = {
-            "n_cells": int(merged.subsets["train"][1].size),
-            "max_epochs": train_config.max_epochs,
-            "calibration": "fitted on the validation cells before they joined training",
-        }
-        data = merged
+    if chose_family:  # a full-batch solver again, on training + validation cells
+        merged, why = auto.refit_data(data, augmentation is not None, results)
+        metrics["auto"]["refit"] = {"done": merged is not None, "reason": why}
+        if merged is not None:
+            metrics["auto"]["refit"]["n_cells"] = int(merged.subsets["train"][1].size)
+            log.info("auto: refitting %s on %d cells", model, merged.subsets["train"][1].size)
+            module, results = fit_members(
+                merged, model, params, train_config, hardware=hardware, progress=progress,
+                ensemble=ensemble, checkpoint_dir=checkpoint_dir and checkpoint_dir / "refit",
+            )  # fmt: skip
+            data = merged
     model_config = ModelConfig(family=model, params=params)
     fits = [fit_record(r, train_config.seed + i) for i, r in enumerate(results)]
     metrics["fit"] = fits[0]
