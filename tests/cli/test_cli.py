@@ -194,13 +194,20 @@ def test_missing_input_file(workdir):
 
 def test_unreadable_input_file(workdir):
     (workdir / "garbage.h5ad").write_bytes(b"not an hdf5 file at all")
-    result = run("train", workdir / "garbage.h5ad", "--label-key", "cell_type")
+    result = run("train", "--model", "mlp", workdir / "garbage.h5ad", "--label-key", "cell_type")
     assert_one_line_error(result, "could not read")
 
 
 def test_missing_label_column(workdir):
     result = run(
-        "train", workdir / "train.h5ad", "--label-key", "celltype", "--out", workdir / "m2"
+        "train",
+        "--model",
+        "mlp",
+        workdir / "train.h5ad",
+        "--label-key",
+        "celltype",
+        "--out",
+        workdir / "m2",
     )
     assert_one_line_error(result, r"'celltype' not found in obs; available: \['cell_type'")
     assert not (workdir / "m2").exists()
@@ -266,6 +273,8 @@ def test_demo_runs_on_scanpy_pbmc(tmp_path):
     assert sclabel.Model.load(tmp_path / "demo" / "model").classes[0] == "CD14+ Monocyte"
     report = (tmp_path / "demo" / "report" / "report.md").read_text()
     assert "- Data: `scanpy.datasets.pbmc68k_reduced() (its log-normalized .raw)`" in report
+    # the default family is auto: the report says what it compared and kept
+    assert ", chosen by --model auto (" in report and "validation macro-F1: linear " in report
 
 
 def _bad_inputs():
@@ -307,7 +316,14 @@ def test_bad_training_input(tmp_path, name, corrupt, pattern):
     corrupt(adata)
     adata.write_h5ad(tmp_path / "bad.h5ad")
     result = run(
-        "train", tmp_path / "bad.h5ad", "--label-key", "cell_type", "--out", tmp_path / "m"
+        "train",
+        "--model",
+        "mlp",
+        tmp_path / "bad.h5ad",
+        "--label-key",
+        "cell_type",
+        "--out",
+        tmp_path / "m",
     )
     assert_one_line_error(result, pattern)
     assert not (tmp_path / "m").exists()
@@ -417,7 +433,8 @@ def test_prepare_then_train_on_its_split_with_augmentation(workdir, tmp_path):
     given = anndata.read_h5ad(prepared).obs["split"].astype(str)
     assert split["split"].to_dict() == given.to_dict()
     result = run(
-        "train", prepared, "--label-key", "cell_type", "--split-key", "split", "--augment",
+        "train", "--model", "mlp", prepared, "--label-key", "cell_type", "--split-key", "split",
+        "--augment",
         "--out", tmp_path / "none", "--quiet",
     )  # fmt: skip
     assert_one_line_error(result, "needs donors")
@@ -430,10 +447,28 @@ def test_train_refuses_a_foreign_out_folder_before_reading_any_data(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     # the input does not even exist: --out is judged first, before anything is read
-    result = run("train", tmp_path / "missing.h5ad", "--label-key", "cell_type", "--out", out)
+    result = run(
+        "train",
+        "--model",
+        "mlp",
+        tmp_path / "missing.h5ad",
+        "--label-key",
+        "cell_type",
+        "--out",
+        out,
+    )
     assert_one_line_error(result, "model exists and is not a sclabel checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    result = run("train", tmp_path / "missing.h5ad", "--label-key", "cell_type", "--report", out)
+    result = run(
+        "train",
+        "--model",
+        "mlp",
+        tmp_path / "missing.h5ad",
+        "--label-key",
+        "cell_type",
+        "--report",
+        out,
+    )
     assert_one_line_error(result, "model exists and is not a sclabel report")
 
 
@@ -447,7 +482,7 @@ def test_the_resume_state_outlives_a_failed_save(tmp_path, monkeypatch):
     monkeypatch.setattr(sclabel.Model, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
         sclabel.train(adata, label_key="cell_type", max_epochs=2, progress=False,
-                      checkpoint_dir=state, out=tmp_path / "model")  # fmt: skip
+                      checkpoint_dir=state, out=tmp_path / "model", model="mlp")  # fmt: skip
     assert (state / "member-0" / "state.json").exists()  # --resume can still finish it
 
 

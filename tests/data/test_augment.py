@@ -121,14 +121,17 @@ def test_augmentation_lowers_the_donor_share_of_variance():
         split_by="donor",
         augment={"prob": 1.0},
         **FAST,
+        model="mlp",
     )
     r2 = model.metrics["augmentation"]["variance_explained"]
     assert r2["after"]["r2_donor"] < r2["before"]["r2_donor"]
 
 
 def test_training_with_augmentation_saves_the_vectors(synthetic, tmp_path):
-    plain = sclabel.train(synthetic, label_key="cell_type", split_by="donor", **FAST)
-    model = sclabel.train(synthetic, label_key="cell_type", split_by="donor", augment=True, **FAST)
+    plain = sclabel.train(synthetic, label_key="cell_type", split_by="donor", **FAST, model="mlp")
+    model = sclabel.train(
+        synthetic, label_key="cell_type", split_by="donor", augment=True, **FAST, model="mlp"
+    )
     assert not torch.equal(plain.module.body[0].weight, model.module.body[0].weight)
     assert model.metrics["augmentation"]["kept_vectors"] == len(model.augmentation) > 0
     model.save(tmp_path / "m")
@@ -143,7 +146,7 @@ def test_training_with_augmentation_saves_the_vectors(synthetic, tmp_path):
 
 def test_augmentation_needs_donors_and_a_gradient_family(synthetic):
     with pytest.raises(sclabel.InputError, match="needs donors"):
-        sclabel.train(synthetic, label_key="cell_type", augment=True, **FAST)
+        sclabel.train(synthetic, label_key="cell_type", augment=True, **FAST, model="mlp")
     with pytest.raises(sclabel.InputError, match="gradient-trained"):
         sclabel.train(
             synthetic, label_key="cell_type", split_by="donor", model="celltypist", augment=True

@@ -99,8 +99,8 @@ def test_config_records_the_transform_applied(tmp_path):
 def test_cli_train_and_predict_take_normalized_input(tmp_path):
     fpkm = _with_values(_counts(), _cpm(_counts()) * 1.7)
     fpkm.write_h5ad(tmp_path / "fpkm.h5ad")
-    refused = run("train", tmp_path / "fpkm.h5ad", "--label-key", "cell_type", "--out",
-                  tmp_path / "m")  # fmt: skip
+    refused = run("train", "--model", "mlp", tmp_path / "fpkm.h5ad", "--label-key",
+                  "cell_type", "--out", tmp_path / "m")  # fmt: skip
     assert refused.returncode == 2 and "--input normalized" in refused.stderr
     assert not (tmp_path / "m").exists()
     args = ["--input", "normalized", "--model", "mlp", "--max-epochs", "2"]
@@ -143,7 +143,7 @@ def test_training_on_the_genes_a_query_has(tmp_path):
                            progress=False, genes=tmp_path / "genes.txt")  # fmt: skip
     assert listed.genes == tuple(reference.var_names[:10])
     with pytest.raises(InputError, match="none of the 60 training genes"):
-        sclabel.train(reference, label_key="cell_type", genes=["GENE_X", "GENE_Y"])
+        sclabel.train(reference, label_key="cell_type", genes=["GENE_X", "GENE_Y"], model="mlp")
 
 
 def test_evaluate_scores_known_classes_and_unseen_cells_apart(tmp_path):

@@ -66,7 +66,7 @@ def test_threshold_for_a_target_precision_by_hand():
 def calibrated_model():
     adata = sclabel.datasets.synthetic(900, 120, 4, 6, seed=3)
     return sclabel.train(adata, label_key="cell_type", split_by="donor", max_epochs=6,
-                         progress=False)  # fmt: skip
+                         progress=False, model="mlp")  # fmt: skip
 
 
 def test_a_trained_model_is_calibrated_on_its_validation_cells(calibrated_model, tmp_path):

@@ -15,11 +15,11 @@ from sclabel.inference.members import Member
 @pytest.fixture(scope="module")
 def members():
     cells = sclabel.datasets.synthetic(700, 120, 4, 6, seed=4)
-    mlp = sclabel.train(cells, label_key="cell_type", max_epochs=5, progress=False)
+    mlp = sclabel.train(cells, label_key="cell_type", max_epochs=5, progress=False, model="mlp")
     linear = sclabel.train(cells, label_key="cell_type", model="linear", max_epochs=5,
                            progress=False)  # fmt: skip
     three = cells[cells.obs["cell_type"] != "type_3"].copy()  # knows three of the four types
-    small = sclabel.train(three, label_key="cell_type", max_epochs=5, progress=False)
+    small = sclabel.train(three, label_key="cell_type", max_epochs=5, progress=False, model="mlp")
     mlp.build_reference(cells)
     return cells, mlp, linear, small
 

@@ -59,7 +59,7 @@ def test_cli_predict_with_ontology_levels(tmp_path):
     cells = sclabel.datasets.synthetic(500, 80, 4, 4, seed=6)
     names = dict(zip([f"type_{i}" for i in range(4)], CLASSES, strict=True))
     cells.obs["cell_type"] = cells.obs["cell_type"].map(names).astype("category")
-    model = sclabel.train(cells, label_key="cell_type", max_epochs=4, progress=False)
+    model = sclabel.train(cells, label_key="cell_type", max_epochs=4, progress=False, model="mlp")
     model.save(tmp_path / "m")
     cells.write_h5ad(tmp_path / "q.h5ad")
     result = run(

@@ -17,7 +17,7 @@ from sclabel.errors import InputError
 def reference():
     cells = sclabel.datasets.synthetic(900, 150, 4, 6, seed=2)
     model = sclabel.train(cells, label_key="cell_type", split_by="donor", max_epochs=6,
-                          progress=False)  # fmt: skip
+                          progress=False, model="mlp")  # fmt: skip
     return cells, model
 
 
@@ -39,7 +39,9 @@ def test_mapping_labels_a_query_like_the_classifier(reference, tmp_path):
 
 def test_an_index_of_another_model_or_none_is_refused(reference):
     cells, model = reference
-    other = sclabel.train(cells, label_key="cell_type", max_epochs=2, seed=5, progress=False)
+    other = sclabel.train(
+        cells, label_key="cell_type", max_epochs=2, seed=5, progress=False, model="mlp"
+    )
     with pytest.raises(InputError, match="no reference index; build one first"):
         other.map(cells)
     other.reference = model.build_reference(cells)

@@ -174,7 +174,7 @@ def test_the_layer_tiledbsoma_writes_by_default_is_read_and_named(tmp_path):
         result = run("train", uri, "--label-key", "cell_type", "--model", "linear", *extra,
                      "--out", out)  # fmt: skip
         assert result.returncode == 0, result.stderr
-    missing = run("train", uri, "--label-key", "cell_type", "--layer", "counts", "--out",
-                  tmp_path / "m9")  # fmt: skip
+    missing = run("train", "--model", "mlp", uri, "--label-key", "cell_type", "--layer",
+                  "counts", "--out", tmp_path / "m9")  # fmt: skip
     assert missing.returncode == 2 and "X layer 'counts' not in measurement" in missing.stderr
     assert "['data']" in missing.stderr

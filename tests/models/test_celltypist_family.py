@@ -69,3 +69,20 @@ def test_train_save_load_predict(synthetic, tmp_path):
     a = model.predict(synthetic, progress=False).probabilities
     b = loaded.predict(synthetic, progress=False).probabilities
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_trains_on_a_dense_embedding_as_on_genes():
+    """An obsm embedding (or a PCA input) arrives dense: the scaler is its column mean and
+    standard deviation, and the fit separates the classes it separates (auto fits this
+    family on such inputs too; it used to fail in scikit-learn's sparse-only helper)."""
+    adata = sclabel.datasets.synthetic(300, 40, 3, 20, seed=0)
+    codes = adata.obs["cell_type"].cat.codes.to_numpy()
+    noise = np.random.default_rng(0).normal(size=(adata.n_obs, 6)).astype(np.float32)
+    adata.obsm["X_e"] = noise + 3 * np.eye(6, dtype=np.float32)[codes]
+    model = sclabel.train(adata, label_key="cell_type", obsm_key="X_e", model="celltypist",
+                          progress=False)  # fmt: skip
+    train = (model.split["split"] == "train").to_numpy()
+    X = adata.obsm["X_e"][train]
+    np.testing.assert_allclose(model.module.mean.numpy(), X.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.module.scale.numpy(), X.std(0), rtol=1e-4)
+    assert model.metrics["test"]["macro_f1"] > 0.95

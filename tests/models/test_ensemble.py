@@ -12,7 +12,9 @@ from sclabel.errors import InputError
 @pytest.fixture(scope="module")
 def ensemble_model():
     adata = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1)
-    return sclabel.train(adata, label_key="cell_type", split_by="donor", ensemble=3, **FAST)
+    return sclabel.train(
+        adata, label_key="cell_type", split_by="donor", ensemble=3, **FAST, model="mlp"
+    )
 
 
 @pytest.fixture
@@ -55,4 +57,4 @@ def test_ensemble_checkpoint_round_trip(ensemble_model, query, tmp_path):
 
 def test_ensemble_size_must_be_positive(query):
     with pytest.raises(InputError, match="ensemble must be at least 1"):
-        sclabel.train(query, label_key="cell_type", ensemble=0, **FAST)
+        sclabel.train(query, label_key="cell_type", ensemble=0, **FAST, model="mlp")

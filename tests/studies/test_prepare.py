@@ -179,7 +179,12 @@ def test_cli_writes_h5ad_and_reports_and_the_result_trains(prepared, tmp_path, c
     assert report["steps"][-1]["cells_after"] == adata.n_obs
     assert "| min donors per type |" in (tmp_path / "prepared.prepare.md").read_text()
     model = sclabel.train(
-        adata, label_key="cell_type", split_by="donor", max_epochs=2, progress=False
+        adata,
+        label_key="cell_type",
+        split_by="donor",
+        max_epochs=2,
+        progress=False,
+        model="mlp",
     )
     assert set(model.classes) == set(adata.obs["cell_type"])
 

@@ -111,3 +111,25 @@ def test_cli_auto_refuses_family_parameters(synthetic, tmp_path):
     assert "with --model auto drop --param" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_a_given_split_column_keeps_its_validation_cells(synthetic, monkeypatch):
+    monkeypatch.setattr(auto, "choose", lambda scores: ("linear", "forced by the test"))
+    cells = synthetic.copy()
+    cells.obs["part"] = np.random.default_rng(0).choice(["train", "val", "test"], cells.n_obs,
+                                                        p=[0.6, 0.2, 0.2])  # fmt: skip
+    model = sclabel.train(cells, label_key="cell_type", split_key="part", **FAST)
+    assert model.metrics["auto"]["refit"]["done"] is False
+    assert "split column" in model.metrics["auto"]["refit"]["reason"]
+    assert (model.split["split"] == cells.obs["part"]).all()
+
+
+def test_auto_is_the_default_in_the_api_and_on_the_command_line(synthetic, tmp_path):
+    model = sclabel.train(synthetic, label_key="cell_type", split_by="donor", **FAST)
+    assert model.metrics["auto"]["chosen"] == model.model_config.family
+    synthetic.write_h5ad(tmp_path / "a.h5ad")
+    result = run("--quiet", "train", tmp_path / "a.h5ad", "--label-key", "cell_type",
+                 "--max-epochs", "4", "--out", tmp_path / "m")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert set(saved["auto"]["candidates"]) == {"linear", "celltypist", "mlp"}

@@ -52,7 +52,9 @@ def test_upsampling_is_seeded_and_off_at_zero():
     with pytest.raises(InputError, match="upsample"):
         upsample_indices(y, 1.5)
     with pytest.raises(InputError, match="upsample"):
-        sclabel.train(sclabel.datasets.synthetic(50, 20, 2, 2), label_key="cell_type", upsample=2)
+        sclabel.train(
+            sclabel.datasets.synthetic(50, 20, 2, 2), label_key="cell_type", upsample=2, model="mlp"
+        )
 
 
 def test_upsampling_repeats_training_rows_only(synthetic):

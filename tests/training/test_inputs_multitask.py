@@ -130,13 +130,15 @@ def test_bad_input_choices_are_refused_before_training(split_cohort):
     adata.obsm["X_emb"] = np.zeros((adata.n_obs, 4), dtype=np.float32)
     base = dict(label_key="severity", split_key="part", **FAST)
     with pytest.raises(InputError, match="not both"):
-        sclabel.train(adata, obsm_key="X_emb", pca=5, **base)
+        sclabel.train(adata, obsm_key="X_emb", pca=5, **base, model="mlp")
     with pytest.raises(InputError, match="choose at most"):
-        sclabel.train(adata, pca=5000, **base)
+        sclabel.train(adata, pca=5000, **base, model="mlp")
     with pytest.raises(InputError, match="does not apply to obsm"):
-        sclabel.train(adata, obsm_key="X_emb", augment=True, donor_key="patient", **base)
+        sclabel.train(
+            adata, obsm_key="X_emb", augment=True, donor_key="patient", **base, model="mlp"
+        )
     with pytest.raises(InputError, match="obsm key 'nope' not found"):
-        sclabel.train(adata, obsm_key="nope", **base)
+        sclabel.train(adata, obsm_key="nope", **base, model="mlp")
     with pytest.raises(InputError, match="one output"):
         sclabel.train(adata, **{**base, "label_key": ["severity", "state"]}, model="celltypist")
     with pytest.raises(InputError, match="no shared embedding"):
@@ -253,7 +255,9 @@ def test_an_embedding_only_anndata_trains_and_predicts_but_not_on_genes(split_co
     write_embeddings(blocks, split_cohort.obs_names, path, key_added="X_e", obs=split_cohort.obs)
     data = sclabel.read(path)
     assert data.n_vars == 0 and list(data.obs.columns) == list(split_cohort.obs.columns)
-    model = sclabel.train(data, label_key="state", split_key="part", obsm_key="X_e", **FAST)
+    model = sclabel.train(
+        data, label_key="state", split_key="part", obsm_key="X_e", **FAST, model="mlp"
+    )
     assert (model.predict(data, progress=False).labels == data.obs["state"].to_numpy()).all()
     with pytest.raises(InputError, match=r"no genes; train on an embedding \(obsm: \['X_e'\]\)"):
-        sclabel.train(data, label_key="state", split_key="part", **FAST)
+        sclabel.train(data, label_key="state", split_key="part", **FAST, model="mlp")

@@ -85,9 +85,10 @@ def test_state_is_removed_when_done_and_a_leftover_needs_resume(tmp_path):
     adata = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1)
     state = tmp_path / "state"
     model = sclabel.train(adata, label_key="cell_type", split_by="donor", max_epochs=2,
-                          progress=False, checkpoint_dir=state, ensemble=2)  # fmt: skip
+                          progress=False, checkpoint_dir=state, ensemble=2,
+                          model="mlp")  # fmt: skip
     assert not state.exists()  # removed once the model is complete
     assert model.ensemble_size == 2
     with pytest.raises(sclabel.InputError, match="resume"):
         (state / "member-0").mkdir(parents=True)
-        sclabel.train(adata, label_key="cell_type", max_epochs=1, checkpoint_dir=state)
+        sclabel.train(adata, label_key="cell_type", max_epochs=1, checkpoint_dir=state, model="mlp")

@@ -92,8 +92,8 @@ def test_threads_follow_the_request_the_environment_and_the_model_size(monkeypat
 
 def test_threads_below_one_are_refused(tmp_path):
     sclabel.datasets.synthetic(100, 20, 2, 2, seed=0).write_h5ad(tmp_path / "c.h5ad")
-    result = run("train", tmp_path / "c.h5ad", "--label-key", "cell_type", "--threads", "0",
-                 "--out", tmp_path / "m")  # fmt: skip
+    result = run("train", "--model", "mlp", tmp_path / "c.h5ad", "--label-key", "cell_type",
+                 "--threads", "0", "--out", tmp_path / "m")  # fmt: skip
     assert result.returncode == 2 and "threads must be at least 1" in result.stderr
     assert not (tmp_path / "m").exists()
 

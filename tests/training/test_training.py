@@ -22,7 +22,8 @@ def test_training_learns_synthetic_cell_types(trained_model):
 
 def test_same_seed_gives_identical_weights_on_cpu(synthetic):
     runs = [
-        sclabel.train(synthetic, label_key="cell_type", split_by="donor", **FAST) for _ in range(2)
+        sclabel.train(synthetic, label_key="cell_type", split_by="donor", **FAST, model="mlp")
+        for _ in range(2)
     ]
     first, second = (_weights(m) for m in runs)
     assert first.keys() == second.keys()
@@ -88,25 +89,25 @@ def test_layer_option_trains_on_that_matrix(synthetic):
     synthetic.layers["counts"] = synthetic.X.copy()
     synthetic.X = synthetic.X * -1  # X now looks scaled: only the layer is usable
     with pytest.raises(InputError, match="negative"):
-        sclabel.train(synthetic, label_key="cell_type", **FAST)
-    model = sclabel.train(synthetic, label_key="cell_type", layer="counts", **FAST)
+        sclabel.train(synthetic, label_key="cell_type", **FAST, model="mlp")
+    model = sclabel.train(synthetic, label_key="cell_type", layer="counts", **FAST, model="mlp")
     assert model.training_input == "counts"
 
 
 def test_missing_label_column_lists_the_available_ones(synthetic):
     with pytest.raises(InputError, match=r"'celltype' not found.*cell_type.*donor"):
-        sclabel.train(synthetic, label_key="celltype", **FAST)
+        sclabel.train(synthetic, label_key="celltype", **FAST, model="mlp")
 
 
 def test_single_class_is_refused(synthetic):
     synthetic.obs["one"] = "T cell"
     with pytest.raises(InputError, match="1 class.*at least 2"):
-        sclabel.train(synthetic, label_key="one", **FAST)
+        sclabel.train(synthetic, label_key="one", **FAST, model="mlp")
 
 
 def test_missing_split_column_is_refused(synthetic):
     with pytest.raises(InputError, match="split column 'patient' not found"):
-        sclabel.train(synthetic, label_key="cell_type", split_by="patient", **FAST)
+        sclabel.train(synthetic, label_key="cell_type", split_by="patient", **FAST, model="mlp")
 
 
 @pytest.mark.parametrize(
@@ -152,9 +153,9 @@ def test_a_given_split_column_is_used_as_is(synthetic):
     part = donors.map({"donor_0": "val", "donor_1": "test"}).fillna("train")
     part[:5] = np.nan  # unassigned cells are left out
     synthetic.obs["part"] = part
-    model = sclabel.train(synthetic, label_key="cell_type", split_key="part", **FAST)
+    model = sclabel.train(synthetic, label_key="cell_type", split_key="part", **FAST, model="mlp")
     expected = part.dropna()
     assert model.split["split"].to_dict() == expected.to_dict()
     synthetic.obs["bad"] = "holdout"
     with pytest.raises(InputError, match="expected train, val or test"):
-        sclabel.train(synthetic, label_key="cell_type", split_key="bad", **FAST)
+        sclabel.train(synthetic, label_key="cell_type", split_key="bad", **FAST, model="mlp")

@@ -113,7 +113,7 @@ def run_scaling(args) -> None:
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="sclabel-demo", help="folder for the model and report")
-    p.add_argument("--model", default="mlp", help="model family")
+    p.add_argument("--model", default="auto", help="model family (default auto)")
     p.add_argument("--max-epochs", type=int, default=40, help="most epochs to train")
 
 

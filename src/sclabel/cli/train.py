@@ -35,8 +35,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     split_options(p)
     p.add_argument(
         "--model",
-        default="mlp",
-        help="model family: linear, mlp, ffn, tabnet, celltypist, bert or perceiver",
+        default="auto",
+        help="model family: auto (default: fits linear, celltypist-style LR and mlp and keeps "
+        "the best on validation cells), linear, mlp, ffn, tabnet, celltypist, bert or perceiver",
     )
     p.add_argument(
         "--from",

@@ -160,6 +160,13 @@ def _about(about: dict) -> str:
     parts = [f"Model: {about['family']}"]
     if about.get("ensemble", 1) > 1:
         parts[0] += f" (ensemble of {about['ensemble']})"
+    if about.get("auto"):
+        scores = ", ".join(
+            f"{family} {c['val_macro_f1']:.3f}" if c.get("val_macro_f1") is not None else family
+            for family, c in about["auto"]["candidates"].items()
+        )
+        parts[0] += f", chosen by --model auto ({about['auto']['reason']}; validation "
+        parts[0] += f"macro-F1: {scores})"
     if about.get("n_train_cells") is not None:
         parts.append(f"trained on {about['n_train_cells']:,} cells")
     if about.get("label_key"):

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -67,7 +68,10 @@ class CellTypistClassifier(Classifier):
 
         start = time.perf_counter()
         X, y = train
-        mean, var = mean_variance_axis(X, axis=0)
+        if sp.issparse(X):
+            mean, var = mean_variance_axis(X, axis=0)
+        else:  # an embedding or PCA input arrives dense
+            mean, var = X.mean(axis=0, dtype=np.float64), X.var(axis=0, dtype=np.float64)
         scale = np.sqrt(var)
         scale[scale == 0] = 1.0
         with torch.no_grad():
@@ -101,4 +105,5 @@ class CellTypistClassifier(Classifier):
     def _scaled(self, X) -> np.ndarray:
         """Dense standardized values clipped at `clip`; CellTypist densifies the same way."""
         mean, scale = self.mean.numpy(), self.scale.numpy()
-        return np.minimum((X.toarray() - mean) / scale, self.params.clip).astype(np.float32)
+        dense = X.toarray() if sp.issparse(X) else np.asarray(X)
+        return np.minimum((dense - mean) / scale, self.params.clip).astype(np.float32)

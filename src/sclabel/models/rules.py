@@ -55,7 +55,12 @@ RULES = (
         "{family} models have no feature mask; explain them with method 'gradient' (input x "
         "gradient), or train with model='tabnet' for its mask",
     ),
-    Rule("embed", "embeds", "{family} models have no cell embedding; embed with mlp, tabnet, bert"),
+    Rule(
+        "embed",
+        "embeds",
+        "{family} models have no cell embedding; train with --model mlp, tabnet or bert to "
+        "embed cells (--model auto, the default, may choose linear or celltypist)",
+    ),
 )
 OPTIONS = {rule.option for rule in RULES}
 

@@ -11,7 +11,7 @@ from sclabel.training.train import train
 def run_demo(
     out: str | Path = "sclabel-demo",
     *,
-    model: str = "mlp",
+    model: str = "auto",
     max_epochs: int = 40,
     progress: bool = True,
 ) -> Path:
