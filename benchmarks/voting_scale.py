@@ -97,10 +97,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cells", type=int, default=100_000)
     parser.add_argument("--skip-celltypist", action="store_true")
-    parser.add_argument("--celltypist-max-gib", type=float, default=None,
-                        help="cap CellTypist's address space (GiB) with prlimit")
-    parser.add_argument("--celltypist-timeout", type=float, default=None,
-                        help="stop CellTypist after this many seconds")
+    parser.add_argument(
+        "--celltypist-max-gib",
+        type=float,
+        default=None,
+        help="cap CellTypist's address space (GiB) with prlimit",
+    )
+    parser.add_argument(
+        "--celltypist-timeout",
+        type=float,
+        default=None,
+        help="stop CellTypist after this many seconds",
+    )
+    parser.add_argument(
+        "--backed",
+        action="store_true",
+        help="sclabel streams the file from disk (--backed): bounded memory",
+    )
     parser.add_argument("--work", default=None, help="folder for the files (default: a temp)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="sclabel-voting-"))
@@ -116,8 +129,9 @@ def main() -> None:
         subprocess.run([SCLABEL, "--quiet", "train", train, "--label-key", "cell_type",
                         "--model", "linear", "--out", model], check=True)  # fmt: skip
     rows = {}
+    backed = ["--backed"] if args.backed else []
     rows["sclabel voting"] = timed([SCLABEL, "--quiet", "predict", query, "--model", model,
-                                    "--majority-voting", "--out", work / "vote.parquet"],
+                                    "--majority-voting", *backed, "--out", work / "vote.parquet"],
                                    work / "vote.log")  # fmt: skip
     if rows["sclabel voting"]["rc"] == 0:
         rows["sclabel voting"]["accuracy_cell"] = accuracy(work / "vote.parquet", "label", query)
@@ -125,11 +139,22 @@ def main() -> None:
             work / "vote.parquet", "majority_voting", query
         )
     rows["sclabel reference index"] = timed(
-        [SCLABEL, "--quiet", "reference", query, "--model", model, "--out", work / "indexed"],
+        [
+            SCLABEL,
+            "--quiet",
+            "reference",
+            query,
+            "--model",
+            model,
+            *backed,
+            "--out",
+            work / "indexed",
+        ],  # fmt: skip
         work / "reference.log",
     )
     rows["sclabel map"] = timed([SCLABEL, "--quiet", "map", query, "--model", work / "indexed",
-                                 "--out", work / "map.parquet"], work / "map.log")  # fmt: skip
+                                 *backed, "--out", work / "map.parquet"],
+                                work / "map.log")  # fmt: skip
     if rows["sclabel map"]["rc"] == 0:
         rows["sclabel map"]["accuracy"] = accuracy(work / "map.parquet", "label", query)
     if not args.skip_celltypist:
@@ -146,20 +171,23 @@ def main() -> None:
             if error in ct_log:
                 rows["CellTypist majority voting"]["ended_by"] = error
         rows["CellTypist majority voting"]["limits"] = {
-            "max_gib": args.celltypist_max_gib, "timeout_s": args.celltypist_timeout}
+            "max_gib": args.celltypist_max_gib,
+            "timeout_s": args.celltypist_timeout,
+        }
         found = re.search(r"ANNOTATE_SECONDS ([\d.]+)", (work / "ct.log").read_text())
         if found:
             rows["CellTypist majority voting"]["annotate_seconds"] = float(found.group(1))
             ct = rows["CellTypist majority voting"]
             ct["accuracy_cell"] = accuracy(work / "ct.csv", "predicted_labels", query)
             ct["accuracy_vote"] = accuracy(work / "ct.csv", "majority_voting", query)
-    report = {**bc.run_header(__file__), "cells": args.cells, "rows": rows}
+    report = {**bc.run_header(__file__), "cells": args.cells, "backed": args.backed, "rows": rows}
     bc.write_json(HERE / "results" / f"voting_scale_{args.cells}.json", report)
     md_start = f"<!-- voting-scale-{args.cells}:start -->"
     md_end = f"<!-- voting-scale-{args.cells}:end -->"
     lines = [
         md_start,
-        f"## Majority voting and mapping at {args.cells:,} cells vs CellTypist",
+        f"## Majority voting and mapping at {args.cells:,} cells vs CellTypist"
+        + (" (sclabel --backed)" if args.backed else ""),
         "",
         f"Run {report['date']} with `{report['command']}`. Machine: {report['machine']}. "
         "How: the docstring of benchmarks/voting_scale.py (each command in a fresh process; "

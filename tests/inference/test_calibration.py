@@ -144,19 +144,41 @@ def test_cli_predict_with_sets_and_auto_threshold(calibrated_model, tmp_path):
     assert not (tmp_path / "bad.csv").exists()
 
 
-def test_no_temperature_is_learned_from_validation_cells_that_are_all_right():
-    from sclabel.inference.calibration import MIN_ERRORS, Calibration
+def test_validation_cells_that_are_all_right_give_a_finite_temperature():
+    """Every cell right at 0.8: the likelihood alone runs T to its 0.05 bound (which made
+    every later mistake look certain); the prior keeps T well inside, below 1."""
+    from sclabel.inference.calibration import T_BOUNDS, Calibration
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 200)
     proba = np.full((200, 3), 0.1)
-    proba[np.arange(200), y] = 0.8  # every cell right: the likelihood only grows as T -> 0
+    proba[np.arange(200), y] = 0.8
+    assert fit_temperature(proba, y, prior_sd=None) < T_BOUNDS[0] * 1.2  # at the bound
     fitted = Calibration.fit(proba, y)
-    assert fitted.temperature == 1.0
-    assert "not fitted" in fitted.info["temperature"] and fitted.info["errors"] == 0
-    # with real mistakes among them a temperature is fitted: 0.8 confidence at ~60% right
-    # asks for softer probabilities
+    assert 0.2 < fitted.temperature < 0.9 and fitted.info["errors"] == 0
+    assert "lowered the held-out log-loss" in fitted.info["temperature"]
+    # with real mistakes among them (0.8 confidence at ~60% right) softer probabilities
     wrong = rng.choice(200, 80, replace=False)
     proba[wrong] = np.roll(proba[wrong], 1, axis=1)
-    assert (proba.argmax(1) != y).sum() >= MIN_ERRORS
     assert Calibration.fit(proba, y).temperature > 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_temperature_is_applied_only_where_it_helps_held_out_validation_cells(seed):
+    """Probabilities that are already calibrated (labels drawn from them): the temperature
+    is kept only when fitted on 4 folds it lowered the fifth's log-loss, and stays near 1."""
+    from sclabel.inference.calibration import Calibration, held_out_gain
+
+    rng = np.random.default_rng(seed)
+    proba = softmax(rng.normal(size=(300, 4)) * 2)
+    y = (rng.random((300, 1)) > proba.cumsum(axis=1)).sum(axis=1)
+    fitted = Calibration.fit(proba, y)
+    gain = held_out_gain(proba, y)
+    assert (fitted.temperature == 1.0) == (gain >= 0)
+    assert ("not applied" in fitted.info["temperature"]) == (gain >= 0)
+    assert 0.75 < fitted.temperature < 1.35
+    # over-confident probabilities (the truth is softmax(z / 2)) always gain
+    z = rng.normal(size=(300, 4)) * 2
+    y_over = (rng.random((300, 1)) > softmax(z / 2).cumsum(axis=1)).sum(axis=1)
+    assert held_out_gain(softmax(z), y_over) < 0
+    assert Calibration.fit(softmax(z), y_over).temperature > 1.3
