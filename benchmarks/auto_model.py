@@ -11,8 +11,8 @@ model="auto", seed=s)` in this process with everything else at its defaults, on 
 cells split 85/15 into train/validation (stratified, `random_state=s`) and the test cells
 marked "test": `metrics["auto"]` then holds every candidate's validation and test macro-F1
 next to the chosen one, so one fit per seed gives the linear, celltypist-style, mlp rows (as
-fitted on the 85% part for the choice) and the auto row (the chosen family refitted on all
-training cells). Macro-F1 is over the classes present in the test labels, as compare_celltypist.py
+fitted on the 85% part for the choice) and the auto row (what auto returns: a chosen
+full-batch family refitted on all training cells, a chosen mlp as early-stopped on the 15%). Macro-F1 is over the classes present in the test labels, as compare_celltypist.py
 computes it.
 
 Writes benchmarks/results/auto_model.json and the section of benchmarks/RESULTS.md between
@@ -105,7 +105,8 @@ def markdown(report: dict) -> str:
         f"{', '.join(map(str, report['seeds']))}, on the training cells split 85/15 "
         "(stratified, random_state=s); linear / celltypist / mlp are the candidates auto fitted "
         "in that same call on the 85% part to choose between them, scored on the test cells; "
-        "auto is the chosen family fitted again on all training cells (what auto returns). "
+        "auto is what auto returns: a chosen linear or celltypist fitted again on all training "
+        "cells, a chosen mlp as early-stopped on the 15% (not refitted since session 18). "
         "Mean test macro-F1 over the seeds; seconds per auto fit include all candidates and "
         "the refit.",
         "",

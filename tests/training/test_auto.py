@@ -113,15 +113,17 @@ def test_cli_auto_refuses_family_parameters(synthetic, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_a_given_split_column_keeps_its_validation_cells(synthetic, monkeypatch):
+def test_a_given_split_columns_test_cells_stay_out_of_the_refit(synthetic, monkeypatch):
     monkeypatch.setattr(auto, "choose", lambda scores: ("linear", "forced by the test"))
     cells = synthetic.copy()
     cells.obs["part"] = np.random.default_rng(0).choice(["train", "val", "test"], cells.n_obs,
                                                         p=[0.6, 0.2, 0.2])  # fmt: skip
     model = sclabel.train(cells, label_key="cell_type", split_key="part", **FAST)
-    assert model.metrics["auto"]["refit"]["done"] is False
-    assert "split column" in model.metrics["auto"]["refit"]["reason"]
-    assert (model.split["split"] == cells.obs["part"]).all()
+    refit = model.metrics["auto"]["refit"]
+    assert refit["done"] and refit["n_cells"] == int((cells.obs["part"] != "test").sum())
+    saved = model.split["split"]
+    assert (saved[cells.obs["part"] == "test"] == "test").all()
+    assert (saved[cells.obs["part"] != "test"] == "train").all()
 
 
 def test_auto_is_the_default_in_the_api_and_on_the_command_line(synthetic, tmp_path):

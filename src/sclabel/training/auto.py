@@ -104,13 +104,13 @@ def choose(scores: dict[str, float | None], tolerance: float = TOLERANCE) -> tup
 
 
 def refit_data(
-    data: TrainingData, augmented: bool, results: list, split_given: bool = False
+    data: TrainingData, augmented: bool, results: list
 ) -> tuple[TrainingData | None, str]:
     """The training cells with the validation cells added, for the chosen family's final
-    fit, and why; None where that is not done: no validation cells, a split column the user
-    gave (its validation cells stay held out, as asked), a store's streamed rows, donor
-    augmentation (its donor vectors were fitted on the training part), or a family trained
-    by the gradient loop. Only a full-batch solver's fit (linear by L-BFGS,
+    fit, and why; None where that is not done: no validation cells, a store's streamed rows,
+    donor augmentation (its donor vectors were fitted on the training part), or a family
+    trained by the gradient loop. A split column's validation cells join training too (the
+    saved split says so); its test cells never do. Only a full-batch solver's fit (linear by L-BFGS,
     celltypist) is done again: its optimum does not depend on when it stops. A network is
     kept as it was early-stopped on the validation cells: refitted for "the epochs that
     validated best" it lost up to 0.06 macro-F1 on the small shared splits (pbmc68k seed 1:
@@ -120,8 +120,6 @@ def refit_data(
     in_memory = sp.issparse(X) or isinstance(X, np.ndarray)
     if not len(y_val):
         return None, "no validation cells to add"
-    if split_given:
-        return None, "kept as fitted (the split column given keeps its validation cells)"
     if augmented or not in_memory:
         return None, "kept as fitted (donor augmentation or a store: not refitted)"
     if any(r.schedule is not None for r in results):

@@ -209,9 +209,7 @@ def train(
     module, results, train_config, hardware, params = fitted[model]
     calibration = calibrate(module, data)  # on validation cells this fit has not seen
     if chose_family:  # a full-batch solver again, on training + validation cells
-        merged, why = auto.refit_data(
-            data, augmentation is not None, results, split_given=split_key is not None
-        )
+        merged, why = auto.refit_data(data, augmentation is not None, results)
         metrics["auto"]["refit"] = {"done": merged is not None, "reason": why}
         if merged is not None:
             metrics["auto"]["refit"]["n_cells"] = int(merged.subsets["train"][1].size)
