@@ -12,8 +12,8 @@ cells split 85/15 into train/validation (stratified, `random_state=s`) and the t
 marked "test": `metrics["auto"]` then holds every candidate's validation and test macro-F1
 next to the chosen one, so one fit per seed gives the linear, celltypist-style, mlp rows (as
 fitted on the 85% part for the choice) and the auto row (what auto returns: a chosen
-full-batch family refitted on all training cells, a chosen mlp as early-stopped on the 15%). Macro-F1 is over the classes present in the test labels, as compare_celltypist.py
-computes it.
+full-batch family refitted on all training cells, a chosen mlp as early-stopped on the 15%).
+Macro-F1 is over the classes present in the test labels, as compare_celltypist.py computes it.
 
 Writes benchmarks/results/auto_model.json and the section of benchmarks/RESULTS.md between
 the auto-model markers.
