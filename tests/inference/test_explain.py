@@ -171,11 +171,38 @@ def test_the_cli_writes_the_folder_and_refuses_bad_input(linear, marker_data, tm
         assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_a_model_that_leaves_missing_genes_out_explains_what_it_predicts(marker_data):
-    model = sclabel.train(marker_data, label_key="cell_type", split_by="donor",
-                          model="celltypist", progress=False)  # fmt: skip
+@pytest.fixture(scope="module")
+def celltypist_model(marker_data):
+    return sclabel.train(marker_data, label_key="cell_type", split_by="donor",
+                         model="celltypist", progress=False)  # fmt: skip
+
+
+def test_a_model_that_leaves_missing_genes_out_explains_what_it_predicts(
+    marker_data, celltypist_model
+):
+    model = celltypist_model
     query = marker_data[:200, 40:].copy()  # 20% of the model's genes missing
     explanation = model.explain(query, method="gradient", min_gene_coverage=0.5, progress=False)
     predicted = model.predict(query, min_gene_coverage=0.5, progress=False).labels
     np.testing.assert_array_equal(explanation.labels, predicted)
     assert (explanation.importance[:, :40] == 0).all()  # missing genes carry no evidence
+
+
+def test_the_reports_marker_genes_see_missing_genes_as_prediction_does(
+    marker_data, celltypist_model
+):
+    """The report's dot plot ranks genes with the same present-genes mask as predict and
+    explain (fewer than PER_LABEL cells per label: the same cells, so the same ranking).
+    Without the mask, the last 40 genes read as measured zeros and ~9% of these cells'
+    strongest logit is another class, whose genes then count for the predicted label."""
+    from sclabel.evaluation.annotation import marker_genes, model_values
+
+    model, query = celltypist_model, marker_data[:400, :160].copy()
+    bound = model.input_spec.bind(query, min_gene_coverage=0.5)
+    x = model_values(bound, np.arange(query.n_obs))
+    explanation = model.explain(query, method="gradient", min_gene_coverage=0.5, progress=False)
+    markers = marker_genes(model, x, explanation.labels, n=10, present=bound.present)
+    top = explanation.top_genes(10)
+    assert markers and set(markers) == set(top)
+    for label, positions in markers.items():
+        assert [model.genes[i] for i in positions] == top[label], label

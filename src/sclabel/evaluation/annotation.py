@@ -125,9 +125,13 @@ def embedding_section(bound, prediction, rows, x) -> Section:
     return section.figure(fig, "embedding coloured by label, confidence and agreement")
 
 
-def marker_genes(model, x, labels: np.ndarray, n: int = 4, seed: int = 0) -> dict[str, list[int]]:
+def marker_genes(
+    model, x, labels: np.ndarray, n: int = 4, seed: int = 0, present=None
+) -> dict[str, list[int]]:
     """Per predicted label, the model-gene positions that drive it most (see the module
-    docstring), from up to PER_LABEL of that label's cells."""
+    docstring), from up to PER_LABEL of that label's cells; `present`: which model genes
+    the query has (`BoundInput.present`), for models that leave missing genes out, so the
+    network sees what prediction saw."""
     from sclabel.inference.explain import cell_importance
 
     module = model.module
@@ -142,12 +146,12 @@ def marker_genes(model, x, labels: np.ndarray, n: int = 4, seed: int = 0) -> dic
         block = x[cells]
         dense = block.toarray() if sp.issparse(block) else np.asarray(block)
         inputs = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-        score = cell_importance(module, inputs, method)[0].mean(0)
+        score = cell_importance(module, inputs, method, present)[0].mean(0)
         markers[label] = [int(i) for i in torch.argsort(score, descending=True)[:n]]
     return markers
 
 
-def dotplot_section(model, x, labels: np.ndarray, n: int = 4) -> Section:
+def dotplot_section(model, x, labels: np.ndarray, n: int = 4, present=None) -> Section:
     import anndata as ad
 
     from sclabel.evaluation.plots import dotplot_figure
@@ -155,7 +159,7 @@ def dotplot_section(model, x, labels: np.ndarray, n: int = 4) -> Section:
     section = Section("Marker genes per predicted label")
     family = model.family
     how = "TabNet attention masks" if family == "tabnet" else "input x gradient of each label"
-    markers = marker_genes(model, x, labels, n)
+    markers = marker_genes(model, x, labels, n, present=present)
     if not markers:
         return section.text("no labelled cells to rank genes on", note=True)
     names = list(model.vocabulary.symbols or model.genes)
@@ -199,7 +203,7 @@ def annotation_sections(prediction, bound=None, model=None, rows=None, *,
         genes_in = model is not None and model.input_spec.kind == "genes"
         if genes_in and not model.module.capabilities.pretrained:
             labels = np.asarray(prediction.labels, dtype=object)
-            sections.append(dotplot_section(model, x, labels, n_markers))
+            sections.append(dotplot_section(model, x, labels, n_markers, bound.present))
     if prediction.vote is not None:
         sections.append(vote_section(prediction.vote))
     return sections
