@@ -11,6 +11,10 @@ from typing import Any, Self
 
 from sclabel.errors import InputError
 
+# choices and defaults the command line shows without importing torch (one place for each)
+EXPLAIN_METHODS = ("auto", "mask", "gradient")  # inference/explain.py
+PRETRAIN_STATE_EVERY = 100  # optimizer steps between saved pretraining states (--save-every)
+
 # the training losses (training/losses.py) and the option names each accepts beyond its
 # class weights; kept here, free of torch, so the CLI's --help needs no torch
 LOSS_OPTIONS: dict[str, tuple[str, ...]] = {

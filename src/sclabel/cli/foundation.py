@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from sclabel.cli._options import Command, hardware, hardware_options, input_options, read_anndata
+from sclabel.config import PRETRAIN_STATE_EVERY
 from sclabel.errors import InputError
 
 log = logging.getLogger("sclabel")
@@ -61,7 +62,7 @@ def pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--save-every",
         type=int,
-        default=100,
+        default=PRETRAIN_STATE_EVERY,
         help="steps between saved training states (beside --out; 0: none), for --resume",
     )
     p.add_argument(

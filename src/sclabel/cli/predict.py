@@ -13,6 +13,7 @@ from sclabel.cli._options import (
     predict_options,
     read_anndata,
 )
+from sclabel.config import EXPLAIN_METHODS
 
 
 def predict_arguments(p: argparse.ArgumentParser) -> None:
@@ -249,7 +250,7 @@ def explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for the table and plots")
     p.add_argument(
         "--method",
-        choices=["auto", "mask", "gradient"],
+        choices=EXPLAIN_METHODS,
         default="auto",
         help="mask: TabNet's feature mask; gradient: input x gradient of the predicted label "
         "(any gene-input model); auto: the mask where the model has one",

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sclabel.config import _JSONConfig
+from sclabel.config import PRETRAIN_STATE_EVERY, _JSONConfig
 from sclabel.errors import InputError
 from sclabel.foundation.objectives import mask_tokens
 from sclabel.io.atomic import atomic_dir
@@ -64,7 +64,7 @@ PRESET_MAX_LEN = {
     ("perceiver", "tiny"): 256,
     ("perceiver", "base"): 2048,
 }
-STATE_EVERY = 100  # optimizer steps between saved training states (--save-every)
+STATE_EVERY = PRETRAIN_STATE_EVERY  # optimizer steps between saved training states
 
 
 @dataclass(frozen=True)

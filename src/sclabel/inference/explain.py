@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from sclabel.config import EXPLAIN_METHODS
 from sclabel.data.loader import PRESENT_KEY, X_KEY, cell_bar, counted, iterate_batches
 from sclabel.errors import InputError
 from sclabel.models import rules
@@ -32,7 +33,7 @@ from sclabel.models import rules
 if TYPE_CHECKING:
     from sclabel.inference.model import Model
 
-METHODS = ("auto", "mask", "gradient")
+METHODS = EXPLAIN_METHODS
 
 
 @dataclass

@@ -17,11 +17,15 @@ import pandas as pd
 from sclabel.data.obs import one_label_per_group
 from sclabel.errors import InputError
 from sclabel.evaluation.metrics import compute_metrics
-from sclabel.evaluation.patients import aggregate, fit_cell_type_weights, patient_metrics
+from sclabel.evaluation.patients import (
+    METHODS,
+    aggregate,
+    fit_cell_type_weights,
+    patient_metrics,
+)
 
 log = logging.getLogger("sclabel")
 SPLIT_COLUMN = "_sclabel_experiment_split"  # written on the runner's private copy of obs
-METHODS = ("mean", "vote", "weighted")
 
 
 @dataclass
