@@ -397,7 +397,16 @@ CASES = [
     ),
     (
         "train: unknown hyperparameter",
-        lambda f: ["train", f / "cells.h5ad", "--label-key", "cell_type", "--param", "depht=3"],
+        lambda f: [
+            "train",
+            f / "cells.h5ad",
+            "--label-key",
+            "cell_type",
+            "--model",
+            "mlp",
+            "--param",
+            "depht=3",
+        ],
     ),
     (
         "train: --augment without donors",

@@ -156,7 +156,7 @@ def test_validation_cells_that_are_all_right_give_a_finite_temperature():
     assert fit_temperature(proba, y, prior_sd=None) < T_BOUNDS[0] * 1.2  # at the bound
     fitted = Calibration.fit(proba, y)
     assert 0.2 < fitted.temperature < 0.9 and fitted.info["errors"] == 0
-    assert "lowered the held-out log-loss" in fitted.info["temperature"]
+    assert "reject T = 1" in fitted.info["temperature"]
     # with real mistakes among them (0.8 confidence at ~60% right) softer probabilities
     wrong = rng.choice(200, 80, replace=False)
     proba[wrong] = np.roll(proba[wrong], 1, axis=1)
@@ -164,21 +164,23 @@ def test_validation_cells_that_are_all_right_give_a_finite_temperature():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_a_temperature_is_applied_only_where_it_helps_held_out_validation_cells(seed):
-    """Probabilities that are already calibrated (labels drawn from them): the temperature
-    is kept only when fitted on 4 folds it lowered the fifth's log-loss, and stays near 1."""
-    from sclabel.inference.calibration import Calibration, held_out_gain
+def test_a_temperature_is_applied_only_when_the_validation_cells_reject_t_1(seed):
+    """Probabilities that are already calibrated (labels drawn from them): T = 1 is kept
+    unless the likelihood ratio passes the 1% critical value; over-confident ones are fixed."""
+    import math
+
+    from sclabel.inference.calibration import LR_CRITICAL, Calibration, _log_loss
 
     rng = np.random.default_rng(seed)
     proba = softmax(rng.normal(size=(300, 4)) * 2)
     y = (rng.random((300, 1)) > proba.cumsum(axis=1)).sum(axis=1)
     fitted = Calibration.fit(proba, y)
-    gain = held_out_gain(proba, y)
-    assert (fitted.temperature == 1.0) == (gain >= 0)
-    assert ("not applied" in fitted.info["temperature"]) == (gain >= 0)
-    assert 0.75 < fitted.temperature < 1.35
-    # over-confident probabilities (the truth is softmax(z / 2)) always gain
+    t = fit_temperature(proba, y)
+    nll = _log_loss(proba, y)
+    ratio = 2 * (nll(0.0) - nll(math.log(t)))
+    assert (fitted.temperature == 1.0) == (ratio <= LR_CRITICAL)
+    assert ("not applied" in fitted.info["temperature"]) == (ratio <= LR_CRITICAL)
+    # over-confident probabilities (the truth is softmax(z / 2)) are tempered
     z = rng.normal(size=(300, 4)) * 2
     y_over = (rng.random((300, 1)) > softmax(z / 2).cumsum(axis=1)).sum(axis=1)
-    assert held_out_gain(softmax(z), y_over) < 0
     assert Calibration.fit(softmax(z), y_over).temperature > 1.3

@@ -135,3 +135,16 @@ def test_auto_is_the_default_in_the_api_and_on_the_command_line(synthetic, tmp_p
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert set(saved["auto"]["candidates"]) == {"linear", "celltypist", "mlp"}
+
+
+def test_an_ensemble_or_several_devices_leave_the_deterministic_solvers_out():
+    families = ["linear", "celltypist", "mlp"]
+    assert auto.by_run(families, ensemble=1, distributed=False) == families
+    assert auto.by_run(families, ensemble=5, distributed=False) == ["mlp"]  # members differ
+    assert auto.by_run(families, ensemble=1, distributed=True) == ["linear", "mlp"]
+
+
+def test_an_ensemble_under_the_default_is_an_ensemble_of_mlps(synthetic):
+    model = sclabel.train(synthetic, label_key="cell_type", split_by="donor", ensemble=2, **FAST)
+    assert model.metrics["auto"]["chosen"] == "mlp" and len(model.metrics["members"]) == 2
+    assert list(model.metrics["auto"]["candidates"]) == ["mlp"]

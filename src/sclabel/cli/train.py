@@ -134,6 +134,8 @@ def model_params(args) -> dict:
     flags = {"from_dir": "from", "tokenizer": "tokenizer", "freeze_layers": "freeze-layers"}
     for name, flag in flags.items():
         if (value := getattr(args, name)) is not None:
+            if args.model == "auto":  # the default compares families that take no --from
+                raise InputError(f"--{flag} is for --model bert or perceiver; name the family")
             check_family(args.model, pretrained_option=flag)
             values[name] = value
     return values

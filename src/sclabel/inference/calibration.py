@@ -9,9 +9,11 @@ seen by the weights), saved with the model and applied to every query:
   posteriori value under a log-normal prior (log T ~ N(0, 0.5^2): 95% of the prior within
   0.37-2.7), which keeps T finite when every validation cell is right (the likelihood alone
   then runs T -> 0 and makes every later mistake look certain), and it is applied only when
-  it helps on validation cells it was not fitted on: over 5 folds of the validation cells, T
-  fitted on four must lower the log-loss of the fifth against T = 1 (measured against the
-  plain likelihood fit in benchmarks/calibration.py).
+  the validation cells reject "calibrated as is": a likelihood-ratio test of T against 1 at
+  the 1% level (2 x log-likelihood gain > 6.63, chi-square with 1 degree of freedom). Where
+  the evidence is weaker the network's own probabilities are kept and the model says so
+  (`info["temperature"]`). Measured against the plain likelihood fit, the older "at least 5
+  mistakes" rule and an always-applied MAP temperature in benchmarks/calibration.py.
 - **split conformal prediction sets** (Vovk et al.; Sadinle et al. 2019): the validation
   cells' scores 1 - p(true class) are kept, so any coverage 1 - alpha can be asked for at
   prediction time: a cell's set holds every class whose probability is at least 1 - q, with
@@ -39,7 +41,7 @@ from sclabel.evaluation.calibration import expected_calibration_error
 
 PRECISION = 0.95
 PRIOR_SD = 0.5  # of log T: the prior that keeps a temperature from few cells near 1
-FOLDS = 5  # of the validation cells, to check that a temperature helps cells it has not seen
+LR_CRITICAL = 6.635  # chi-square(1) at 1%: the evidence a temperature needs to be applied
 T_BOUNDS = (0.05, 20.0)
 
 
@@ -177,34 +179,23 @@ def fit_temperature(
     return float(math.exp(best.x))
 
 
-def held_out_gain(probabilities: np.ndarray, y: np.ndarray, folds: int = FOLDS) -> float:
-    """Mean log-loss per cell of each fold under the T fitted on the other folds, minus its
-    log-loss as is (T = 1): below 0 when a temperature helps cells it was not fitted on."""
-    order = np.random.default_rng(0).permutation(y.size)  # fixed folds: reproducible
-    gain = 0.0
-    for part in np.array_split(order, folds):
-        rest = np.setdiff1d(order, part)
-        temperature = fit_temperature(probabilities[rest], y[rest])
-        nll = _log_loss(probabilities[part], y[part])
-        gain += nll(math.log(temperature)) - nll(0.0)
-    return gain / y.size
-
-
 def fit_checked_temperature(probabilities: np.ndarray, y: np.ndarray) -> tuple[float, str]:
-    """(T, what was done): the prior-regularized T where it lowers the held-out log-loss
-    over FOLDS folds of the validation cells, else 1."""
-    if y.size < 2 * FOLDS:
-        return 1.0, f"not fitted: {y.size} validation cells (fewer than {2 * FOLDS})"
-    gain = held_out_gain(probabilities, y)
-    if gain >= 0:
-        return 1.0, (
-            f"not applied: fitted on {FOLDS - 1} of {FOLDS} folds of the {y.size} validation "
-            f"cells it did not lower the log-loss of the fifth (by {gain:+.4f} per cell)"
-        )
+    """(T, what was done): the prior-regularized T where the validation cells reject T = 1
+    (likelihood ratio above LR_CRITICAL), else 1."""
+    if y.size < 10:
+        return 1.0, f"not fitted: {y.size} validation cells (fewer than 10)"
     temperature = fit_temperature(probabilities, y)
+    nll = _log_loss(probabilities, y)
+    ratio = 2.0 * (nll(0.0) - nll(math.log(temperature)))
+    if ratio <= LR_CRITICAL:
+        return 1.0, (
+            f"not applied: on {y.size} validation cells T = {temperature:.3f} raises the "
+            f"log-likelihood too little to reject T = 1 (likelihood ratio {ratio:.2f} <= "
+            f"{LR_CRITICAL}, p > 0.01)"
+        )
     return temperature, (
-        f"{temperature:.3f}: lowered the held-out log-loss by {-gain:.4f} per cell over "
-        f"{FOLDS} folds of the {y.size} validation cells"
+        f"{temperature:.3f}: {y.size} validation cells reject T = 1 (likelihood ratio "
+        f"{ratio:.1f} > {LR_CRITICAL}, p < 0.01)"
     )
 
 

@@ -64,12 +64,31 @@ def candidates(*, rules: dict[str, Any], model_params: dict | None) -> list[str]
     return allowed
 
 
+CELLTYPIST_MAX_DENSE = 100_000_000  # cells x genes CellTypist's solver densifies (0.8 GB f64)
+
+
+def _stored(X) -> int | None:
+    return X.nnz if sp.issparse(X) else getattr(X, "size", None)
+
+
 def by_size(allowed: list[str], data: TrainingData) -> list[str]:
-    """Drop the in-memory solver above the full-batch limit (CellTypist densifies its
-    input; the limit is the one that sends `linear` to the mini-batch loop)."""
+    """Drop the in-memory solver above the full-batch limit (the one that sends `linear` to
+    the mini-batch loop) or when its dense copy (cells x genes) would be too large."""
     X = data.subsets["train"][0]
-    size = X.nnz if sp.issparse(X) else getattr(X, "size", None)
-    if size is None or size > LBFGS_MAX_VALUES:
+    size = _stored(X)
+    dense = X.shape[0] * X.shape[1] if hasattr(X, "shape") and len(X.shape) == 2 else None
+    if size is None or size > LBFGS_MAX_VALUES or dense is None or dense > CELLTYPIST_MAX_DENSE:
+        return [f for f in allowed if f != "celltypist"]
+    return allowed
+
+
+def by_run(allowed: list[str], *, ensemble: int, distributed: bool) -> list[str]:
+    """An ensemble needs members that differ by seed, and several devices a family the
+    distributed loop trains: both leave the deterministic full-batch solvers (linear by
+    L-BFGS, celltypist) out, so `--ensemble 5` under the default is an ensemble of mlps."""
+    if ensemble > 1:
+        return [f for f in allowed if f == "mlp"]
+    if distributed:
         return [f for f in allowed if f != "celltypist"]
     return allowed
 
@@ -124,6 +143,8 @@ def refit_data(
         return None, "kept as fitted (donor augmentation or a store: not refitted)"
     if any(r.schedule is not None for r in results):
         return None, "kept as early-stopped on the validation cells (a gradient-trained fit)"
+    if (_stored(X) or 0) + (_stored(X_val) or 0) > LBFGS_MAX_VALUES:
+        return None, "kept as fitted (with the validation cells it exceeds the full-batch size)"
     merged = sp.vstack([X, X_val], format="csr") if sp.issparse(X) else np.concatenate([X, X_val])
     split = data.split.astype(str).replace("val", "train")
     merged_data = dataclasses.replace(

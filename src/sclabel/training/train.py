@@ -170,7 +170,11 @@ def train(
             data, augment_config, first_config.seed
         )
     if model == AUTO:
-        families = auto.by_size(families, data)
+        hardware_asked = split_options(dict(train_options))[1]
+        distributed = str(hardware_asked.devices) != "1" or hardware_asked.num_nodes > 1
+        families = auto.by_run(
+            auto.by_size(families, data), ensemble=ensemble, distributed=distributed
+        )
     fitted = {}
     for family in families:
         params = resolve_params(family, {} if model == AUTO else (model_params or {}))
