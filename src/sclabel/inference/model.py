@@ -315,11 +315,7 @@ class Model:
             "source": imported.get("file"),
             "path": self.loaded_from,
             "trained_with": self.metrics.get("trained_with"),  # version, date, data file
-            "auto": {  # what --model auto compared and why it kept this family
-                k: self.metrics["auto"][k] for k in ("reason", "candidates")
-            }
-            if "auto" in self.metrics
-            else None,
+            "auto": self.metrics.get("auto"),  # what --model auto compared and kept
         }
 
     def weights_digest(self) -> str:
