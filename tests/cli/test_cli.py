@@ -447,28 +447,10 @@ def test_train_refuses_a_foreign_out_folder_before_reading_any_data(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     # the input does not even exist: --out is judged first, before anything is read
-    result = run(
-        "train",
-        "--model",
-        "mlp",
-        tmp_path / "missing.h5ad",
-        "--label-key",
-        "cell_type",
-        "--out",
-        out,
-    )
+    result = run("train", tmp_path / "missing.h5ad", "--label-key", "cell_type", "--out", out)
     assert_one_line_error(result, "model exists and is not a sclabel checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    result = run(
-        "train",
-        "--model",
-        "mlp",
-        tmp_path / "missing.h5ad",
-        "--label-key",
-        "cell_type",
-        "--report",
-        out,
-    )
+    result = run("train", tmp_path / "missing.h5ad", "--label-key", "cell_type", "--report", out)
     assert_one_line_error(result, "model exists and is not a sclabel report")
 
 
