@@ -153,10 +153,7 @@ def main() -> None:
         "seeds": seeds,
         "splits": [],
     }
-    for spec in cc.split_specs(quick=False, scale_cells=0):
-        if args.only and spec["name"] not in args.only:
-            continue
-        files = cc.prepare_split(spec)
+    for spec, files in cc.shared_splits(args.only):
         ct = cc.run_method(spec, files, "celltypist", args.timeout)
         split = {
             "name": spec["name"],

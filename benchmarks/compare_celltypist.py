@@ -193,6 +193,14 @@ def split_specs(quick: bool, scale_cells: int) -> list[dict]:
     return specs
 
 
+def shared_splits(only: list[str] | None = None, skip: tuple[str, ...] = ()):
+    """(spec, prepared files) for every full-size split, or those named in `only`."""
+    for spec in split_specs(quick=False, scale_cells=0):
+        if spec["name"] in skip or (only and spec["name"] not in only):
+            continue
+        yield spec, prepare_split(spec)
+
+
 def prepare_split(spec: dict) -> dict:
     """Write train.h5ad / test.h5ad for a split; returns its sizes and paths."""
     name = spec["name"]

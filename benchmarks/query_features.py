@@ -202,10 +202,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     started = time.perf_counter()
     report = {**bc.run_header(__file__), "seeds": seeds, "splits": []}
-    for spec in cc.split_specs(quick=False, scale_cells=0):
-        if args.only and spec["name"] not in args.only:
-            continue
-        files = cc.prepare_split(spec)
+    for spec, files in cc.shared_splits(args.only):
         split = {"name": spec["name"], "split": spec["split"], "runs": []}
         for seed in seeds:
             run = run_split(spec, files, seed)
