@@ -156,6 +156,20 @@ def test_report_tables_survive_labels_with_bars_and_line_breaks(tmp_path):
     assert "† 3 or fewer test cells" in text  # B cells and T|NK have 3 each
 
 
+def test_a_refitted_auto_choice_names_the_cells_it_was_refitted_on():
+    from sclabel.evaluation.report import _about
+
+    auto = {"reason": "highest validation macro-F1 (0.900)",
+            "candidates": {"linear": {"val_macro_f1": 0.9}, "mlp": {"val_macro_f1": 0.8}},
+            "refit": {"done": True, "reason": "full-batch", "n_cells": 1500}}  # fmt: skip
+    about = {"family": "linear", "n_train_cells": 1000, "n_classes": 4, "auto": auto}
+    line = _about(about)
+    assert "refitted on 1,500 training + validation cells" in line
+    assert "trained on 1,000" not in line
+    auto["refit"] = {"done": False, "reason": "early-stopped"}
+    assert "trained on 1,000 cells" in _about(about) and "refitted" not in _about(about)
+
+
 def test_report_names_the_model_and_its_training_cells(trained_model, tmp_path):
     adata = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1)
     report = trained_model.evaluate(adata, split="test", out_dir=tmp_path / "r", progress=False)

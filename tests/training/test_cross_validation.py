@@ -15,6 +15,7 @@ from sclabel.data.sampling import upsample_indices
 from sclabel.data.splits import kfold_by_group
 from sclabel.errors import InputError
 from sclabel.store.build import build_store
+from sclabel.training import auto
 from sclabel.training.cv import cross_validate
 from sclabel.training.data import load_training_data
 from sclabel.training.fit import upsample_training
@@ -158,6 +159,23 @@ def test_cross_validate_by_donor(synthetic):
     assert list(synthetic.obs.columns) == columns  # the user's AnnData is left alone
     with pytest.raises(InputError, match="resume"):
         cross_validate(synthetic, label_key="cell_type", k=3, resume=True)
+
+
+def test_cross_validate_defaults_to_auto_and_names_each_folds_choice(synthetic):
+    cv = cross_validate(synthetic, label_key="cell_type", k=2, **FAST)
+    assert cv.model == "auto"
+    families = {"linear", "celltypist", "mlp"}
+    for fold in cv.folds:
+        assert fold["model"] in families  # the family auto kept, never "auto"
+        candidates = fold["candidates_val_macro_f1"]
+        assert set(candidates) == families
+        assert candidates[fold["model"]] >= max(candidates.values()) - auto.TOLERANCE
+        assert isinstance(fold["refit"], bool)
+    rows = [line for line in cv.to_markdown().splitlines() if line.startswith("| 0 ")]
+    assert cv.folds[0]["model"] in rows[0]
+    forced = cross_validate(synthetic, label_key="cell_type", k=2, model="linear", **FAST)
+    assert {f["model"] for f in forced.folds} == {"linear"}
+    assert all("refit" not in f and "candidates_val_macro_f1" not in f for f in forced.folds)
 
 
 def test_cross_validate_a_backed_file_with_options(synthetic, tmp_path):

@@ -167,7 +167,10 @@ def _about(about: dict) -> str:
         )
         parts[0] += f", chosen by --model auto ({about['auto']['reason']}; validation "
         parts[0] += f"macro-F1: {scores})"
-    if about.get("n_train_cells") is not None:
+    refit = (about.get("auto") or {}).get("refit") or {}
+    if refit.get("done") and refit.get("n_cells"):
+        parts.append(f"refitted on {refit['n_cells']:,} training + validation cells")
+    elif about.get("n_train_cells") is not None:
         parts.append(f"trained on {about['n_train_cells']:,} cells")
     if about.get("label_key"):
         parts.append(f"labels from obs[{_md(about['label_key'])!r}]")

@@ -19,6 +19,7 @@ from sclabel.errors import InputError
 from sclabel.inference.model import Model
 from sclabel.io.atomic import atomic_dir, check_dir
 from sclabel.store.format import Store
+from sclabel.training.auto import AUTO
 from sclabel.training.train import train
 
 log = logging.getLogger("sclabel")
@@ -31,8 +32,10 @@ CV_SCORES = ("macro_f1", "accuracy")
 class CrossValidation:
     """Test scores of each fold of `cross_validate`, with their mean and standard deviation.
 
-    Each fold record holds macro_f1 and accuracy on that fold's test cells, the best epoch,
-    and the cells (and groups) per part. The spread across folds says how much a score
+    Each fold record holds macro_f1 and accuracy on that fold's test cells, the family that
+    was trained (under `model="auto"`, the one chosen in that fold, and whether it was
+    refitted on training + validation cells), the best epoch, and the cells (and groups)
+    per part. The spread across folds says how much a score
     depends on which donors happen to be held out, which one split cannot tell.
     """
 
@@ -63,13 +66,14 @@ class CrossValidation:
         lines = [
             f"# {self.k}-fold cross-validation: {self.model}, {by}",
             "",
-            "| fold | macro-F1 | accuracy | best epoch | train / val / test cells"
+            "| fold | model | macro-F1 | accuracy | best epoch | train / val / test cells"
             + (" | test groups |" if has_groups else " |"),
-            "|---:|---:|---:|---:|---:" + ("|---:|" if has_groups else "|"),
+            "|---:|---|---:|---:|---:|---:" + ("|---:|" if has_groups else "|"),
         ]
         for f in self.folds:
             cells = " / ".join(str(f["n_cells"][p]) for p in PARTS)
-            row = f"| {f['fold']} | {f['macro_f1']:.4f} | {f['accuracy']:.4f} | "
+            chosen = f["model"] + (" (refitted)" if f.get("refit") else "")
+            row = f"| {f['fold']} | {chosen} | {f['macro_f1']:.4f} | {f['accuracy']:.4f} | "
             row += f"{f['best_epoch']} | {cells} |"
             lines.append(row + (f" {f['n_groups']['test']} |" if has_groups else ""))
         lines.append("")
@@ -96,7 +100,7 @@ def cross_validate(
     label_key: str | Sequence[str],
     split_by: str | None = None,
     k: int = 5,
-    model: str = "mlp",
+    model: str = AUTO,
     model_params: dict[str, Any] | None = None,
     val_fraction: float = 0.15,
     **options: Any,
@@ -200,6 +204,7 @@ def _fold_record(fold: int, fitted: Model, split: pd.Series, groups) -> dict[str
     test, fit_ = fitted.metrics["test"], fitted.metrics["fit"]
     record = {
         "fold": fold,
+        "model": fitted.model_config.family,
         "macro_f1": test["macro_f1"],
         "accuracy": test["accuracy"],
         "best_epoch": fit_["best_epoch"],
@@ -208,6 +213,12 @@ def _fold_record(fold: int, fitted: Model, split: pd.Series, groups) -> dict[str
         "train_seconds": fit_["train_seconds"],
         "n_cells": fitted.metrics["n_cells"],
     }
+    auto = fitted.metrics.get("auto")
+    if auto is not None:  # what auto compared in this fold, and whether it refitted
+        record["refit"] = bool(auto["refit"]["done"])
+        record["candidates_val_macro_f1"] = {
+            family: scores["val_macro_f1"] for family, scores in auto["candidates"].items()
+        }
     if groups is not None:
         parts, names = split.astype(str).to_numpy(), groups.to_numpy()
         record["n_groups"] = {p: int(np.unique(names[parts == p]).size) for p in PARTS}

@@ -155,7 +155,7 @@ def train(
         families = [model]
         resolve_params(model, model_params or {})
     defaults = MODELS[families[0]].train_defaults
-    first_config, _, progress = split_options(dict(train_options), defaults)
+    first_config, asked_hardware, progress = split_options(dict(train_options), defaults)
     if model != AUTO:
         check_inputs(model, data_config, first_config, augment_config is not None, from_store)
     data = load_training_data(
@@ -170,8 +170,7 @@ def train(
             data, augment_config, first_config.seed
         )
     if model == AUTO:
-        hardware_asked = split_options(dict(train_options))[1]
-        distributed = str(hardware_asked.devices) != "1" or hardware_asked.num_nodes > 1
+        distributed = str(asked_hardware.devices) != "1" or asked_hardware.num_nodes > 1
         families = auto.by_run(
             auto.by_size(families, data), ensemble=ensemble, distributed=distributed
         )
