@@ -27,8 +27,11 @@ Accuracy is against the generated cell type.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,17 +73,51 @@ def timed(command: list, log: Path, timeout: float | None = None) -> dict:
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            for child in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                        text=True).stdout.split():  # fmt: skip
-                subprocess.run(["kill", child])
+            # every process under GNU time (the command, its workers and theirs), not time
+            # itself, so that it still reports what the command used until then
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for pid in descendants(proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+                    break
             proc.wait()
             rc = "timeout"
     text = log.read_text()
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     cpu = [float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text)]
+    killed = re.search(r"Command terminated by signal (\d+)", text)
     return {"rc": rc, "seconds": time.perf_counter() - start,
             "cpu_seconds": sum(cpu) if cpu else None,
+            "signal": int(killed.group(1)) if killed else None,
             "peak_rss_mib": int(peak.group(1)) / 1024 if peak else None}  # fmt: skip
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children first, then theirs), from pgrep -P."""
+    found, frontier = [], [pid]
+    while frontier:
+        listed = subprocess.run(["pgrep", "-P", ",".join(map(str, frontier))],
+                                capture_output=True, text=True).stdout.split()  # fmt: skip
+        frontier = [int(p) for p in listed]
+        found += frontier
+    return found
+
+
+def ended_by(row: dict, log_text: str) -> str | None:
+    """Why a command stopped early: the timeout, the kernel's SIGKILL (the OOM killer, as
+    nothing else here sends it), another signal, or a memory error under the prlimit cap."""
+    if row["rc"] == "timeout":
+        return "timeout"
+    if row.get("signal") == signal.SIGKILL:
+        return "SIGKILL (out of memory: the kernel's OOM killer)"
+    if row.get("signal"):
+        return f"signal {row['signal']}"
+    for error in ("ArrayMemoryError", "MemoryError"):
+        if error in log_text:
+            return error
+    return None
 
 
 def accuracy(path: Path, column: str, truth_path: Path) -> float:
@@ -166,10 +203,9 @@ def main() -> None:
         rows["CellTypist majority voting"] = timed(
             command, work / "ct.log", timeout=args.celltypist_timeout
         )
-        ct_log = (work / "ct.log").read_text()
-        for error in ("MemoryError", "ArrayMemoryError", "Killed"):
-            if error in ct_log:
-                rows["CellTypist majority voting"]["ended_by"] = error
+        why = ended_by(rows["CellTypist majority voting"], (work / "ct.log").read_text())
+        if why:
+            rows["CellTypist majority voting"]["ended_by"] = why
         rows["CellTypist majority voting"]["limits"] = {
             "max_gib": args.celltypist_max_gib,
             "timeout_s": args.celltypist_timeout,
