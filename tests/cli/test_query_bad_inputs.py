@@ -66,3 +66,44 @@ def test_map_refuses_an_index_of_another_model(folder):
     assert result.returncode == 2
     assert result.stderr.count("error: ") == 1 and "built with another model" in result.stderr
     assert not (folder / "m.csv").exists()
+
+
+def test_map_refuses_an_index_built_on_another_gene_set(folder, tmp_path):
+    """A model trained on the same cells but fewer genes, holding a's index: refused before
+    any cell is mapped (the index's digest covers the genes it was built on)."""
+    cells = sclabel.read(folder / "cells.h5ad")
+    fewer = cells[:, cells.var_names[:-10]].copy()
+    model = sclabel.train(fewer, label_key="cell_type", split_by="donor", model="mlp",
+                          max_epochs=2, progress=False)  # fmt: skip
+    model.save(tmp_path / "c")
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    a = json.loads((folder / "a" / "config.json").read_text())
+    shutil.copy(folder / "a" / "reference.safetensors", tmp_path / "c" / "reference.safetensors")
+    config["reference"] = a["reference"]
+    config["extra_files"]["reference.safetensors"] = a["extra_files"]["reference.safetensors"]
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    result = run("--quiet", "map", folder / "cells.h5ad", "--model", tmp_path / "c",
+                 "--out", tmp_path / "m.csv")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("error: ") == 1 and "built with another model" in result.stderr
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_majority_voting_refuses_a_graph_of_other_cells(folder, tmp_path):
+    """An .h5ad whose obsp['connectivities'] is not cells x cells (written past anndata's
+    check, as another tool might): one line naming the graph, exit 2, nothing written."""
+    import h5py
+    import scipy.sparse as sp
+    from anndata.io import write_elem
+
+    shutil.copy(folder / "cells.h5ad", tmp_path / "q.h5ad")
+    with h5py.File(tmp_path / "q.h5ad", "a") as handle:
+        write_elem(handle, "obsp/connectivities", sp.identity(50, format="csr"))
+    for backed in ([], ["--backed"]):
+        result = run("--quiet", "predict", tmp_path / "q.h5ad", "--model", folder / "a",
+                     "--majority-voting", *backed, "--out", tmp_path / "p.csv")  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "connectivities" in errors[0] and "(50, 50)" in errors[0], errors[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["q.h5ad"]

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 import sclabel
-from conftest import run
+from conftest import run, shared_file
 from sclabel.errors import InputError
 from sclabel.inference.voting import HETEROGENEOUS, resolution_for, vote
 
@@ -83,8 +83,6 @@ def test_an_existing_neighbour_graph_is_used_and_checked(noisy):
     result = prediction.majority_vote(query, resolution=1.0)
     assert "obsp['connectivities']" in result.source
     assert result.table.shape[0] == 4  # the graph's four cliques
-    wrong = ad.AnnData(X=query.X[:10], obs=query.obs.iloc[:10])
-    wrong.obsp["connectivities"] = sp.identity(10, format="csr")
     with pytest.raises(InputError, match="cluster key 'leiden' is not an obs column; available"):
         prediction.majority_vote(query, cluster_key="leiden")
 
@@ -136,3 +134,25 @@ def test_the_vote_equals_celltypists_own_majority_voting_on_its_clusters():
     assert (ours.labels == theirs["majority_voting"].to_numpy(object)).all()
     # it is a real vote: a good share of cells change label (platelets in a T cell cluster...)
     assert (theirs["label"] != theirs["majority_voting"]).mean() > 0.05
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_voting_on_cellbench_keeps_accuracy_on_clusters_as_pure_as_the_cell_lines():
+    """Train on the CEL-seq2 plates, vote over the Drop-seq cells' own Leiden clusters: the
+    clusters hold one cell line each (a vote by the true labels would reach >= 0.97), and
+    voting keeps the per-cell accuracy within 2 of 225 cells. Measured: 0.960 per cell,
+    0.956 voted (benchmarks/RESULTS.md records where voting helps and where it does not)."""
+    cells = sclabel.read(shared_file("cellbench_sc_celllines.h5ad"))
+    batch = cells.obs["batch"].astype(str).to_numpy()
+    reference, query = cells[batch != "sc_dropseq"].copy(), cells[batch == "sc_dropseq"].copy()
+    truth = query.obs["cell_line"].astype(str).to_numpy()
+    model = sclabel.train(reference, label_key="cell_line", model="linear", progress=False)
+    prediction = model.predict(query, progress=False)
+    result = prediction.majority_vote(query)
+    assert "Leiden (resolution 5)" in result.source
+    by_truth = vote(truth, result.clusters)  # what the clusters allow at best
+    assert (by_truth.labels == truth).mean() >= 0.97
+    per_cell = (prediction.labels == truth).mean()
+    assert per_cell >= 0.9
+    assert (result.labels == truth).mean() >= per_cell - 2 / truth.size
