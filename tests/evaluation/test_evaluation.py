@@ -187,6 +187,15 @@ def test_report_names_the_model_and_its_training_cells(trained_model, tmp_path):
     version = trained_model.metrics["trained_with"]["sclabel_version"]
     assert f"trained with sclabel {version}" in text
     assert "- Scored with sclabel " in text and "training split" not in text
+    # temperature scaling: what was done and the ECE it gave, in report.md and report.html
+    info = trained_model.calibration.info
+    held_out = trained_model.metrics["calibration"]
+    before, after = held_out["test_ece_before"], held_out["test_ece_after"]
+    line = (f"- Calibration: temperature {info['temperature']}; ECE on the validation cells "
+            f"{info['val_ece_before']:.3f} -> {info['val_ece_after']:.3f}; the training run's "
+            f"test cells {before:.3f} -> {after:.3f}.")  # fmt: skip
+    assert line in text
+    assert "Calibration: temperature " in (tmp_path / "r" / "report.html").read_text()
     whole = trained_model.evaluate(adata, progress=False).to_markdown()
     assert f"- {n_train:,} of these cells were in the model's training split" in whole
 

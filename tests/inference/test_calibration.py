@@ -76,6 +76,10 @@ def test_a_trained_model_is_calibrated_on_its_validation_cells(calibrated_model,
     report = calibrated_model.metrics["calibration"]
     assert {"test_ece_before", "test_ece_after", "sets_90"} <= set(report)
     calibrated_model.save(tmp_path / "m")
+    on_disk = json.loads((tmp_path / "m" / "metrics.json").read_text())["calibration"]
+    assert on_disk["test_ece_before"] == pytest.approx(report["test_ece_before"])
+    assert on_disk["test_ece_after"] == pytest.approx(report["test_ece_after"])
+    assert on_disk["info"]["val_ece_before"] == pytest.approx(calibration.info["val_ece_before"])
     loaded = sclabel.Model.load(tmp_path / "m")
     assert loaded.calibration.temperature == calibration.temperature
     np.testing.assert_allclose(loaded.calibration.scores, calibration.scores, rtol=1e-6)

@@ -125,10 +125,10 @@ class Report:
 FEW_CELLS = 3
 EXPLAINED = (
     "Expected calibration error (ECE): the gap between confidence and accuracy, averaged over "
-    "10 confidence bins weighted by their cells (0: a cell predicted with confidence 0.8 is "
-    "right 80% of the time). Uncertainty AUROC: how well 1 - confidence tells wrong "
-    "predictions from right ones (0.5: no better than chance; 1: every wrong prediction is "
-    "less confident than every right one)."
+    "15 equal-width confidence bins weighted by their cells (0: a cell predicted with "
+    "confidence 0.8 is right 80% of the time). Uncertainty AUROC: how well 1 - confidence "
+    "tells wrong predictions from right ones (0.5: no better than chance; 1: every wrong "
+    "prediction is less confident than every right one)."
 )
 
 
@@ -188,6 +188,22 @@ def _about(about: dict) -> str:
     return "; ".join(parts) + "."
 
 
+def calibration_line(about: dict | None) -> str | None:
+    """One sentence on the model's temperature scaling (None: nothing was fitted)."""
+    c = (about or {}).get("calibration")
+    if not c:
+        return None
+    why = c.get("temperature") or f"{c['value']:.3f}"
+    text = f"Calibration: temperature {why}"
+    if c.get("val_ece_before") is not None:
+        text += f"; ECE on the validation cells {c['val_ece_before']:.3f} -> "
+        text += f"{c['val_ece_after']:.3f}"
+    if c.get("test_ece_before") is not None:
+        text += f"; the training run's test cells {c['test_ece_before']:.3f} -> "
+        text += f"{c['test_ece_after']:.3f}"
+    return text + "."
+
+
 def _provenance(about: dict, m: dict) -> list[str]:
     """What was scored, with what, by whom: the model, the data and its cells, the run."""
     from datetime import date
@@ -202,6 +218,8 @@ def _provenance(about: dict, m: dict) -> list[str]:
             more = len(about["split_groups"]) - 20
             cells += f"; its groups: {groups}" + (f" and {more} more" if more > 0 else "")
     lines = ["## Provenance", "", f"- {_about(about)}", f"- Data: {data}, {cells}."]
+    if calibration_line(about):
+        lines.append(f"- {_md(calibration_line(about))}")
     trained = about.get("training_cells_evaluated")
     if trained:
         lines.append(f"- {trained:,} of these cells were in the model's training split: the "
@@ -302,6 +320,8 @@ def html_report(metrics: dict, folder: Path, title: str, sections: list) -> str:
             else ""
         )  # fmt: skip
     )
+    if calibration_line(metrics.get("model")):
+        scores.text(calibration_line(metrics["model"]), note=True)
     overlap = metrics.get("label_overlap")
     if differ(metrics):
         scores.text(overlap_note(overlap).replace("**", ""), note=True)

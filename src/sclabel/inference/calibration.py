@@ -97,6 +97,15 @@ class Calibration:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"scores": torch.from_numpy(np.asarray(self.scores, np.float32))}
 
+    def describe(self, test: dict | None = None) -> dict | None:
+        """What a report says (None when nothing was fitted): T and why, the validation
+        cells' ECE before/after and, from training's `metrics["calibration"]` (`test`),
+        the test cells' ECE before/after."""
+        if not self.fitted:
+            return None
+        held_out = {k: v for k, v in (test or {}).items() if k.startswith("test_ece")}
+        return {"value": self.temperature, **self.info, **held_out}
+
     def to_dict(self) -> dict:
         return {
             "temperature": self.temperature,

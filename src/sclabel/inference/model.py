@@ -316,6 +316,7 @@ class Model:
             "path": self.loaded_from,
             "trained_with": self.metrics.get("trained_with"),  # version, date, data file
             "auto": self.metrics.get("auto"),  # what --model auto compared and kept
+            "calibration": self.calibration.describe(self.metrics.get("calibration")),
         }
 
     def weights_digest(self) -> str:
