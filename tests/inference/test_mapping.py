@@ -35,6 +35,9 @@ def test_mapping_labels_a_query_like_the_classifier(reference, tmp_path):
     loaded = sclabel.Model.load(tmp_path / "m")
     assert loaded.reference.space == "embedding"
     np.testing.assert_array_equal(loaded.map(query).labels, mapped.labels)
+    # the score compares distances at the index's k whatever k votes: the same for any --k
+    for k in (3, 40):
+        np.testing.assert_array_equal(model.map(query, k=k).extra["mapping_score"], score)
 
 
 def test_an_index_of_another_model_or_none_is_refused(reference):
@@ -99,3 +102,5 @@ def test_cellbench_cross_protocol_mapping_and_a_cell_line_it_never_saw():
     assert mapping >= classifier - 0.02, (mapping, classifier)
     auroc = roc_auc_score(~seen, -mapped.extra["mapping_score"])
     assert auroc >= 0.9, auroc
+    novel = mapped.extra["novel"]  # the score's cut-off as shipped
+    assert novel[~seen].mean() >= 0.5 and novel[seen].mean() <= 0.1

@@ -114,14 +114,15 @@ class ReferenceIndex:
 
     def _vote(self, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Distance-weighted votes of each point's k nearest reference cells (as class
-        probabilities) and its mean distance to them."""
+        probabilities) and its mean distance to its index-k nearest: the distance the
+        reference cells' own (`self_distances`) were measured at, whatever k votes."""
         k = min(k, len(self.codes))
-        neighbours, distances = self.index.query(points, k)
-        weights = 1.0 / np.maximum(distances, 1e-6)
+        neighbours, distances = self.index.query(points, max(k, self.k))
+        weights = 1.0 / np.maximum(distances[:, :k], 1e-6)
         votes = np.zeros((len(points), len(self.classes)), np.float64)
-        np.add.at(votes, (np.arange(len(points))[:, None], self.codes[neighbours]), weights)
+        np.add.at(votes, (np.arange(len(points))[:, None], self.codes[neighbours[:, :k]]), weights)
         probabilities = (votes / votes.sum(axis=1, keepdims=True)).astype(np.float32)
-        return probabilities, distances.mean(axis=1)
+        return probabilities, distances[:, : self.k].mean(axis=1)
 
     def map_rows(self, model, bound, rows: slice) -> np.ndarray:
         """Class probabilities of a bound query's rows by their nearest reference cells (a

@@ -130,9 +130,12 @@ class Prediction:
         return self.vote
 
     def to_adata(self, adata: ad.AnnData, *, key_added: str = "sclabel") -> None:
-        """Write `{key}_label`, `{key}_confidence`, `{key}_uncertainty` to obs, the
-        probabilities (a DataFrame with one column per class) to `obsm[f"{key}_probabilities"]`
-        and the classes to `uns[f"{key}_classes"]`."""
+        """Write every answer to obs as `{key}_<name>` (label, confidence, uncertainty and
+        whatever was asked: prediction_set/set_size, ontology and level columns, agreement
+        and label_<member>, mapping_score/novel, majority_voting/over_clustering/
+        cluster_purity), the probabilities (a DataFrame with one column per class) to
+        `obsm[f"{key}_probabilities"]`, the classes to `uns[f"{key}_classes"]` and the vote
+        table to `uns[f"{key}_majority_voting"]`."""
         self._check_cells(adata)
         for column, values in answer_columns(self.to_frame(), key_added).items():
             adata.obs[column] = values
