@@ -90,3 +90,29 @@ def test_cli_import_then_predict(tmp_path):
     labels = pd.read_csv(tmp_path / "labels.csv", index_col="cell")["label"]
     reference = pd.read_csv(REFERENCE, index_col="cell")["label"]
     assert (labels == reference).all()
+
+
+def test_an_imported_model_joins_a_consensus_with_a_trained_one(imported):
+    """popV-style: the AIFI CellTypist model beside an mlp trained on Kang with three of its
+    labels; one label per cell from the mean over the union of classes, each member's own
+    label kept, agreement = the share of members agreeing."""
+    kang = sclabel.read(shared_file("kang_pbmc_stim.h5ad"))
+    theirs = pd.read_csv(REFERENCE, index_col="cell")["label"]
+    common = theirs.value_counts().index[:3]
+    cells = kang[theirs.isin(common).to_numpy()].copy()
+    cells.obs["aifi"] = theirs[cells.obs_names].to_numpy()
+    trained = sclabel.train(cells, label_key="aifi", model="mlp", max_epochs=5, progress=False)
+    consensus = sclabel.predict([imported, trained], cells, progress=False)
+    assert set(consensus.classes) == set(imported.classes)  # the mlp's 3 are among the 71
+    each = [m.predict(cells, progress=False) for m in (imported, trained)]
+    frame = consensus.to_frame()
+    for name, own in zip(("0_celltypist", "1_mlp"), each, strict=True):
+        assert (frame[f"label_{name}"].to_numpy() == own.labels).all()
+    mlp_full = np.zeros_like(each[0].probabilities)
+    order = [list(consensus.classes).index(c) for c in trained.classes]
+    mlp_full[:, order] = each[1].probabilities
+    expected = (each[0].probabilities[:, [list(imported.classes).index(c)
+                                          for c in consensus.classes]] + mlp_full) / 2  # fmt: skip
+    np.testing.assert_allclose(consensus.probabilities, expected, rtol=1e-5, atol=1e-6)
+    agree = (each[0].labels == each[1].labels).mean()
+    assert agree > 0.5 and np.isclose((frame["agreement"] == 1).mean(), agree)

@@ -58,6 +58,10 @@ def test_members_need_distinct_names_and_a_reference_to_map(members):
         Member("linear_map", linear, kind="map")
     with pytest.raises(InputError, match="auto needs one calibrated model"):
         sclabel.predict([mlp, linear], members[0], unknown_threshold="auto", progress=False)
+    with pytest.raises(InputError, match="prediction sets need one calibrated model"):
+        sclabel.predict([mlp, linear], members[0], coverage=0.9, progress=False)
+    with pytest.raises(InputError, match="coverage must be between 0 and 1"):  # named first
+        sclabel.predict([mlp, linear], members[0], coverage=1.5, progress=False)
 
 
 def test_cli_consensus_of_folders_and_a_mapping(members, tmp_path):

@@ -21,6 +21,7 @@ import pandas as pd
 from sclabel.data.inputs import BoundInput
 from sclabel.data.loader import cell_bar
 from sclabel.errors import InputError
+from sclabel.inference.calibration import check_coverage
 from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
 from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
@@ -60,6 +61,7 @@ class Request:
         check_threshold(unknown_threshold)
         set_threshold = None
         if coverage is not None:
+            check_coverage(coverage)  # a bad number is named before what the model lacks
             if calibration is None:
                 raise InputError("prediction sets need one calibrated model's primary head")
             set_threshold = calibration.set_threshold(coverage)
