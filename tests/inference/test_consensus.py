@@ -75,3 +75,9 @@ def test_cli_consensus_of_folders_and_a_mapping(members, tmp_path):
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "c.csv")
     assert {"agreement", "label_mlp", "label_linear", "label_mlp_map"} <= set(table.columns)
+    # --models (popV's spelling) is the same option
+    result = run("--quiet", "predict", tmp_path / "q.h5ad", "--models",
+                 f"{tmp_path / 'mlp'},{tmp_path / 'linear'},map:{tmp_path / 'mlp'}",
+                 "--out", tmp_path / "d.csv")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "d.csv"), table)

@@ -20,6 +20,8 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
     input_options(p)
     p.add_argument(
         "--model",
+        "--models",
+        dest="model",
         required=True,
         action="append",
         help="checkpoint directory, or celltypist:NAME (a published CellTypist model, fetched "
