@@ -167,10 +167,13 @@ def dead_pid() -> int:
     return process.pid
 
 
-def foreign_index(folder: Path) -> Path:
+def foreign_index(folder: Path, drop_genes: int = 0) -> Path:
     """Another model holding `model`'s reference index (reference.safetensors and its entry in
-    config.json copied over, as a user copying files between folders would)."""
+    config.json copied over, as a user copying files between folders would); `drop_genes`:
+    the other model is trained without the last genes (another gene set)."""
     cells = sclabel.read(folder / "cells.h5ad")
+    if drop_genes:
+        cells = cells[:, cells.var_names[:-drop_genes]].copy()
     other = sclabel.train(cells, label_key="cell_type", split_by="donor", model="mlp",
                           max_epochs=1, progress=False)  # fmt: skip
     other.save(folder / "other")
@@ -183,6 +186,20 @@ def foreign_index(folder: Path) -> Path:
     ]
     (folder / "other" / "config.json").write_text(json.dumps(theirs))
     return folder / "other"
+
+
+def wrong_graph(folder: Path) -> Path:
+    """cells.h5ad with an obsp['connectivities'] of 50 x 50 (written past anndata's check,
+    as another tool might)."""
+    import h5py
+    import scipy.sparse as sp
+    from anndata.io import write_elem
+
+    path = folder / "graph.h5ad"
+    shutil.copy(folder / "cells.h5ad", path)
+    with h5py.File(path, "a") as handle:
+        write_elem(handle, "obsp/connectivities", sp.identity(50, format="csr"))
+    return path
 
 
 def hostile_bert(folder: Path) -> Path:
@@ -711,6 +728,29 @@ CASES = [
     (
         "map: an index another model built",
         lambda f: ["map", f / "cells.h5ad", "--model", foreign_index(f), "--out", f / "p.csv"],
+    ),
+    (
+        "map: an index built on another gene set",
+        lambda f: [
+            "map",
+            f / "cells.h5ad",
+            "--model",
+            foreign_index(f, drop_genes=10),
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
+    ),
+    (
+        "predict --majority-voting: a graph of other cells",
+        lambda f: [
+            "predict",
+            wrong_graph(f),
+            "--model",
+            f / "model",
+            "--majority-voting",
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
     ),
     (
         "predict: --levels with classes outside the Cell Ontology",

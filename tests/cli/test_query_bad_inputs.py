@@ -106,4 +106,5 @@ def test_majority_voting_refuses_a_graph_of_other_cells(folder, tmp_path):
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
         assert "connectivities" in errors[0] and "(50, 50)" in errors[0], errors[0]
+        assert errors[0].endswith("belongs to other cells or genes; drop or recompute it")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["q.h5ad"]

@@ -35,10 +35,8 @@ def read(path: str | Path, *, backed: bool = False) -> ad.AnnData:
     """
     path = Path(path)
     if not path.exists():
-        msg = (
-            f"input not found: {path}; check the path (supported: .h5ad, 10x dir, .h5, .csv, .tsv)"
-        )
-        raise InputError(msg)
+        supported = "supported: .h5ad, 10x dir, .h5, .csv, .tsv"
+        raise InputError(f"input not found: {path}; check the path ({supported})")
     name = path.name.lower()
     try:
         if path.is_dir():
@@ -55,8 +53,10 @@ def read(path: str | Path, *, backed: bool = False) -> ad.AnnData:
     except InputError:
         raise
     except (OSError, KeyError, ValueError) as err:
-        msg = f"could not read {path} ({type(err).__name__}: {err}); is it a valid, complete file?"
-        raise InputError(msg) from err
+        hint = "is it a valid, complete file?"
+        if "must match dimensions" in str(err):  # anndata: an obsm/obsp/varm of other cells
+            hint = "an obsm/obsp/varm entry belongs to other cells or genes; drop or recompute it"
+        raise InputError(f"could not read {path} ({type(err).__name__}: {err}); {hint}") from err
     if backed and not name.endswith(".h5ad"):
         log.info("backed mode applies to .h5ad only; %s was read into memory", path.name)
     check_cells(adata, genes=not len(adata.obsm))  # embeddings alone (sclabel embed) are input
