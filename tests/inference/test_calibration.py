@@ -103,6 +103,47 @@ def test_predict_gives_sets_auto_unknown_and_raw_probabilities_on_request(calibr
     assert (unknown == (frame["confidence"] < threshold)).all()
 
 
+def test_auto_with_a_precision_is_chosen_on_the_validation_cells_and_saved():
+    """'auto:P' holds precision P on the validation cells: a hand-made case where the
+    thresholds for 0.8, 0.95 and 1.0 are known, kept through save/load."""
+    from sclabel.inference.calibration import Calibration
+
+    # 10 cells, confidences 0.99 .. 0.90; wrong at 0.95 and 0.91
+    top = np.linspace(0.99, 0.90, 10)
+    y = np.zeros(10, dtype=int)
+    wrong = np.isin(np.arange(10), [4, 8])
+    proba = np.column_stack([np.where(wrong, 1 - top, top), np.where(wrong, top, 1 - top)])
+    calibration = Calibration.fit(proba, y)
+    assert calibration.temperature == 1.0  # 10 cells: no evidence against T = 1
+    assert calibration.auto_threshold() == pytest.approx(0.96)  # 4 of 4 right; 4 of 5 is 0.8
+    assert calibration.auto_threshold(0.95) == calibration.auto_threshold()
+    assert calibration.auto_threshold(0.8) == pytest.approx(0.90)  # 8 of 10
+    assert calibration.auto_threshold(0.85) == pytest.approx(0.92)  # 7 of 8 = 0.875
+    assert calibration.auto_threshold(1.0 - 1e-9) == pytest.approx(0.96)
+    restored = Calibration.from_parts(calibration.to_dict(), calibration.tensors())
+    assert restored.auto_threshold(0.8) == pytest.approx(0.90)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        calibration.auto_threshold(1.5)
+    bad = np.column_stack([1 - top, top])  # every cell wrong
+    with pytest.raises(InputError, match="no confidence holds precision 0.5"):
+        Calibration.fit(bad, y).auto_threshold(0.5)
+
+
+def test_predict_takes_auto_with_a_precision(calibrated_model, tmp_path):
+    query = sclabel.datasets.synthetic(300, 120, 4, 6, seed=3, cell_seed=5)
+    calibration = calibrated_model.calibration
+    strict = calibrated_model.predict(query, unknown_threshold="auto:0.999", progress=False)
+    expected = calibration.auto_threshold(0.999)
+    assert (strict.labels == "unknown").sum() == (strict.confidence < expected).sum()
+    assert expected >= calibration.auto_threshold()
+    calibrated_model.save(tmp_path / "m")
+    loaded = sclabel.Model.load(tmp_path / "m")
+    again = loaded.predict(query, unknown_threshold="auto:0.999", progress=False)
+    assert (again.labels == strict.labels).all()
+    with pytest.raises(InputError, match="'auto' or 'auto:P'"):
+        calibrated_model.predict(query, unknown_threshold="auto:high", progress=False)
+
+
 def test_models_without_validation_cells_say_what_they_cannot_do(calibrated_model, tmp_path):
     calibrated_model.save(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
@@ -145,6 +186,17 @@ def test_cli_predict_with_sets_and_auto_threshold(calibrated_model, tmp_path):
     result = run("--quiet", "predict", tmp_path / "q.h5ad", "--model", tmp_path / "m",
                  "--coverage", "2", "--out", tmp_path / "bad.csv")  # fmt: skip
     assert result.returncode == 2 and "coverage must be between 0 and 1" in result.stderr
+    assert not (tmp_path / "bad.csv").exists()
+    result = run("--quiet", "predict", tmp_path / "q.h5ad", "--model", tmp_path / "m",
+                 "--unknown-threshold", "auto:0.99", "--out", tmp_path / "p99.csv")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    strict = pd.read_csv(tmp_path / "p99.csv")
+    threshold = calibrated_model.calibration.auto_threshold(0.99)
+    assert ((strict["label"] == "unknown") == (strict["confidence"] < threshold)).all()
+    result = run("--quiet", "predict", tmp_path / "q.h5ad", "--model", tmp_path / "m",
+                 "--unknown-threshold", "auto:2", "--out", tmp_path / "bad.csv")  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("error:") == 1
+    assert "precision of 'auto:P' must be between 0 and 1" in result.stderr
     assert not (tmp_path / "bad.csv").exists()
 
 

@@ -161,13 +161,17 @@ def read_anndata(args):
 
 
 def unknown_threshold(value: str):
-    """--unknown-threshold: a probability, or "auto" (chosen on the validation cells)."""
-    if value == "auto":
+    """--unknown-threshold: a probability, or "auto"/"auto:P" (chosen on the validation
+    cells to hold precision P, 0.95 by default)."""
+    if value.startswith("auto"):
         return value
     try:
         return float(value)
     except ValueError:
-        msg = f"--unknown-threshold takes a number between 0 and 1 or 'auto', got {value!r}"
+        msg = (
+            "--unknown-threshold takes a number between 0 and 1, 'auto' or 'auto:P' "
+            f"(e.g. auto:0.99), got {value!r}"
+        )
         raise argparse.ArgumentTypeError(msg) from None
 
 
@@ -178,7 +182,7 @@ def answer_options(p: argparse.ArgumentParser) -> None:
         "--unknown-threshold",
         type=unknown_threshold,
         help="label cells whose confidence is below it 'unknown'; 'auto': the threshold that "
-        "kept 95%% precision on the model's validation cells",
+        "kept 95%% precision on the model's validation cells ('auto:0.99': 99%%)",
     )
     p.add_argument("--min-gene-coverage", type=float, help="default: the model's (0.5)")
     p.add_argument(

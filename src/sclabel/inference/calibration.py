@@ -22,7 +22,9 @@ seen by the weights), saved with the model and applied to every query:
   >= 1 - alpha when query and validation cells are exchangeable.
 - **an unknown threshold for a target precision**: the lowest confidence at which the cells
   kept on the validation set are right at least `precision` of the time (95% by default),
-  used by `unknown_threshold="auto"` instead of a number picked by hand.
+  used by `unknown_threshold="auto"` instead of a number picked by hand; the validation
+  cells' confidences and rightness are kept, so `"auto:0.99"` asks for another precision
+  at prediction time.
 
 A model without validation cells (imported from CellTypist, or trained without them) has
 T = 1 and no sets or automatic threshold, and says so when asked for them.
@@ -61,6 +63,8 @@ class Calibration:
     scores: np.ndarray | None = None  # sorted 1 - p(true) of the validation cells, tempered
     unknown_threshold: float | None = None  # confidence with `precision` on validation
     precision: float = PRECISION
+    confidence: np.ndarray | None = None  # validation cells' tempered top probability
+    correct: np.ndarray | None = None  # and whether that top class was theirs
     info: dict = field(default_factory=dict)  # ECE before/after, cells, what was reached
 
     @property
@@ -85,17 +89,40 @@ class Calibration:
             return 0.0
         return float(1.0 - self.scores[rank - 1])
 
-    def auto_threshold(self) -> float:
+    def auto_threshold(self, precision: float | None = None) -> float:
+        """The confidence that held `precision` (default: the model's, 95%) on validation."""
+        if precision is not None and not 0 < precision < 1:
+            raise InputError(f"the precision of 'auto:P' must be between 0 and 1, got {precision}")
+        if precision is not None and precision != self.precision:
+            if self.confidence is None:
+                msg = (
+                    f"this model keeps only its {self.precision:g}-precision threshold (saved "
+                    "before sclabel 0.3, or imported); use 'auto' or give a number"
+                )
+                raise InputError(msg)
+            threshold = threshold_for_precision(self.confidence, self.correct, precision)
+            if threshold is None:
+                msg = (
+                    f"no confidence holds precision {precision:g} on this model's "
+                    f"{self.confidence.size} validation cells; ask for less, or give a number"
+                )
+                raise InputError(msg)
+            return threshold
         if self.unknown_threshold is None:
             msg = (
                 "this model has no validation-chosen unknown threshold (imported, or saved "
-                "before sclabel 0.2); give a number, e.g. --unknown-threshold 0.5"
+                "before sclabel 0.2, or no confidence held 95% precision); give a number, "
+                "e.g. --unknown-threshold 0.5"
             )
             raise InputError(msg)
         return self.unknown_threshold
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"scores": torch.from_numpy(np.asarray(self.scores, np.float32))}
+        tensors = {"scores": torch.from_numpy(np.asarray(self.scores, np.float32))}
+        if self.confidence is not None:
+            tensors["confidence"] = torch.from_numpy(np.asarray(self.confidence, np.float32))
+            tensors["correct"] = torch.from_numpy(np.asarray(self.correct, np.uint8))
+        return tensors
 
     def describe(self, test: dict | None = None) -> dict | None:
         """What a report says (None when nothing was fitted): T and why, the validation
@@ -118,13 +145,18 @@ class Calibration:
     def from_parts(cls, values: dict | None, tensors: dict | None) -> Calibration:
         if not values:
             return cls()
-        scores = None if tensors is None else tensors["scores"].numpy().astype(np.float64)
+        tensors = tensors or {}
+        scores = tensors["scores"].numpy().astype(np.float64) if "scores" in tensors else None
+        confidence = tensors["confidence"].numpy() if "confidence" in tensors else None
+        correct = tensors["correct"].numpy().astype(bool) if "correct" in tensors else None
         return cls(
             temperature=float(values["temperature"]),
             scores=scores,
             unknown_threshold=values.get("unknown_threshold"),
             precision=float(values.get("precision", PRECISION)),
             info=values.get("info", {}),
+            confidence=confidence,
+            correct=correct,
         )
 
     @classmethod
@@ -153,6 +185,8 @@ class Calibration:
             unknown_threshold=threshold_for_precision(confidence, correct, precision),
             precision=precision,
             info=info,
+            confidence=confidence.astype(np.float32),
+            correct=correct,
         )
 
 
@@ -220,6 +254,18 @@ def threshold_for_precision(
         return None
     # the largest prefix that holds the precision; ties at its edge keep their confidence
     return float(confidence[order][ok[-1]])
+
+
+def auto_precision(value: str) -> float | None:
+    """The precision in "auto:P" (None for plain "auto")."""
+    name, _, precision = value.partition(":")
+    try:
+        if name != "auto":
+            raise ValueError
+        return float(precision) if precision else None
+    except ValueError:
+        msg = f"unknown_threshold takes a number, 'auto' or 'auto:P' (auto:0.99), got {value!r}"
+        raise InputError(msg) from None
 
 
 def check_coverage(coverage: float) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 from sclabel.data.inputs import BoundInput
 from sclabel.data.loader import cell_bar
 from sclabel.errors import InputError
-from sclabel.inference.calibration import check_coverage
+from sclabel.inference.calibration import auto_precision, check_coverage
 from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
 from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
@@ -53,11 +53,11 @@ class Request:
         calibration = None
         if not job.consensus and member.kind == "classify" and member.task == 0:
             calibration = member.model.calibration if member.calibrated else None
-        if unknown_threshold == "auto":
+        if isinstance(unknown_threshold, str):  # "auto", or "auto:0.99" for that precision
             if calibration is None:
                 msg = "--unknown-threshold auto needs one calibrated model's primary head"
                 raise InputError(msg)
-            unknown_threshold = calibration.auto_threshold()
+            unknown_threshold = calibration.auto_threshold(auto_precision(unknown_threshold))
         check_threshold(unknown_threshold)
         set_threshold = None
         if coverage is not None:
