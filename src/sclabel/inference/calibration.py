@@ -97,7 +97,7 @@ class Calibration:
             if self.confidence is None:
                 msg = (
                     f"this model keeps only its {self.precision:g}-precision threshold (saved "
-                    "before sclabel 0.3, or imported); use 'auto' or give a number"
+                    "by an earlier sclabel); use 'auto' or give a number"
                 )
                 raise InputError(msg)
             threshold = threshold_for_precision(self.confidence, self.correct, precision)
