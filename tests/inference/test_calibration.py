@@ -124,6 +124,11 @@ def test_auto_with_a_precision_is_chosen_on_the_validation_cells_and_saved():
     assert restored.auto_threshold(0.8) == pytest.approx(0.90)
     with pytest.raises(InputError, match="between 0 and 1"):
         calibration.auto_threshold(1.5)
+    scores_only = {"scores": restored.tensors()["scores"]}
+    earlier = Calibration.from_parts(calibration.to_dict(), scores_only)
+    assert earlier.auto_threshold() == pytest.approx(0.96)  # as an earlier sclabel saved it
+    with pytest.raises(InputError, match="keeps only its 0.95-precision threshold"):
+        earlier.auto_threshold(0.8)
     bad = np.column_stack([1 - top, top])  # every cell wrong
     with pytest.raises(InputError, match="no confidence holds precision 0.5"):
         Calibration.fit(bad, y).auto_threshold(0.5)
