@@ -106,11 +106,18 @@ def test_cli_majority_voting_writes_the_same_answers_backed_or_not(noisy, tmp_pa
     query.write_h5ad(tmp_path / "q.h5ad")
     base = ["--quiet", "predict", tmp_path / "q.h5ad", "--model", tmp_path / "m",
             "--majority-voting"]  # fmt: skip
-    assert run(*base, "--out", tmp_path / "a.csv").returncode == 0
+    printed = run(*base, "--out", tmp_path / "a.csv")
+    assert printed.returncode == 0
     assert run(*base, "--backed", "--out", tmp_path / "b.csv").returncode == 0
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     table = pd.read_csv(tmp_path / "a.csv")
     assert {"majority_voting", "over_clustering", "cluster_purity"} <= set(table.columns)
+    # the user is told how often the vote overrules a cell's own label
+    changed = int((table["label"] != table["majority_voting"]).sum())
+    clusters = table["over_clustering"].nunique()
+    assert changed > 0  # the weak model's scattered mistakes
+    assert (f"majority voting over {clusters:,} clusters (Leiden" in printed.stdout
+            and f"differs from the cell's own for {changed:,} cells" in printed.stdout)  # fmt: skip
     assert run(*base, "--out", tmp_path / "a.h5ad").returncode == 0
     annotated = ad.read_h5ad(tmp_path / "a.h5ad")
     assert list(annotated.obs["sclabel_majority_voting"]) == list(table["majority_voting"])

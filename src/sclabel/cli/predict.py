@@ -108,6 +108,8 @@ def run_predict(args) -> None:
     )
     print(f"{result.n_cells:,} cells predicted{coverage_note(result.coverage)}")
     print(result.label_counts.sort_values(ascending=False).head(10).to_string())
+    if result.vote:
+        print(result.vote)
     print(f"written to {result.path}")
     if args.report:
         print(f"report: {Path(args.report) / 'report.html'}")
@@ -216,6 +218,8 @@ def run_annotate(args) -> None:
     counts = pd.Series(prediction.labels).value_counts()
     print(f"{len(prediction.labels):,} cells annotated{coverage_note(prediction.coverage)}")
     print(counts.head(10).to_string())
+    if prediction.vote is not None:
+        print(prediction.vote.describe(prediction.labels))
     print(f"written to {path} (obs {args.key_added}_label, {args.key_added}_confidence, ...)")
     if args.report:
         print(f"report: {Path(args.report) / 'report.html'}")

@@ -157,6 +157,7 @@ class PredictionSummary:
     n_cells: int
     coverage: float | None
     label_counts: pd.Series
+    vote: str | None = None  # with majority voting: Vote.describe's line
 
 
 def predict_to_file(
@@ -247,7 +248,8 @@ def predict_to_file(
             write_report(report, sample, bound=bound, model=job.members[0].model, rows=rows)
         parts.finish()
     counts = pd.concat(counts).groupby(level=0).sum() if counts else pd.Series(dtype=int)
-    return PredictionSummary(out, bound.n_cells, bound.coverage, counts)
+    note = None if vote is None else vote.describe(labels)
+    return PredictionSummary(out, bound.n_cells, bound.coverage, counts, note)
 
 
 def _sample(frames, rows: np.ndarray, request: Request, classes, vote) -> Prediction:

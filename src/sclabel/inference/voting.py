@@ -41,6 +41,16 @@ class Vote:
     def agrees(self, cell_labels: np.ndarray) -> np.ndarray:
         return np.asarray(cell_labels, dtype=object) == self.labels
 
+    def describe(self, cell_labels: np.ndarray) -> str:
+        """One line for the user: how many clusters, from where, and how often the vote
+        overrules a cell's own label (a large share on rare classes says: read both)."""
+        changed = int((~self.agrees(cell_labels)).sum())
+        return (
+            f"majority voting over {self.table.shape[0]:,} clusters ({self.source}): the "
+            f"cluster's label differs from the cell's own for {changed:,} cells "
+            f"({changed / max(len(self.labels), 1):.1%}); both are kept"
+        )
+
     def subset(self, rows: np.ndarray) -> Vote:
         """The per-cell answers of some cells (row numbers); the cluster table is kept whole."""
         return dataclasses.replace(self, clusters=self.clusters[rows], labels=self.labels[rows],
