@@ -41,6 +41,16 @@ def test_cli_annotates_a_file_in_place_or_to_out(saved_model, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "v2_label" in ad.read_h5ad(tmp_path / "out.h5ad").obs
     assert "v2_label" not in ad.read_h5ad(tmp_path / "q.h5ad").obs
+    query.obs["leiden"] = query.obs["cell_type"].astype(str)
+    query.write_h5ad(tmp_path / "c.h5ad")
+    voted = run("annotate", tmp_path / "c.h5ad", "--model", saved_model, "--cluster-key", "leiden")
+    assert voted.returncode == 0, voted.stderr
+    obs = ad.read_h5ad(tmp_path / "c.h5ad").obs
+    changed = int(
+        (obs["sclabel_label"].astype(str) != obs["sclabel_majority_voting"].astype(str)).sum()
+    )
+    assert "majority voting over 4 clusters (obs['leiden'])" in voted.stdout
+    assert f"differs from the cell's own for {changed:,} cells" in voted.stdout
     bad = run("annotate", tmp_path / "q.h5ad", "--model", saved_model, "--out", tmp_path / "x.csv")
     assert bad.returncode == 2 and "annotate writes an .h5ad" in bad.stderr
 
