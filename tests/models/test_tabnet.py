@@ -71,8 +71,11 @@ def test_tabnet_learns_and_uses_the_paper_training_settings(tabnet, marker_data)
     assert override.train_config.lr == 0.01
 
 
-def test_tabnet_checkpoint_round_trip(tabnet, marker_data, tmp_path):
+def test_tabnet_checkpoint_round_trip(marker_data, tmp_path):
     query = marker_data[:200].copy()
+    small = {"n_steps": 2, "n_d": 16, "n_a": 16}  # the round trip, not the accuracy
+    tabnet = sclabel.train(marker_data[:600].copy(), label_key="cell_type", model="tabnet",
+                           max_epochs=2, model_params=small, progress=False)  # fmt: skip
     tabnet.save(tmp_path / "tabnet")
     loaded = sclabel.Model.load(tmp_path / "tabnet")
     np.testing.assert_array_equal(
@@ -88,6 +91,7 @@ def standardized_tabnet(marker_data):
                          model_params={"input_norm": "batch"}, progress=False)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_explain_finds_the_marker_genes(standardized_tabnet, marker_data):
     explanation = standardized_tabnet.explain(marker_data[:600].copy(), progress=False)
     assert explanation.importance.shape == (600, 300)
