@@ -149,6 +149,56 @@ def test_predict_takes_auto_with_a_precision(calibrated_model, tmp_path):
         calibrated_model.predict(query, unknown_threshold="auto:high", progress=False)
 
 
+def test_the_shift_check_flags_a_query_less_confident_than_the_validation_cells():
+    from sclabel.inference.calibration import Calibration
+
+    rng = np.random.default_rng(0)
+    validation = rng.beta(20, 1, 300)  # mostly confident, as on validation cells
+    calibration = Calibration(scores=np.sort(1 - validation), confidence=validation,
+                              correct=np.ones(300, bool))  # fmt: skip
+    alike = calibration.shift_check(rng.beta(20, 1, 2000))
+    assert not alike["flagged"] and 0.45 < alike["auc"] < 0.55 and "message" not in alike
+    shifted = calibration.shift_check(rng.beta(8, 1, 2000))
+    assert shifted["flagged"] and shifted["auc"] < 0.4 and shifted["p_value"] < 1e-3
+    assert "less confident than the model's validation cells" in shifted["message"]
+    more = calibration.shift_check(rng.beta(60, 1, 2000))  # more confident: nothing to fear
+    assert not more["flagged"] and more["auc"] > 0.6
+    assert calibration.shift_check(validation[:10]) is None  # too few query cells
+    assert Calibration().shift_check(validation) is None  # nothing saved to compare with
+
+
+def test_predict_checks_the_query_against_the_validation_cells(calibrated_model, tmp_path):
+    """Cells drawn like the training cells pass; cells with weaker markers (a noisier
+    protocol) are less confident and flagged, in the Prediction, uns, the log and the
+    file written by the CLI."""
+    alike = sclabel.datasets.synthetic(300, 120, 4, 6, seed=3, cell_seed=5)
+    weaker = sclabel.datasets.synthetic(300, 120, 4, 6, seed=3, cell_seed=5, marker_fold=2.0)
+    assert not calibrated_model.predict(alike, progress=False).shift["flagged"]
+    prediction = calibrated_model.predict(weaker, progress=False)
+    assert prediction.shift["flagged"]
+    prediction.to_adata(weaker, key_added="s")
+    assert weaker.uns["s_shift"]["flagged"] and weaker.uns["s_shift"]["auc"] < 0.3
+    assert calibrated_model.predict(weaker, calibrated=False, progress=False).shift is None
+    from conftest import run
+
+    calibrated_model.save(tmp_path / "m")
+    weaker.write_h5ad(tmp_path / "q.h5ad")
+    result = run("predict", tmp_path / "q.h5ad", "--model", tmp_path / "m", "--out",
+                 tmp_path / "p.h5ad", "--report", tmp_path / "r", "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "less confident than the model's validation cells" in result.stderr
+    report = tmp_path / "r"
+    assert "**Note:** the query's cells are less confident" in (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    assert "Note: the query&#x27;s cells are less confident" in html  # HTML-escaped text
+    import anndata as ad
+
+    written = ad.read_h5ad(tmp_path / "p.h5ad").uns["sclabel_shift"]
+    assert bool(written["flagged"]) and written["p_value"] == pytest.approx(
+        prediction.shift["p_value"], rel=1e-3
+    )
+
+
 def test_models_without_validation_cells_say_what_they_cannot_do(calibrated_model, tmp_path):
     calibrated_model.save(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
@@ -245,3 +295,21 @@ def test_a_temperature_is_applied_only_when_the_validation_cells_reject_t_1(seed
     z = rng.normal(size=(300, 4)) * 2
     y_over = (rng.random((300, 1)) > softmax(z / 2).cumsum(axis=1)).sum(axis=1)
     assert Calibration.fit(softmax(z), y_over).temperature > 1.3
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_held_out_cellbench_plate_is_flagged_and_the_models_own_test_cells_are_not():
+    """Leave CEL-seq2 plate p1 out (the split where 90% sets covered only 0.82-0.84 of its
+    cells, benchmarks/RESULTS.md): its cells are less confident than the validation cells
+    and the check says so; the reference's own held-out cells pass."""
+    from conftest import shared_file
+
+    cells = sclabel.read(shared_file("cellbench_sc_celllines.h5ad"))
+    plate = cells.obs["batch"].astype(str).to_numpy() == "sc_celseq2_5cl_p1"
+    reference, query = cells[~plate].copy(), cells[plate].copy()
+    model = sclabel.train(reference, label_key="cell_line", model="linear", progress=False)
+    shifted = model.predict(query, coverage=0.9, progress=False)
+    assert shifted.shift["flagged"] and shifted.shift["auc"] < 0.45
+    own = reference[model.split.index[model.split["split"] == "test"]].copy()
+    assert not model.predict(own, progress=False).shift["flagged"]

@@ -47,6 +47,8 @@ def summary_section(prediction) -> Section:
         )
         + (f"; {prediction.coverage:.1%} of the model's genes found" if prediction.coverage else "")
     )
+    if prediction.shift and prediction.shift["flagged"]:
+        section.text("Note: " + prediction.shift["message"] + ".", note=True)
     return section.table(frame)
 
 
@@ -213,6 +215,8 @@ def markdown(prediction, title: str) -> str:
     """report.md: the tables of the HTML report (the figures are in report.html)."""
     labels = pd.Series(prediction.labels)
     lines = [f"# {title}", "", f"{len(labels):,} cells. Figures: report.html.", ""]
+    if prediction.shift and prediction.shift["flagged"]:
+        lines += [f"**Note:** {prediction.shift['message']}.", ""]
     counts = labels.value_counts()
     lines += ["| predicted label | cells | share |", "|---|---|---|"]
     lines += [f"| {k} | {v:,} | {v / len(labels):.1%} |" for k, v in counts.items()]

@@ -42,6 +42,7 @@ from sclabel.errors import InputError
 from sclabel.evaluation.calibration import expected_calibration_error
 
 PRECISION = 0.95
+SHIFT_P = 1e-3  # query less confident than the validation cells at this level: warn
 PRIOR_SD = 0.5  # of log T: the prior that keeps a temperature from few cells near 1
 LR_CRITICAL = 6.635  # chi-square(1) at 1%: the evidence a temperature needs to be applied
 T_BOUNDS = (0.05, 20.0)
@@ -116,6 +117,38 @@ class Calibration:
             )
             raise InputError(msg)
         return self.unknown_threshold
+
+    def shift_check(self, confidence: np.ndarray) -> dict | None:
+        """Are the query's cells as confident as the validation cells were? Conformal
+        coverage and the auto threshold's precision are promised for cells like those; a
+        one-sided Mann-Whitney test of the query's (calibrated) confidences against theirs
+        flags a query that is less confident (another protocol, plate or tissue). `auc`:
+        P(a query cell is more confident than a validation cell), 0.5 when alike. None
+        without saved validation confidences or with fewer than 20 query cells."""
+        if self.confidence is None or len(confidence) < 20:
+            return None
+        from scipy.stats import mannwhitneyu
+
+        test = mannwhitneyu(confidence, self.confidence, alternative="less")
+        auc = float(test.statistic) / (len(confidence) * len(self.confidence))
+        check = {
+            "query_median_confidence": float(np.median(confidence)),
+            "validation_median_confidence": float(np.median(self.confidence)),
+            "auc": auc,
+            "p_value": float(test.pvalue),
+            "flagged": bool(test.pvalue < SHIFT_P),
+        }
+        if check["flagged"]:
+            check["message"] = (
+                "the query's cells are less confident than the model's validation cells "
+                f"(median confidence {check['query_median_confidence']:.3f} vs "
+                f"{check['validation_median_confidence']:.3f}; P(more confident) {auc:.2f}, "
+                f"p = {max(test.pvalue, 1e-300):.1e}): they differ from the reference "
+                "(another protocol, plate or tissue?), so prediction-set coverage and the auto "
+                "threshold's "
+                "precision, measured on the validation cells, may not hold here"
+            )
+        return check
 
     def tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"scores": torch.from_numpy(np.asarray(self.scores, np.float32))}

@@ -11,9 +11,9 @@ so `--out x.h5ad` (or a table) is the same file with or without `--backed`.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ import pandas as pd
 from sclabel.data.inputs import BoundInput
 from sclabel.data.loader import cell_bar
 from sclabel.errors import InputError
-from sclabel.inference.calibration import auto_precision, check_coverage
+from sclabel.inference.calibration import Calibration, auto_precision, check_coverage
 from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
 from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
@@ -30,8 +30,7 @@ from sclabel.inference.prediction import Prediction, check_threshold
 from sclabel.inference.voting import vote_on
 from sclabel.io.atomic import atomic_path, check_dir
 
-if TYPE_CHECKING:
-    pass
+log = logging.getLogger("sclabel")
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,7 @@ class Request:
     ontology: OntologyLevels | None = None  # answers at the Cell Ontology depth reached
     ontology_threshold: float = 0.8
     levels: int = 0  # coarse level columns
+    calibration: Calibration | None = None  # one calibrated model's: for the shift check
 
     @classmethod
     def of(cls, job: Job, unknown_threshold, coverage, ontology_threshold=None, levels=0):
@@ -69,7 +69,15 @@ class Request:
         if ontology_threshold is not None or levels:
             ontology = OntologyLevels(job.classes)
         threshold = 0.8 if ontology_threshold is None else ontology_threshold
-        return cls(job.classes, unknown_threshold, set_threshold, ontology, threshold, levels)
+        return cls(job.classes, unknown_threshold, set_threshold, ontology, threshold, levels,
+                   calibration)  # fmt: skip
+
+    def shift(self, confidence: np.ndarray) -> dict | None:
+        """`Calibration.shift_check` of the query's confidences, logged when it flags."""
+        check = None if self.calibration is None else self.calibration.shift_check(confidence)
+        if check and check["flagged"]:
+            log.warning("%s", check["message"])
+        return check
 
     def prediction(self, names, probabilities, extra=None, gene_coverage=None) -> Prediction:
         extra = dict(extra or {})
@@ -146,7 +154,9 @@ def predict(
         ]
     extra = {key: np.concatenate([c[1][key] for c in chunks]) for key in chunks[0][1]}
     probabilities = np.concatenate([c[0] for c in chunks])
-    return request.prediction(bound.source.obs_names(), probabilities, extra, bound.coverage)
+    prediction = request.prediction(bound.source.obs_names(), probabilities, extra, bound.coverage)
+    prediction.shift = request.shift(prediction.confidence)
+    return prediction
 
 
 @dataclass
@@ -158,6 +168,7 @@ class PredictionSummary:
     coverage: float | None
     label_counts: pd.Series
     vote: str | None = None  # with majority voting: Vote.describe's line
+    shift: dict | None = None  # Calibration.shift_check of the query's confidences
 
 
 def predict_to_file(
@@ -217,21 +228,25 @@ def predict_to_file(
     with PartWriter(out, meta, resume=resume) as parts, _bar(job, bound.n_cells, progress) as bar:
         names = bound.source.cell_names()
         counts: list[pd.Series] = []  # label counts per chunk, for the summary
+        confidence: list[np.ndarray] = []  # for the shift check
         for i, start in enumerate(starts):
             chunk_names = list(itertools.islice(names, min(chunk_size, bound.n_cells - start)))
             stop = min(start + chunk_size, bound.n_cells)
             if parts.done(i):  # finished before an interruption
-                counts.append(parts.labels(i).value_counts())
+                counts.append(parts.column(i).value_counts())
+                confidence.append(parts.column(i, "confidence").to_numpy())
                 bar.update((stop - start) * len(job.members))
                 continue
             proba, extra = job.chunk(start, stop, batch_size, bar)
             frame = request.prediction(chunk_names, proba, extra).to_frame()
             parts.write(i, frame)
             counts.append(frame["label"].value_counts())
+            confidence.append(frame["confidence"].to_numpy())
+        shift = request.shift(np.concatenate(confidence)) if confidence else None
 
         vote = None
         if majority_voting or cluster_key is not None:
-            labels = np.concatenate([parts.labels(i).to_numpy(object) for i in range(len(starts))])
+            labels = np.concatenate([parts.column(i).to_numpy(object) for i in range(len(starts))])
             vote = vote_on(bound.source, labels, bound=bound, cluster_key=cluster_key,
                            resolution=resolution, min_prop=min_prop, layer=layer)  # fmt: skip
 
@@ -239,17 +254,18 @@ def predict_to_file(
             checked = parts.frames(starts, bound.n_cells, bound.source.cell_names())
             return checked if vote is None else _with_vote(checked, vote)
 
-        _join(out, frames, bound, classes, key_added, vote)
+        _join(out, frames, bound, classes, key_added, vote, shift)
         if report is not None:
             from sclabel.evaluation.annotation import sample_rows, write_report
 
             rows = sample_rows(bound.n_cells)
             sample = _sample(frames(), rows, request, classes, vote)
+            sample.shift = shift
             write_report(report, sample, bound=bound, model=job.members[0].model, rows=rows)
         parts.finish()
     counts = pd.concat(counts).groupby(level=0).sum() if counts else pd.Series(dtype=int)
     note = None if vote is None else vote.describe(labels)
-    return PredictionSummary(out, bound.n_cells, bound.coverage, counts, note)
+    return PredictionSummary(out, bound.n_cells, bound.coverage, counts, note, shift)
 
 
 def _sample(frames, rows: np.ndarray, request: Request, classes, vote) -> Prediction:
@@ -284,7 +300,8 @@ def _with_vote(frames, vote):
         yield frame
 
 
-def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: str, vote) -> None:
+def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: str, vote,
+          shift) -> None:  # fmt: skip
     suffix = out.suffix.lower()
     try:
         with atomic_path(out) as tmp:
@@ -293,6 +310,7 @@ def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: s
             else:
                 base = getattr(bound.source, "adata", None)  # None: a store has no AnnData
                 uns = {} if vote is None else {f"{key_added}_majority_voting": vote_summary(vote)}
+                uns |= {} if shift is None else {f"{key_added}_shift": shift}
                 write_h5ad(tmp, frames, base=base, names=bound.source.obs_names(),
                            classes=classes, key_added=key_added, uns=uns)  # fmt: skip
     except PermissionError as err:

@@ -127,9 +127,9 @@ class PartWriter:
     def done(self, index: int) -> bool:
         return self.path(index).exists()
 
-    def labels(self, index: int) -> pd.Series:
-        """The label column of a finished part."""
-        return pq.read_table(self.path(index), columns=["label"]).column("label").to_pandas()
+    def column(self, index: int, name: str = "label") -> pd.Series:
+        """One column (default: the labels) of a finished part."""
+        return pq.read_table(self.path(index), columns=[name]).column(name).to_pandas()
 
     def write(self, index: int, frame: pd.DataFrame) -> None:
         """One chunk's answers (a prediction frame, index "cell"), atomically."""

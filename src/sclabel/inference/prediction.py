@@ -61,6 +61,8 @@ class Prediction:
     # more per-cell answers, as columns after the standard ones (mapping score, agreement,
     # each method's label in a consensus, ...)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    # the query's confidences against the validation cells' (`Calibration.shift_check`)
+    shift: dict | None = None
 
     @property
     def confidence(self) -> np.ndarray:
@@ -134,8 +136,8 @@ class Prediction:
         whatever was asked: prediction_set/set_size, ontology and level columns, agreement
         and label_<member>, mapping_score/novel, majority_voting/over_clustering/
         cluster_purity), the probabilities (a DataFrame with one column per class) to
-        `obsm[f"{key}_probabilities"]`, the classes to `uns[f"{key}_classes"]` and the vote
-        table to `uns[f"{key}_majority_voting"]`."""
+        `obsm[f"{key}_probabilities"]`, the classes to `uns[f"{key}_classes"]`, the vote
+        table to `uns[f"{key}_majority_voting"]` and the shift check to `uns[f"{key}_shift"]`."""
         self._check_cells(adata)
         for column, values in answer_columns(self.to_frame(), key_added).items():
             adata.obs[column] = values
@@ -145,6 +147,8 @@ class Prediction:
         adata.uns[f"{key_added}_classes"] = list(self.classes)
         if self.vote is not None:
             adata.uns[f"{key_added}_majority_voting"] = vote_summary(self.vote)
+        if self.shift is not None:
+            adata.uns[f"{key_added}_shift"] = dict(self.shift)
 
     def write(self, path: str | Path, *, adata=None, key_added: str = "sclabel") -> Path:
         """Write to any output format (`outputs.OUTPUT_FORMATS`): a table, or an .h5ad that
