@@ -28,7 +28,8 @@ share of cells whose set is empty (no class reaches the set threshold, which is 
 more accurate than the asked coverage spends the remainder); with label: the coverage when the
 predicted label is always put in the set (never empty: coverage is then at least accuracy).
 Unknown: the share of test cells above the threshold chosen on validation for 95% precision,
-and the precision they reach.
+and the precision they reach. Shift: in how many seeds predict's shift check flagged the test
+cells as less confident than the validation cells (p < 0.001), and the mean AUC (0.5: alike).
 
 Writes benchmarks/results/calibration.json and a section of benchmarks/RESULTS.md.
 """
@@ -95,6 +96,8 @@ def run_one(model, train, test, truth) -> dict:
     out["coverage_90_with_label"] = float(np.mean(with_label))
     out["set_size_90"] = float(np.mean(sizes))
     out["empty_90"] = float(np.mean(sizes == 0))
+    shift = calibrated.shift or {}
+    out["shift"] = {k: shift.get(k) for k in ("flagged", "auc", "p_value")}
     threshold = model.calibration.unknown_threshold
     if threshold is not None:
         confidence = calibrated.probabilities.max(1)
@@ -181,8 +184,8 @@ def markdown(report: dict) -> str:
         "### Conformal sets (90%) and the automatic unknown threshold (95% precision)",
         "",
         "| split | family | coverage | mean set size | empty | coverage with label "
-        "| cells kept | precision kept |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cells kept | precision kept | shift flagged (AUC) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for split in report["splits"]:
         for family in FAMILIES:
@@ -194,7 +197,9 @@ def markdown(report: dict) -> str:
                 f"{_mean(f.get('empty_90') for f in fams):.3f} | "
                 f"{_mean(f.get('coverage_90_with_label') for f in fams):.3f} | "
                 f"{_mean(u.get('kept') for u in unknown):.3f} | "
-                f"{_mean(u.get('precision') for u in unknown):.3f} |"
+                f"{_mean(u.get('precision') for u in unknown):.3f} | "
+                f"{sum(bool((f.get('shift') or {}).get('flagged')) for f in fams)} of "
+                f"{len(fams)} ({_mean((f.get('shift') or {}).get('auc') for f in fams):.2f}) |"
             )
     return "\n".join(lines) + "\n"
 
