@@ -218,8 +218,8 @@ def _provenance(about: dict, m: dict) -> list[str]:
             more = len(about["split_groups"]) - 20
             cells += f"; its groups: {groups}" + (f" and {more} more" if more > 0 else "")
     lines = ["## Provenance", "", f"- {_about(about)}", f"- Data: {data}, {cells}."]
-    if calibration_line(about):
-        lines.append(f"- {_md(calibration_line(about))}")
+    if calibration := calibration_line(about):
+        lines.append(f"- {_md(calibration)}")
     trained = about.get("training_cells_evaluated")
     if trained:
         lines.append(f"- {trained:,} of these cells were in the model's training split: the "
@@ -320,8 +320,8 @@ def html_report(metrics: dict, folder: Path, title: str, sections: list) -> str:
             else ""
         )  # fmt: skip
     )
-    if calibration_line(metrics.get("model")):
-        scores.text(calibration_line(metrics["model"]), note=True)
+    if calibration := calibration_line(metrics.get("model")):
+        scores.text(calibration, note=True)
     overlap = metrics.get("label_overlap")
     if differ(metrics):
         scores.text(overlap_note(overlap).replace("**", ""), note=True)

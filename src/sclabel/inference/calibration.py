@@ -32,6 +32,7 @@ T = 1 and no sets or automatic threshold, and says so when asked for them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -144,9 +145,9 @@ class Calibration:
                 f"(median confidence {check['query_median_confidence']:.3f} vs "
                 f"{check['validation_median_confidence']:.3f}; P(more confident) {auc:.2f}, "
                 f"p = {max(test.pvalue, 1e-300):.1e}): they differ from the reference "
-                "(another protocol, plate or tissue?), so prediction-set coverage and the auto "
-                "threshold's "
-                "precision, measured on the validation cells, may not hold here"
+                "(another protocol, plate or tissue?), so prediction-set coverage and the "
+                "auto threshold's precision, measured on the validation cells, may not hold "
+                "here"
             )
         return check
 
@@ -292,13 +293,13 @@ def threshold_for_precision(
 def auto_precision(value: str) -> float | None:
     """The precision in "auto:P" (None for plain "auto")."""
     name, _, precision = value.partition(":")
-    try:
-        if name != "auto":
-            raise ValueError
-        return float(precision) if precision else None
-    except ValueError:
-        msg = f"unknown_threshold takes a number, 'auto' or 'auto:P' (auto:0.99), got {value!r}"
-        raise InputError(msg) from None
+    if name == "auto":
+        if not precision:
+            return None
+        with contextlib.suppress(ValueError):
+            return float(precision)
+    msg = f"unknown_threshold takes a number, 'auto' or 'auto:P' (auto:0.99), got {value!r}"
+    raise InputError(msg)
 
 
 def check_coverage(coverage: float) -> None:

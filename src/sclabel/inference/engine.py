@@ -227,26 +227,29 @@ def predict_to_file(
     starts = range(0, bound.n_cells, chunk_size)
     with PartWriter(out, meta, resume=resume) as parts, _bar(job, bound.n_cells, progress) as bar:
         names = bound.source.cell_names()
+        voting = majority_voting or cluster_key is not None
         counts: list[pd.Series] = []  # label counts per chunk, for the summary
         confidence: list[np.ndarray] = []  # for the shift check
+        chunk_labels: list[np.ndarray] = []  # every label, only to vote on
         for i, start in enumerate(starts):
             chunk_names = list(itertools.islice(names, min(chunk_size, bound.n_cells - start)))
             stop = min(start + chunk_size, bound.n_cells)
             if parts.done(i):  # finished before an interruption
-                counts.append(parts.column(i).value_counts())
-                confidence.append(parts.column(i, "confidence").to_numpy())
+                frame = parts.read(i, ["label", "confidence"])
                 bar.update((stop - start) * len(job.members))
-                continue
-            proba, extra = job.chunk(start, stop, batch_size, bar)
-            frame = request.prediction(chunk_names, proba, extra).to_frame()
-            parts.write(i, frame)
+            else:
+                proba, extra = job.chunk(start, stop, batch_size, bar)
+                frame = request.prediction(chunk_names, proba, extra).to_frame()
+                parts.write(i, frame)
             counts.append(frame["label"].value_counts())
             confidence.append(frame["confidence"].to_numpy())
+            if voting:
+                chunk_labels.append(frame["label"].to_numpy(object))
         shift = request.shift(np.concatenate(confidence)) if confidence else None
 
         vote = None
-        if majority_voting or cluster_key is not None:
-            labels = np.concatenate([parts.column(i).to_numpy(object) for i in range(len(starts))])
+        if voting:
+            labels = np.concatenate(chunk_labels)
             vote = vote_on(bound.source, labels, bound=bound, cluster_key=cluster_key,
                            resolution=resolution, min_prop=min_prop, layer=layer)  # fmt: skip
 

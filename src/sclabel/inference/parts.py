@@ -127,9 +127,9 @@ class PartWriter:
     def done(self, index: int) -> bool:
         return self.path(index).exists()
 
-    def column(self, index: int, name: str = "label") -> pd.Series:
-        """One column (default: the labels) of a finished part."""
-        return pq.read_table(self.path(index), columns=[name]).column(name).to_pandas()
+    def read(self, index: int, columns: list[str]) -> pd.DataFrame:
+        """Some columns of a finished part, in one read."""
+        return pq.read_table(self.path(index), columns=columns).to_pandas()
 
     def write(self, index: int, frame: pd.DataFrame) -> None:
         """One chunk's answers (a prediction frame, index "cell"), atomically."""
