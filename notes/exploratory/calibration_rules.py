@@ -84,7 +84,7 @@ import collections
 agg = collections.defaultdict(list)
 for r in rows: agg[(r["split"], r["fam"])].append(r)
 print("per split x family, mean over seeds")
-for m in ["current", "cvgate_map0.5", "cvg_guard5", "cvg_guard1", "lrt_map0.5_99"]:
+for m in ["current", "cvgate_map0.5", "cvg_guard5", "cvg_guard1", "lrt_map0.5", "lrt_map0.5_99", "map0.5"]:
     b = w = e = 0; worst = []
     for k, rs in agg.items():
         before = np.mean([r["before"] for r in rs]); after = np.mean([r[m] for r in rs])
@@ -93,7 +93,7 @@ for m in ["current", "cvgate_map0.5", "cvg_guard5", "cvg_guard1", "lrt_map0.5_99
         else: e += 1
     print(m, "better", b, "equal", e, "worse", w, worst)
 print()
-ms = ["current", "cvgate_map0.5", "cvg_guard5", "cvg_guard1", "lrt_map0.5_99"]
+ms = ["current", "cvgate_map0.5", "cvg_guard5", "cvg_guard1", "lrt_map0.5", "lrt_map0.5_99"]
 print(f"{'split':34s} {'fam':10s} before " + " ".join(f"{m:>14s}" for m in ms))
 for k, rs in sorted(agg.items()):
     print(f"{k[0][:34]:34s} {k[1]:10s} {np.mean([r['before'] for r in rs]):.4f} " + " ".join(f"{np.mean([r[m] for r in rs]):14.4f}" for m in ms))
