@@ -313,3 +313,62 @@ def test_a_held_out_cellbench_plate_is_flagged_and_the_models_own_test_cells_are
     assert shifted.shift["flagged"] and shifted.shift["auc"] < 0.45
     own = reference[model.split.index[model.split["split"] == "test"]].copy()
     assert not model.predict(own, progress=False).shift["flagged"]
+    # split sets fall short on the new plate; sets weighted to its confidences (the
+    # default) reach the asked 90% within 3 points
+    truth = query.obs["cell_line"].astype(str).to_numpy()
+    split = model.predict(query, coverage=0.9, sets="split", progress=False)
+    for prediction, method in ((split, "split"), (shifted, "weighted")):
+        assert prediction.sets["method"] == method
+    assert covered(split, truth) < 0.87 <= covered(shifted, truth) <= 0.93
+
+
+def covered(prediction, truth) -> float:
+    sets, _ = prediction.prediction_sets()
+    return float(np.mean([t in s.split(";") for t, s in zip(truth, sets, strict=True)]))
+
+
+def test_the_file_sink_gives_the_in_memory_sets_and_says_how_they_were_made(
+    calibrated_model, tmp_path
+):
+    """Weighted sets need the whole query's confidences: the file sink adds them when it
+    joins its parts, so chunking changes nothing; uns and the CLI say which rule ran."""
+    import anndata as ad
+    from conftest import run
+
+    from sclabel.inference.engine import predict_to_file
+
+    query = sclabel.datasets.synthetic(300, 120, 4, 6, seed=3, cell_seed=11)
+    memory = calibrated_model.predict(query, coverage=0.9, progress=False)
+    assert memory.sets["method"] == "weighted" and len(memory.sets["thresholds"]) > 1
+    summary = predict_to_file(calibrated_model, query, tmp_path / "p.h5ad", coverage=0.9,
+                              chunk_size=64, progress=False)  # fmt: skip
+    written = ad.read_h5ad(tmp_path / "p.h5ad")
+    sets, sizes = memory.prediction_sets()
+    assert list(written.obs["sclabel_prediction_set"]) == list(sets)
+    assert list(written.obs["sclabel_set_size"]) == list(sizes)
+    stored = written.uns["sclabel_sets"]
+    assert stored["method"] == "weighted" == summary.sets["method"]
+    np.testing.assert_allclose(stored["thresholds"], memory.sets["thresholds"], rtol=1e-5)
+    memory.to_adata(query)
+    assert query.uns["sclabel_sets"]["note"] == memory.sets["note"]
+
+    calibrated_model.save(tmp_path / "m")
+    query.write_h5ad(tmp_path / "q.h5ad")
+    result = run("predict", tmp_path / "q.h5ad", "--model", tmp_path / "m", "--coverage",
+                 "0.9", "--sets", "split", "--out", tmp_path / "split.csv", "--report",
+                 tmp_path / "r")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "90% prediction sets: split conformal on" in result.stdout
+    table = pd.read_csv(tmp_path / "split.csv", keep_default_na=False)
+    one = f"{(table['set_size'] == 1).mean():.1%} one label"
+    assert f"90% prediction sets (split conformal on {calibrated_model.calibration.scores.size}" \
+        f" validation cells): {one}" in (tmp_path / "r" / "report.md").read_text()
+    split, _ = calibrated_model.predict(query, coverage=0.9, sets="split",
+                                        progress=False).prediction_sets()  # fmt: skip
+    assert list(table["prediction_set"]) == list(split)
+    assert list(table.columns[:5]) == ["cell", "label", "confidence", "uncertainty",
+                                       "prediction_set"]  # fmt: skip
+    result = run("--quiet", "predict", tmp_path / "q.h5ad", "--model", tmp_path / "m",
+                 "--coverage", "0.9", "--sets", "aps", "--out", tmp_path / "bad.csv")  # fmt: skip
+    assert result.returncode == 2 and "--sets" in result.stderr
+    assert not (tmp_path / "bad.csv").exists()

@@ -192,6 +192,29 @@ def answer_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def set_options(p: argparse.ArgumentParser) -> None:
+    """Conformal prediction sets: shared by predict and annotate."""
+    p.add_argument(
+        "--coverage",
+        type=float,
+        help="add each cell's conformal prediction set holding the truth with this "
+        "probability (e.g. 0.9); sets of 2+ or 0 classes mark uncertain cells",
+    )
+    p.add_argument(
+        "--sets",
+        choices=["weighted", "split"],
+        default="weighted",
+        help="how sets reach --coverage: 'weighted' (default) re-weights the model's "
+        "validation cells to the query's confidences, so coverage holds on a query from "
+        "another plate or donor; 'split': plain split conformal, exact when the query is "
+        "like the validation cells",
+    )
+
+
+def set_values(args) -> dict:
+    return {"coverage": args.coverage, "sets": args.sets}
+
+
 def predict_options(args) -> dict:
     return {
         "layer": args.layer,

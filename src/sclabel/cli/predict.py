@@ -12,6 +12,8 @@ from sclabel.cli._options import (
     open_data,
     predict_options,
     read_anndata,
+    set_options,
+    set_values,
 )
 from sclabel.config import EXPLAIN_METHODS
 
@@ -35,12 +37,7 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
         "added; from a store: the cells and answers)",
     )
     answer_options(p)
-    p.add_argument(
-        "--coverage",
-        type=float,
-        help="add each cell's conformal prediction set holding the truth with this "
-        "probability (e.g. 0.9); sets of 2+ or 0 classes mark uncertain cells",
-    )
+    set_options(p)
     p.add_argument(
         "--ontology-threshold",
         type=float,
@@ -96,7 +93,6 @@ def run_predict(args) -> None:
         chunk_size=args.chunk_size,
         resume=args.resume,
         task=args.task,
-        coverage=args.coverage,
         ontology_threshold=args.ontology_threshold,
         levels=args.levels,
         majority_voting=args.majority_voting,
@@ -104,15 +100,22 @@ def run_predict(args) -> None:
         resolution=args.resolution,
         min_prop=args.min_prop,
         report=args.report,
+        **set_values(args),
         **predict_options(args),
     )
     print(f"{result.n_cells:,} cells predicted{coverage_note(result.coverage)}")
     print(result.label_counts.sort_values(ascending=False).head(10).to_string())
     if result.vote:
         print(result.vote)
+    print(sets_note(result.sets), end="")
     print(f"written to {result.path}")
     if args.report:
         print(f"report: {Path(args.report) / 'report.html'}")
+
+
+def sets_note(sets: dict | None) -> str:
+    """'90% prediction sets: weighted conformal ...' and a newline, or nothing."""
+    return "" if sets is None else f"{100 * sets['coverage']:g}% prediction sets: {sets['note']}\n"
 
 
 def coverage_note(coverage: float | None) -> str:
@@ -187,6 +190,7 @@ def annotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", help="matrix to use instead of X: a layer name or 'raw'")
     p.add_argument("--gene-key", help="var column with gene ids ('var_names' for the index)")
     answer_options(p)
+    set_options(p)
     p.add_argument("--majority-voting", action="store_true", help="add over-cluster votes")
     p.add_argument("--cluster-key", help="obs column of clusters to vote in (implies voting)")
     p.add_argument("--key-added", default="sclabel", help="prefix of the obs/obsm keys")
@@ -213,6 +217,7 @@ def run_annotate(args) -> None:
         key_added=args.key_added,
         celltypist_names=args.celltypist_names,
         report=args.report,
+        **set_values(args),
         **predict_options(args),
     )
     counts = pd.Series(prediction.labels).value_counts()
@@ -220,6 +225,7 @@ def run_annotate(args) -> None:
     print(counts.head(10).to_string())
     if prediction.vote is not None:
         print(prediction.vote.describe(prediction.labels))
+    print(sets_note(prediction.sets), end="")
     print(f"written to {path} (obs {args.key_added}_label, {args.key_added}_confidence, ...)")
     if args.report:
         print(f"report: {Path(args.report) / 'report.html'}")

@@ -47,9 +47,26 @@ def summary_section(prediction) -> Section:
         )
         + (f"; {prediction.coverage:.1%} of the model's genes found" if prediction.coverage else "")
     )
+    if prediction.sets is not None:
+        section.text(sets_line(prediction))
     if prediction.shift and prediction.shift["flagged"]:
         section.text("Note: " + prediction.shift["message"] + ".", note=True)
     return section.table(frame)
+
+
+def sets_line(prediction) -> str:
+    """'90% prediction sets (weighted conformal ...): 91.2% of cells one label, ...'."""
+    _, sizes = prediction.prediction_sets()
+    shares = ", ".join(
+        f"{np.mean(which):.1%} {name}"
+        for name, which in (
+            ("one label", sizes == 1),
+            ("two or more (ambiguous)", sizes > 1),
+            ("none (atypical)", sizes == 0),
+        )
+    )
+    sets = prediction.sets
+    return f"{100 * sets['coverage']:g}% prediction sets ({sets['note']}): {shares} of cells"
 
 
 def sample_rows(n: int, max_cells: int = MAX_CELLS, seed: int = 0) -> np.ndarray:
@@ -215,6 +232,8 @@ def markdown(prediction, title: str) -> str:
     """report.md: the tables of the HTML report (the figures are in report.html)."""
     labels = pd.Series(prediction.labels)
     lines = [f"# {title}", "", f"{len(labels):,} cells. Figures: report.html.", ""]
+    if prediction.sets is not None:
+        lines += [sets_line(prediction) + ".", ""]
     if prediction.shift and prediction.shift["flagged"]:
         lines += [f"**Note:** {prediction.shift['message']}.", ""]
     counts = labels.value_counts()

@@ -14,12 +14,10 @@ seen by the weights), saved with the model and applied to every query:
   the evidence is weaker the network's own probabilities are kept and the model says so
   (`info["temperature"]`). Measured against the plain likelihood fit, the older "at least 5
   mistakes" rule and an always-applied MAP temperature in benchmarks/calibration.py.
-- **split conformal prediction sets** (Vovk et al.; Sadinle et al. 2019): the validation
-  cells' scores 1 - p(true class) are kept, so any coverage 1 - alpha can be asked for at
-  prediction time: a cell's set holds every class whose probability is at least 1 - q, with
-  q the finite-sample (n + 1)(1 - alpha) quantile of the scores. Sets of two or more (or
-  none) mark uncertain cells; across cells the sets contain the truth with probability
-  >= 1 - alpha when query and validation cells are exchangeable.
+- **conformal prediction sets**: the validation cells' scores 1 - p(true class) are kept,
+  each with the cell's confidence, so any coverage 1 - alpha can be asked for at prediction
+  time; `conformal.py` turns them into each cell's set (split conformal, or weighted to the
+  query's confidences: the default). Sets of two or more (or none) mark uncertain cells.
 - **an unknown threshold for a target precision**: the lowest confidence at which the cells
   kept on the validation set are right at least `precision` of the time (95% by default),
   used by `unknown_threshold="auto"` instead of a number picked by hand; the validation
@@ -41,6 +39,7 @@ import torch
 
 from sclabel.errors import InputError
 from sclabel.evaluation.calibration import expected_calibration_error
+from sclabel.inference.conformal import MIN_QUERY, SetRule, check_method, split_rule, weighted_rule
 
 PRECISION = 0.95
 SHIFT_P = 1e-3  # query less confident than the validation cells at this level: warn
@@ -63,6 +62,7 @@ def temper(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 class Calibration:
     temperature: float = 1.0
     scores: np.ndarray | None = None  # sorted 1 - p(true) of the validation cells, tempered
+    cell_scores: np.ndarray | None = None  # the same, in `confidence`'s (the cells') order
     unknown_threshold: float | None = None  # confidence with `precision` on validation
     precision: float = PRECISION
     confidence: np.ndarray | None = None  # validation cells' tempered top probability
@@ -77,19 +77,34 @@ class Calibration:
         return temper(probabilities, self.temperature)
 
     def set_threshold(self, coverage: float) -> float:
-        """The probability a class needs to join a cell's prediction set at `coverage`."""
+        """The probability a class needs to join a cell's split-conformal set at `coverage`."""
+        return float(self.set_rule(coverage, "split").thresholds[0])
+
+    def set_rule(
+        self, coverage: float, method: str = "weighted", confidence: np.ndarray | None = None
+    ) -> SetRule:
+        """Each cell's set threshold at `coverage` (see `conformal.py`): `method` "weighted"
+        re-weights the validation cells to the query's `confidence` (calibrated top
+        probabilities); it falls back to "split", saying why, for fewer than MIN_QUERY query
+        cells or a model saved without each validation cell's score."""
         check_coverage(coverage)
+        check_method(method)
         if not self.fitted:
             msg = (
                 "this model has no calibration data (no validation cells: imported, or saved "
                 "before sclabel 0.2), so it cannot give prediction sets; retrain it"
             )
             raise InputError(msg)
-        n = self.scores.size
-        rank = math.ceil((n + 1) * coverage)
-        if rank > n:  # too few validation cells for this coverage: every class qualifies
-            return 0.0
-        return float(1.0 - self.scores[rank - 1])
+        if method == "split":
+            return split_rule(self.scores, coverage)
+        if self.cell_scores is None or self.confidence is None:
+            why = "saved before sclabel kept each validation cell's score; retrain to weight"
+            return split_rule(self.scores, coverage, f"split conformal: this model was {why}")
+        if confidence is None or len(confidence) < MIN_QUERY:
+            n = 0 if confidence is None else len(confidence)
+            why = f"{n} query cells are too few (< {MIN_QUERY}) to weight the validation cells"
+            return split_rule(self.scores, coverage, f"split conformal: {why}")
+        return weighted_rule(self.cell_scores, self.confidence, confidence, coverage)
 
     def auto_threshold(self, precision: float | None = None) -> float:
         """The confidence that held `precision` (default: the model's, 95%) on validation."""
@@ -145,14 +160,16 @@ class Calibration:
                 f"(median confidence {check['query_median_confidence']:.3f} vs "
                 f"{check['validation_median_confidence']:.3f}; P(more confident) {auc:.2f}, "
                 f"p = {max(test.pvalue, 1e-300):.1e}): they differ from the reference "
-                "(another protocol, plate or tissue?), so prediction-set coverage and the "
-                "auto threshold's precision, measured on the validation cells, may not hold "
-                "here"
+                "(another protocol, plate or tissue?), so the auto threshold's precision and "
+                "split-conformal set coverage, measured on the validation cells, may not hold "
+                "here (weighted sets, the default, adjust to the query's confidences)"
             )
         return check
 
     def tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"scores": torch.from_numpy(np.asarray(self.scores, np.float32))}
+        if self.cell_scores is not None:
+            tensors["cell_scores"] = torch.from_numpy(np.asarray(self.cell_scores, np.float32))
         if self.confidence is not None:
             tensors["confidence"] = torch.from_numpy(np.asarray(self.confidence, np.float32))
             tensors["correct"] = torch.from_numpy(np.asarray(self.correct, np.uint8))
@@ -183,9 +200,12 @@ class Calibration:
         scores = tensors["scores"].numpy().astype(np.float64) if "scores" in tensors else None
         confidence = tensors["confidence"].numpy() if "confidence" in tensors else None
         correct = tensors["correct"].numpy().astype(bool) if "correct" in tensors else None
+        cell_scores = tensors.get("cell_scores")
+        cell_scores = None if cell_scores is None else cell_scores.numpy().astype(np.float64)
         return cls(
             temperature=float(values["temperature"]),
             scores=scores,
+            cell_scores=cell_scores,
             unknown_threshold=values.get("unknown_threshold"),
             precision=float(values.get("precision", PRECISION)),
             info=values.get("info", {}),
@@ -216,6 +236,7 @@ class Calibration:
         return cls(
             temperature=temperature,
             scores=np.sort(1.0 - true_p),
+            cell_scores=1.0 - true_p,
             unknown_threshold=threshold_for_precision(confidence, correct, precision),
             precision=precision,
             info=info,
@@ -309,11 +330,13 @@ def check_coverage(coverage: float) -> None:
 
 
 def prediction_sets(
-    probabilities: np.ndarray, classes: list[str], threshold: float
+    probabilities: np.ndarray, classes: list[str], threshold: float | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each cell's set (classes joined by ';', most probable first) and its size."""
+    """Each cell's set (classes joined by ';', most probable first) and its size; `threshold`
+    is one number or one per cell (`SetRule.threshold`)."""
     names = np.asarray(classes, dtype=object)
-    inside = probabilities >= threshold
+    threshold = np.asarray(threshold, dtype=np.float64)
+    inside = probabilities >= (threshold[:, None] if threshold.ndim else threshold)
     order = np.argsort(-probabilities, axis=1, kind="stable")
     sets = np.array([";".join(names[o][inside[i, o]]) for i, o in enumerate(order)], dtype=object)
     return sets, inside.sum(axis=1)

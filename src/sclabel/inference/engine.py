@@ -21,7 +21,13 @@ import pandas as pd
 from sclabel.data.inputs import BoundInput
 from sclabel.data.loader import cell_bar
 from sclabel.errors import InputError
-from sclabel.inference.calibration import Calibration, auto_precision, check_coverage
+from sclabel.inference.calibration import (
+    Calibration,
+    auto_precision,
+    check_coverage,
+    prediction_sets,
+)
+from sclabel.inference.conformal import SetRule, check_method
 from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
 from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
@@ -37,18 +43,21 @@ log = logging.getLogger("sclabel")
 class Request:
     """What the caller asked for, resolved against the job once: the classes, the unknown
     threshold (a number, or "auto": the one chosen on the model's validation cells) and the
-    conformal set threshold for `coverage` (both of one calibrated model's primary head)."""
+    conformal set `coverage` with its rule (`sets`: see `conformal.py`), both of one
+    calibrated model's primary head."""
 
     classes: list[str]
     unknown_threshold: float | None
-    set_threshold: float | None
+    coverage: float | None = None
+    sets: str = "weighted"
     ontology: OntologyLevels | None = None  # answers at the Cell Ontology depth reached
     ontology_threshold: float = 0.8
     levels: int = 0  # coarse level columns
-    calibration: Calibration | None = None  # one calibrated model's: for the shift check
+    calibration: Calibration | None = None  # one calibrated model's: shift check and sets
 
     @classmethod
-    def of(cls, job: Job, unknown_threshold, coverage, ontology_threshold=None, levels=0):
+    def of(cls, job: Job, unknown_threshold, coverage, ontology_threshold=None, levels=0,
+           sets="weighted"):  # fmt: skip
         member = job.members[0]
         calibration = None
         if not job.consensus and member.kind == "classify" and member.task == 0:
@@ -59,17 +68,17 @@ class Request:
                 raise InputError(msg)
             unknown_threshold = calibration.auto_threshold(auto_precision(unknown_threshold))
         check_threshold(unknown_threshold)
-        set_threshold = None
         if coverage is not None:
             check_coverage(coverage)  # a bad number is named before what the model lacks
+            check_method(sets)
             if calibration is None:
                 raise InputError("prediction sets need one calibrated model's primary head")
-            set_threshold = calibration.set_threshold(coverage)
+            calibration.set_rule(coverage, "split")  # a model without validation data says so
         ontology = None
         if ontology_threshold is not None or levels:
             ontology = OntologyLevels(job.classes)
         threshold = 0.8 if ontology_threshold is None else ontology_threshold
-        return cls(job.classes, unknown_threshold, set_threshold, ontology, threshold, levels,
+        return cls(job.classes, unknown_threshold, coverage, sets, ontology, threshold, levels,
                    calibration)  # fmt: skip
 
     def shift(self, confidence: np.ndarray) -> dict | None:
@@ -79,7 +88,16 @@ class Request:
             log.warning("%s", check["message"])
         return check
 
+    def set_rule(self, confidence: np.ndarray) -> SetRule | None:
+        """The sets' rule for this query (None: no sets asked), from all its confidences."""
+        if self.coverage is None:
+            return None
+        rule = self.calibration.set_rule(self.coverage, self.sets, confidence)
+        log.info("%g%% prediction sets: %s", 100 * self.coverage, rule.note)
+        return rule
+
     def prediction(self, names, probabilities, extra=None, gene_coverage=None) -> Prediction:
+        """A chunk's answers (the sets come once the whole query is known: `finish`)."""
         extra = dict(extra or {})
         if self.ontology is not None:
             extra |= self.ontology.answer(probabilities, self.ontology_threshold)
@@ -92,9 +110,18 @@ class Request:
             probabilities=probabilities,
             unknown_threshold=self.unknown_threshold,
             coverage=gene_coverage,
-            set_threshold=self.set_threshold,
             extra=extra,
         )
+
+    def finish(self, prediction: Prediction) -> Prediction:
+        """The whole query's answers: its shift check and its prediction sets."""
+        confidence = prediction.confidence
+        prediction.shift = self.shift(confidence)
+        rule = self.set_rule(confidence)
+        if rule is not None:
+            prediction.set_threshold = rule.threshold(confidence)
+            prediction.sets = rule.describe()
+        return prediction
 
 
 def job_of(model, *, task: str | None = None, calibrated: bool = True) -> Job:
@@ -123,6 +150,7 @@ def predict(
     min_gene_coverage: float | None = None,
     values: str | None = None,
     coverage: float | None = None,
+    sets: str = "weighted",
     calibrated: bool = True,
     ontology_threshold: float | None = None,
     levels: int = 0,
@@ -138,11 +166,13 @@ def predict(
     Probabilities are calibrated (temperature scaling fitted on the validation cells;
     `calibrated=False` for the network's own). `unknown_threshold` labels cells below it
     "unknown" ("auto": the threshold that kept 95% precision on the validation cells);
-    `coverage` (e.g. 0.9) adds each cell's conformal prediction set. With classes named by
+    `coverage` (e.g. 0.9) adds each cell's conformal prediction set, by the `sets` rule
+    ("weighted" to the query's confidences, or "split"; see `conformal.py`); what was done is
+    in `Prediction.sets`. With classes named by
     Cell Ontology terms, `ontology_threshold` adds the deepest term whose summed probability
     reaches it (`levels=N`: N coarse level columns too); see `levels.py`."""
     job = job_of(model, task=task, calibrated=calibrated)
-    request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels)
+    request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels, sets)
     job.bind(adata, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage,
              values=values)  # fmt: skip
     bound = job.primary
@@ -155,8 +185,7 @@ def predict(
     extra = {key: np.concatenate([c[1][key] for c in chunks]) for key in chunks[0][1]}
     probabilities = np.concatenate([c[0] for c in chunks])
     prediction = request.prediction(bound.source.obs_names(), probabilities, extra, bound.coverage)
-    prediction.shift = request.shift(prediction.confidence)
-    return prediction
+    return request.finish(prediction)
 
 
 @dataclass
@@ -169,6 +198,7 @@ class PredictionSummary:
     label_counts: pd.Series
     vote: str | None = None  # with majority voting: Vote.describe's line
     shift: dict | None = None  # Calibration.shift_check of the query's confidences
+    sets: dict | None = None  # with coverage: the sets' rule (`SetRule.describe`)
 
 
 def predict_to_file(
@@ -182,6 +212,7 @@ def predict_to_file(
     min_gene_coverage: float | None = None,
     values: str | None = None,
     coverage: float | None = None,
+    sets: str = "weighted",
     calibrated: bool = True,
     ontology_threshold: float | None = None,
     levels: int = 0,
@@ -207,7 +238,7 @@ def predict_to_file(
     if report is not None:
         check_dir(report, marker="report.html", what="report")
     job = job_of(model, task=task, calibrated=calibrated)
-    request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels)
+    request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels, sets)
     classes = request.classes
     job.bind(data, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage,
              values=values)  # fmt: skip
@@ -218,7 +249,7 @@ def predict_to_file(
         "n_cells": bound.n_cells,
         "chunk_size": chunk_size,
         "unknown_threshold": request.unknown_threshold,
-        "set_threshold": request.set_threshold,
+        "sets": [coverage, sets],  # the sets themselves are added when the parts are joined
         "ontology": [ontology_threshold, levels],
         "calibrated": calibrated,
         "task": task,
@@ -245,7 +276,9 @@ def predict_to_file(
             confidence.append(frame["confidence"].to_numpy())
             if voting:
                 chunk_labels.append(frame["label"].to_numpy(object))
-        shift = request.shift(np.concatenate(confidence)) if confidence else None
+        confidence = np.concatenate(confidence) if confidence else np.empty(0, np.float32)
+        shift = request.shift(confidence) if confidence.size else None
+        rule = request.set_rule(confidence)
 
         vote = None
         if voting:
@@ -255,20 +288,25 @@ def predict_to_file(
 
         def frames():
             checked = parts.frames(starts, bound.n_cells, bound.source.cell_names())
+            checked = checked if rule is None else _with_sets(checked, rule, classes)
             return checked if vote is None else _with_vote(checked, vote)
 
-        _join(out, frames, bound, classes, key_added, vote, shift)
+        sets_info = None if rule is None else rule.describe()
+        _join(out, frames, bound, classes, key_added, vote, shift, sets_info)
         if report is not None:
             from sclabel.evaluation.annotation import sample_rows, write_report
 
             rows = sample_rows(bound.n_cells)
             sample = _sample(frames(), rows, request, classes, vote)
             sample.shift = shift
+            if rule is not None:
+                sample.set_threshold = rule.threshold(sample.confidence)
+                sample.sets = sets_info
             write_report(report, sample, bound=bound, model=job.members[0].model, rows=rows)
         parts.finish()
     counts = pd.concat(counts).groupby(level=0).sum() if counts else pd.Series(dtype=int)
     note = None if vote is None else vote.describe(labels)
-    return PredictionSummary(out, bound.n_cells, bound.coverage, counts, note, shift)
+    return PredictionSummary(out, bound.n_cells, bound.coverage, counts, note, shift, sets_info)
 
 
 def _sample(frames, rows: np.ndarray, request: Request, classes, vote) -> Prediction:
@@ -291,6 +329,20 @@ def _sample(frames, rows: np.ndarray, request: Request, classes, vote) -> Predic
     )
 
 
+def _with_sets(frames, rule: SetRule, classes: list[str]):
+    """Each frame with its cells' prediction sets, placed after the uncertainty column as
+    `Prediction.to_frame` places them."""
+    columns = [f"p_{c}" for c in classes]
+    for frame in frames:
+        probabilities = frame[columns].to_numpy(np.float64)
+        threshold = rule.threshold(probabilities.max(axis=1))
+        found, size = prediction_sets(probabilities, classes, threshold)
+        at = frame.columns.get_loc("uncertainty") + 1
+        frame.insert(at, "prediction_set", found)
+        frame.insert(at + 1, "set_size", size)
+        yield frame
+
+
 def _with_vote(frames, vote):
     """Each frame with its cells' cluster, the cluster's majority label and its purity."""
     start = 0
@@ -304,7 +356,7 @@ def _with_vote(frames, vote):
 
 
 def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: str, vote,
-          shift) -> None:  # fmt: skip
+          shift, sets) -> None:  # fmt: skip
     suffix = out.suffix.lower()
     try:
         with atomic_path(out) as tmp:
@@ -314,6 +366,7 @@ def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: s
                 base = getattr(bound.source, "adata", None)  # None: a store has no AnnData
                 uns = {} if vote is None else {f"{key_added}_majority_voting": vote_summary(vote)}
                 uns |= {} if shift is None else {f"{key_added}_shift": shift}
+                uns |= {} if sets is None else {f"{key_added}_sets": sets}
                 write_h5ad(tmp, frames, base=base, names=bound.source.obs_names(),
                            classes=classes, key_added=key_added, uns=uns)  # fmt: skip
     except PermissionError as err:

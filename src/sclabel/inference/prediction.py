@@ -56,13 +56,15 @@ class Prediction:
     probabilities: np.ndarray  # cells x classes, rows sum to 1
     unknown_threshold: float | None = None
     coverage: float | None = None  # fraction of model genes found in the query
-    set_threshold: float | None = None  # conformal sets: classes with at least this probability
+    # conformal sets: classes with at least this probability (one number, or one per cell)
+    set_threshold: float | np.ndarray | None = None
     vote: Vote | None = None  # majority voting over clusters (`majority_vote`)
     # more per-cell answers, as columns after the standard ones (mapping score, agreement,
     # each method's label in a consensus, ...)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     # the query's confidences against the validation cells' (`Calibration.shift_check`)
     shift: dict | None = None
+    sets: dict | None = None  # how the sets were made (`conformal.SetRule.describe`)
 
     @property
     def confidence(self) -> np.ndarray:
@@ -137,7 +139,8 @@ class Prediction:
         and label_<member>, mapping_score/novel, majority_voting/over_clustering/
         cluster_purity), the probabilities (a DataFrame with one column per class) to
         `obsm[f"{key}_probabilities"]`, the classes to `uns[f"{key}_classes"]`, the vote
-        table to `uns[f"{key}_majority_voting"]` and the shift check to `uns[f"{key}_shift"]`."""
+        table to `uns[f"{key}_majority_voting"]`, the shift check to `uns[f"{key}_shift"]`
+        and how the sets were made to `uns[f"{key}_sets"]`."""
         self._check_cells(adata)
         for column, values in answer_columns(self.to_frame(), key_added).items():
             adata.obs[column] = values
@@ -145,10 +148,18 @@ class Prediction:
             self.probabilities, index=adata.obs_names, columns=list(self.classes)
         )
         adata.uns[f"{key_added}_classes"] = list(self.classes)
+        adata.uns.update(self._uns(key_added))
+
+    def _uns(self, key_added: str) -> dict:
+        """The vote table, the shift check and the sets' rule, under their uns keys."""
+        uns = {}
         if self.vote is not None:
-            adata.uns[f"{key_added}_majority_voting"] = vote_summary(self.vote)
+            uns[f"{key_added}_majority_voting"] = vote_summary(self.vote)
         if self.shift is not None:
-            adata.uns[f"{key_added}_shift"] = dict(self.shift)
+            uns[f"{key_added}_shift"] = dict(self.shift)
+        if self.sets is not None:
+            uns[f"{key_added}_sets"] = dict(self.sets)
+        return uns
 
     def write(self, path: str | Path, *, adata=None, key_added: str = "sclabel") -> Path:
         """Write to any output format (`outputs.OUTPUT_FORMATS`): a table, or an .h5ad that
@@ -158,10 +169,10 @@ class Prediction:
         if path.suffix.lower() in TABLES:
             return self.to_table(path)
         frame = self.to_frame()
-        uns = {} if self.vote is None else {f"{key_added}_majority_voting": vote_summary(self.vote)}
         with atomic_path(path) as tmp:
             write_h5ad(tmp, lambda: [frame], base=adata, names=pd.Index(self.obs_names),
-                       classes=self.classes, key_added=key_added, uns=uns)  # fmt: skip
+                       classes=self.classes, key_added=key_added,
+                       uns=self._uns(key_added))  # fmt: skip
         return path
 
     def _check_cells(self, adata) -> None:
@@ -171,10 +182,14 @@ class Prediction:
     def subset(self, rows: np.ndarray) -> Prediction:
         """These answers for some cells only (row numbers): a report's sample."""
         vote = None if self.vote is None else self.vote.subset(rows)
+        threshold = self.set_threshold
+        if threshold is not None and np.ndim(threshold):
+            threshold = np.asarray(threshold)[rows]
         return dataclasses.replace(
             self,
             obs_names=pd.Index(self.obs_names)[rows],
             probabilities=self.probabilities[rows],
+            set_threshold=threshold,
             vote=vote,
             extra={k: np.asarray(v)[rows] for k, v in self.extra.items()},
         )
