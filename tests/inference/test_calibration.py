@@ -333,8 +333,8 @@ def test_the_file_sink_gives_the_in_memory_sets_and_says_how_they_were_made(
     """Weighted sets need the whole query's confidences: the file sink adds them when it
     joins its parts, so chunking changes nothing; uns and the CLI say which rule ran."""
     import anndata as ad
-    from conftest import run
 
+    from conftest import run
     from sclabel.inference.engine import predict_to_file
 
     query = sclabel.datasets.synthetic(300, 120, 4, 6, seed=3, cell_seed=11)
@@ -361,8 +361,10 @@ def test_the_file_sink_gives_the_in_memory_sets_and_says_how_they_were_made(
     assert "90% prediction sets: split conformal on" in result.stdout
     table = pd.read_csv(tmp_path / "split.csv", keep_default_na=False)
     one = f"{(table['set_size'] == 1).mean():.1%} one label"
-    assert f"90% prediction sets (split conformal on {calibrated_model.calibration.scores.size}" \
+    assert (
+        f"90% prediction sets (split conformal on {calibrated_model.calibration.scores.size}"
         f" validation cells): {one}" in (tmp_path / "r" / "report.md").read_text()
+    )
     split, _ = calibrated_model.predict(query, coverage=0.9, sets="split",
                                         progress=False).prediction_sets()  # fmt: skip
     assert list(table["prediction_set"]) == list(split)
