@@ -98,3 +98,28 @@ def test_a_per_cell_threshold_gives_each_cell_its_own_set():
     proba = np.array([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1]])
     sets, sizes = prediction_sets(proba, CLASSES, np.array([0.15, 0.5]))
     assert list(sets) == ["a;b", "a"] and list(sizes) == [2, 1]
+
+
+def test_a_big_query_is_binned_in_chunks_and_sampled_for_edges_and_the_shift_check(
+    monkeypatch,
+):
+    """Atlas-sized queries keep memory bounded: bin edges from a seeded sample, bin counts a
+    chunk at a time, the shift check on a sample; the answers stay those of the whole."""
+    from sclabel.inference import calibration as calibration_module
+    from sclabel.inference import conformal
+
+    rng = np.random.default_rng(3)
+    val, val_y = cells(rng, 400, 0.85, 1.0)
+    doubtful, doubtful_y = cells(rng, 6100, 0.5, 0.95)
+    calibration = fitted(np.vstack([val, doubtful[:100]]), np.r_[val_y, doubtful_y[:100]])
+    query, query_y = doubtful[100:], doubtful_y[100:]
+    whole = calibration.set_rule(0.9, "weighted", query.max(axis=1))
+    whole_shift = calibration.shift_check(query.max(axis=1))
+    monkeypatch.setattr(conformal, "EDGE_SAMPLE", 2000)
+    monkeypatch.setattr(conformal, "COUNT_CHUNK", 700)
+    monkeypatch.setattr(calibration_module, "SHIFT_SAMPLE", 1500)
+    parts = calibration.set_rule(0.9, "weighted", query.max(axis=1))
+    assert abs(reached(query, query_y, parts) - reached(query, query_y, whole)) <= 0.01
+    assert 0.87 <= reached(query, query_y, parts) <= 0.93
+    sampled = calibration.shift_check(query.max(axis=1))
+    assert sampled["flagged"] and abs(sampled["auc"] - whole_shift["auc"]) < 0.03

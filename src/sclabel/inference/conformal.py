@@ -38,6 +38,8 @@ SET_METHODS = ("weighted", "split")
 BINS = 10
 SMOOTHING = 0.5  # cells added to every bin of both histograms: no bin weighs 0 or infinity
 MIN_QUERY = 100  # fewer query cells than this say too little about its confidences
+EDGE_SAMPLE = 1_000_000  # bin edges from a seeded sample of a bigger query's cells
+COUNT_CHUNK = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -90,14 +92,19 @@ def weighted_rule(
     coverage: float,
 ) -> SetRule:
     """Validation cells weighted by the query's / their own share of a confidence bin."""
-    zv, zq = _logit(val_confidence), _logit(confidence)
-    cuts = np.linspace(0.0, 1.0, BINS + 1)[1:-1]
-    edges = np.unique(np.quantile(np.concatenate([zv, zq]), cuts))
+    zv = _logit(val_confidence)
+    n = len(confidence)
+    sample = confidence if n <= EDGE_SAMPLE else confidence[_rows(n, EDGE_SAMPLE)]
+    # edges at quantiles of both sets of cells (of a bigger query: a sample of it)
+    pooled = np.concatenate([zv, _logit(sample)])
+    edges = np.unique(np.quantile(pooled, np.linspace(0, 1, BINS + 1)[1:-1]))
     bins = edges.size + 1
     val_bin = np.searchsorted(edges, zv, side="right")
     val_share = np.bincount(val_bin, minlength=bins) + SMOOTHING
-    query_share = np.bincount(np.searchsorted(edges, zq, side="right"), minlength=bins)
-    query_share = query_share + SMOOTHING
+    query_share = np.full(bins, SMOOTHING)
+    for start in range(0, n, COUNT_CHUNK):  # a bin per cell, a million cells at a time
+        part = _logit(confidence[start : start + COUNT_CHUNK])
+        query_share += np.bincount(np.searchsorted(edges, part, side="right"), minlength=bins)
     ratio = (query_share / query_share.sum()) / (val_share / val_share.sum())
     order = np.argsort(cell_scores, kind="stable")
     scores = cell_scores[order]
@@ -111,6 +118,10 @@ def weighted_rule(
         f"{ratio.min():.2f}-{ratio.max():.2f})"
     )
     return SetRule(coverage, "weighted", edges, thresholds.astype(np.float64), note)
+
+
+def _rows(n: int, k: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(0).choice(n, k, replace=False))
 
 
 def _logit(confidence: np.ndarray) -> np.ndarray:
