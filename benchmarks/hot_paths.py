@@ -9,6 +9,8 @@ answers (with a deprecation warning), so one script drives both trees.
 
   predict, in memory     Model.predict on an in-memory AnnData (chunks of 8,192 cells)
   predict, to a file     predict_to_file from a backed .h5ad into .parquet (the CLI's path)
+  ... with sets          the same with coverage=0.9 (before: split sets as each chunk is
+                         written; after: weighted sets added as the parts are joined)
   store loader           150 shuffled dense batches of 2,048 cells from a store
   tokenize --truncate    CellBench x15 (21,120 deep cells) -> a Geneformer-token store
 
@@ -34,10 +36,11 @@ ROOT = HERE.parent
 SHARED = ROOT.parent / "shared" / "data"
 RESULT = HERE / "results" / "hot_paths.json"
 MD_START, MD_END = "<!-- hot-paths:start -->", "<!-- hot-paths:end -->"
-STEPS = ("predict_memory", "predict_file", "store_loader", "tokenize")
+STEPS = ("predict_memory", "predict_file", "predict_sets", "store_loader", "tokenize")
 LABELS = {
     "predict_memory": "predict, in memory (mlp, 100,000 cells x 9,015 genes)",
     "predict_file": "predict --backed to .parquet (same cells, the CLI's path)",
+    "predict_sets": "the same with --coverage 0.9 (each tree's default set rule)",
     "store_loader": "store loader, 150 batches x 2,048 cells x 20,670 genes",
     "tokenize": "tokenize --truncate, CellBench x15 (21,120 cells)",
 }
@@ -59,14 +62,15 @@ if step == "predict_memory":
     t0 = time.perf_counter()
     model.predict(adata, progress=False)
     n = adata.n_obs
-elif step == "predict_file":
+elif step in ("predict_file", "predict_sets"):
     from sclabel.model import Model
     from sclabel.predict_stream import predict_to_file
     model = Model.load(work / "model")
     adata = ad.read_h5ad(work / "query.h5ad", backed="r")
     out = work / f"out-{time.time_ns()}.parquet"
+    sets = {"coverage": 0.9} if step == "predict_sets" else {}
     t0 = time.perf_counter()
-    predict_to_file(model, adata, out, chunk_size=8192, progress=False)
+    predict_to_file(model, adata, out, chunk_size=8192, progress=False, **sets)
     n = adata.n_obs
     out.unlink()
 elif step == "store_loader":

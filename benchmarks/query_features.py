@@ -143,7 +143,7 @@ def markdown(report: dict) -> str:
         "the docstring of benchmarks/query_features.py.",
         "",
         "### Calibration on the test cells (ECE before -> after temperature scaling; "
-        "coverage of 90% conformal sets)",
+        "coverage of 90% conformal sets, weighted to the test cells: the default)",
         "",
         "| split | " + " | ".join(f"{f} ECE | {f} cover. 90%" for f in FAMILIES) + " |",
         "|---|" + "---|---|" * len(FAMILIES),

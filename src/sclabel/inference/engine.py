@@ -167,10 +167,10 @@ def predict(
     `calibrated=False` for the network's own). `unknown_threshold` labels cells below it
     "unknown" ("auto": the threshold that kept 95% precision on the validation cells);
     `coverage` (e.g. 0.9) adds each cell's conformal prediction set, by the `sets` rule
-    ("weighted" to the query's confidences, or "split"; see `conformal.py`); what was done is
-    in `Prediction.sets`. With classes named by
-    Cell Ontology terms, `ontology_threshold` adds the deepest term whose summed probability
-    reaches it (`levels=N`: N coarse level columns too); see `levels.py`."""
+    ("weighted" to the query's confidences, or "split"; see `conformal.py`); what was done
+    is in `Prediction.sets`. With classes named by Cell Ontology terms,
+    `ontology_threshold` adds the deepest term whose summed probability reaches it
+    (`levels=N`: N coarse level columns too); see `levels.py`."""
     job = job_of(model, task=task, calibrated=calibrated)
     request = Request.of(job, unknown_threshold, coverage, ontology_threshold, levels, sets)
     job.bind(adata, layer=layer, gene_key=gene_key, min_gene_coverage=min_gene_coverage,
