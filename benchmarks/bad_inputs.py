@@ -779,6 +779,25 @@ CASES = [
         ],  # fmt: skip
     ),
     (
+        "predict: --sets aps (not a set rule)",
+        lambda f: [
+            "predict",
+            f / "cells.h5ad",
+            "--model",
+            f / "model",
+            "--coverage",
+            "0.9",
+            "--sets",
+            "aps",
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
+    ),
+    (
+        "predict: no --out (a usage error)",
+        lambda f: ["predict", f / "cells.h5ad", "--model", f / "model"],
+    ),
+    (
         "predict: --report names a file",
         lambda f: [
             "predict",

@@ -192,6 +192,27 @@ def test_missing_input_file(workdir):
     assert not (workdir / "x.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["predict", "q.h5ad", "--model", "m", "--out", "x.csv", "--sets", "aps"],
+         "argument --sets: invalid choice: 'aps'"),
+        (["predict", "q.h5ad"], "the following arguments are required: --model/--models, --out"),
+        (["predict", "q.h5ad", "--model", "m", "--out", "x.csv", "--coverage", "most"],
+         "argument --coverage: invalid float value: 'most'"),
+        (["annotate"], "the following arguments are required: input, --model"),
+        (["relabel"], "argument command: invalid choice: 'relabel'"),
+    ],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_that_names_the_help(tmp_path, args, pattern):
+    """argparse's own errors (a missing or unknown option, a bad choice or number) keep the
+    promise too: one line, exit 2, nothing written; the line says where the options are."""
+    result = run(*args, cwd=tmp_path)
+    assert_one_line_error(result, pattern)
+    assert len(result.stderr.strip().splitlines()) == 1 and "(see: sclabel" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unreadable_input_file(workdir):
     (workdir / "garbage.h5ad").write_bytes(b"not an hdf5 file at all")
     result = run("train", "--model", "mlp", workdir / "garbage.h5ad", "--label-key", "cell_type")

@@ -25,8 +25,16 @@ COMMANDS = {
 EXAMPLES = {name: command.example for name, command in COMMANDS.items()}
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error (a missing or unknown option, a bad choice or number) prints one line,
+    as every other error does, and exits 2; the sub-commands get this parser too."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sclabel",
         description="Train and apply cell-level classifiers to single-cell RNA-seq data.",
         epilog="Example: " + EXAMPLES["train"],
