@@ -374,3 +374,21 @@ def test_the_file_sink_gives_the_in_memory_sets_and_says_how_they_were_made(
                  "--coverage", "0.9", "--sets", "aps", "--out", tmp_path / "bad.csv")  # fmt: skip
     assert result.returncode == 2 and "--sets" in result.stderr
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_cli_annotate_writes_sets_and_their_rule_into_the_file(calibrated_model, tmp_path):
+    import anndata as ad
+
+    from conftest import run
+
+    calibrated_model.save(tmp_path / "m")
+    query = sclabel.datasets.synthetic(200, 120, 4, 6, seed=3, cell_seed=13)
+    query.write_h5ad(tmp_path / "q.h5ad")
+    result = run("--quiet", "annotate", tmp_path / "q.h5ad", "--model", tmp_path / "m",
+                 "--coverage", "0.8", "--out", tmp_path / "a.h5ad")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "80% prediction sets: weighted conformal" in result.stdout
+    written = ad.read_h5ad(tmp_path / "a.h5ad")
+    expected, _ = calibrated_model.predict(query, coverage=0.8, progress=False).prediction_sets()
+    assert list(written.obs["sclabel_prediction_set"]) == list(expected)
+    assert written.uns["sclabel_sets"]["coverage"] == 0.8
