@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,14 +109,19 @@ def prepare(work: Path) -> None:
     from sclabel.studies.simulate import fit_profile, generate, to_anndata
 
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "query.h5ad").exists():
+    # a model saved before calibration.safetensors existed cannot give sets: made again
+    if not (work / "model" / "calibration.safetensors").exists():
         kang = ad.read_h5ad(SHARED / "kang_pbmc_stim.h5ad")
         profile = fit_profile(kang, cell_type_key="condition", seed=0)
         train = to_anndata(profile, 20_000, n_donors=10, seed=1)
         train.obs_names = [f"t{i}" for i in range(train.n_obs)]
         model = sclabel.train(train, label_key="cell_type", model="mlp", max_epochs=2,
                               progress=False)  # fmt: skip
+        shutil.rmtree(work / "model", ignore_errors=True)
         model.save(work / "model")
+    if not (work / "query.h5ad").exists():
+        kang = ad.read_h5ad(SHARED / "kang_pbmc_stim.h5ad")
+        profile = fit_profile(kang, cell_type_key="condition", seed=0)
         chunks = generate(profile, 100_000, n_donors=20, chunk_size=20_000, seed=2)
         write_h5ad_chunks(((X, obs[["cell_type"]]) for X, obs in chunks), profile.var,
                           work / "query.h5ad")  # fmt: skip
