@@ -422,6 +422,7 @@ def test_evaluate_with_ontology_and_groups(tmp_path):
     assert_one_line_error(result, "obs column 'organ' not found")
 
 
+@pytest.mark.slow  # full suite only: keeps the fast tier under 2 min
 def test_tabnet_keeps_its_paper_defaults_unless_overridden(workdir, tmp_path):
     for extra, lr in (([], 0.005), (["--lr", "0.02"], 0.02)):
         out = tmp_path / f"tabnet-{lr}"

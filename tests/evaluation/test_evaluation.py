@@ -200,6 +200,7 @@ def test_report_names_the_model_and_its_training_cells(trained_model, tmp_path):
     assert f"- {n_train:,} of these cells were in the model's training split" in whole
 
 
+@pytest.mark.slow  # full suite only: keeps the fast tier under 2 min
 def test_labels_the_model_does_not_have_get_a_cross_tab(trained_model, tmp_path):
     adata = sclabel.datasets.synthetic(600, 200, 4, 6, seed=1)
     lineage = {"type_0": "lymphoid", "type_1": "lymphoid", "type_2": "myeloid", "type_3": "myeloid"}

@@ -92,6 +92,7 @@ def test_cli_import_then_predict(tmp_path):
     assert (labels == reference).all()
 
 
+@pytest.mark.slow  # full suite only: keeps the fast tier under 2 min
 def test_an_imported_model_joins_a_consensus_with_a_trained_one(imported):
     """popV-style: the AIFI CellTypist model beside an mlp trained on Kang with three of its
     labels; one label per cell from the mean over the union of classes, each member's own

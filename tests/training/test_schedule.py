@@ -72,6 +72,7 @@ def test_a_model_kept_from_the_first_epochs_is_reported(caplog):
     assert "the kept model is from epoch 1 of 10 (7 optimizer steps in)" in caplog.text
 
 
+@pytest.mark.slow  # full suite only: keeps the fast tier under 2 min
 def test_threads_follow_the_request_the_environment_and_the_model_size(monkeypatch):
     before = torch.get_num_threads()
     adata = sclabel.datasets.synthetic(200, 40, 2, 2, seed=0)

@@ -94,9 +94,18 @@ def embedding(bound, rows: np.ndarray, x) -> tuple[np.ndarray, str]:
         return np.asarray(adata.obsm["X_umap"])[rows, :2], "the query's obsm['X_umap']"
     what = "the model's input" if bound.values is not None else "the model's genes, log-normalized"
     work = ad.AnnData(x.astype(np.float32) if sp.issparse(x) else np.asarray(x, np.float32))
+    from sclabel.inference.voting import neighbour_graph
+
     n_comps = max(2, min(30, work.n_obs - 1, work.n_vars - 1))
     sc.pp.pca(work, n_comps=n_comps, random_state=0)
-    sc.pp.neighbors(work, n_neighbors=min(15, work.n_obs - 1), random_state=0)
+    # the graph majority voting builds (scanpy's `neighbors` weights, in numpy: umap's numba
+    # version compiled for ~11 s in every new process, most of a small report's time)
+    k = min(15, work.n_obs - 1)
+    work.obsp["connectivities"] = neighbour_graph(work.obsm["X_pca"], k=k)
+    work.uns["neighbors"] = {
+        "connectivities_key": "connectivities",
+        "params": {"n_neighbors": k, "method": "umap", "random_state": 0},
+    }
     sc.tl.umap(work, random_state=0)
     return work.obsm["X_umap"], f"UMAP of {what} (scanpy: PCA, 15 neighbours)"
 
