@@ -794,6 +794,19 @@ CASES = [
         ],  # fmt: skip
     ),
     (
+        "predict: --sets without --coverage",
+        lambda f: [
+            "predict",
+            f / "cells.h5ad",
+            "--model",
+            f / "model",
+            "--sets",
+            "split",
+            "--out",
+            f / "p.csv",
+        ],  # fmt: skip
+    ),
+    (
         "predict: no --out (a usage error)",
         lambda f: ["predict", f / "cells.h5ad", "--model", f / "model"],
     ),

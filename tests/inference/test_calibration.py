@@ -374,6 +374,13 @@ def test_the_file_sink_gives_the_in_memory_sets_and_says_how_they_were_made(
                  "--coverage", "0.9", "--sets", "aps", "--out", tmp_path / "bad.csv")  # fmt: skip
     assert result.returncode == 2 and "--sets" in result.stderr
     assert not (tmp_path / "bad.csv").exists()
+    result = run("--quiet", "predict", tmp_path / "q.h5ad", "--model", tmp_path / "m",
+                 "--sets", "split", "--out", tmp_path / "bad.csv")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: --sets split says how prediction sets are made: add --coverage (e.g. 0.9)"
+    )
+    assert not (tmp_path / "bad.csv").exists()
 
 
 def test_cli_annotate_writes_sets_and_their_rule_into_the_file(calibrated_model, tmp_path):

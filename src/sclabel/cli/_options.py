@@ -203,7 +203,6 @@ def set_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sets",
         choices=["weighted", "split"],
-        default="weighted",
         help="how sets reach --coverage: 'weighted' (default) re-weights the model's "
         "validation cells to the query's confidences, so coverage holds on a query from "
         "another plate or donor; 'split': plain split conformal, exact when the query is "
@@ -212,7 +211,10 @@ def set_options(p: argparse.ArgumentParser) -> None:
 
 
 def set_values(args) -> dict:
-    return {"coverage": args.coverage, "sets": args.sets}
+    if args.sets is not None and args.coverage is None:
+        raise InputError(f"--sets {args.sets} says how prediction sets are made: add --coverage "
+                         "(e.g. 0.9)")  # fmt: skip
+    return {"coverage": args.coverage, "sets": args.sets or "weighted"}
 
 
 def predict_options(args) -> dict:

@@ -81,6 +81,7 @@ def run_predict(args) -> None:
     from sclabel.inference.outputs import check_output
 
     check_output(args.out)  # before the model and the data are read
+    sets = set_values(args)
     if args.report:
         from sclabel.io.atomic import check_dir
 
@@ -100,7 +101,7 @@ def run_predict(args) -> None:
         resolution=args.resolution,
         min_prop=args.min_prop,
         report=args.report,
-        **set_values(args),
+        **sets,
         **predict_options(args),
     )
     print(f"{result.n_cells:,} cells predicted{coverage_note(result.coverage)}")
@@ -208,6 +209,7 @@ def run_annotate(args) -> None:
 
     from sclabel.inference.annotate import annotate_file
 
+    sets = set_values(args)
     prediction, path = annotate_file(
         args.input,
         args.model,
@@ -217,7 +219,7 @@ def run_annotate(args) -> None:
         key_added=args.key_added,
         celltypist_names=args.celltypist_names,
         report=args.report,
-        **set_values(args),
+        **sets,
         **predict_options(args),
     )
     counts = pd.Series(prediction.labels).value_counts()
