@@ -116,7 +116,9 @@ def run_predict(args) -> None:
 
 def sets_note(sets: dict | None) -> str:
     """'90% prediction sets: weighted conformal ...' and a newline, or nothing."""
-    return "" if sets is None else f"{100 * sets['coverage']:g}% prediction sets: {sets['note']}\n"
+    from sclabel.inference.conformal import headline
+
+    return "" if sets is None else headline(sets) + "\n"
 
 
 def coverage_note(coverage: float | None) -> str:

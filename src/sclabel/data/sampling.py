@@ -1,4 +1,5 @@
-"""Class weights for the loss, and upsampling of rare classes in the training part."""
+"""Class weights for the loss, upsampling of rare classes in the training part, and seeded
+samples of rows (a report's cells; a big query's confidences)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,11 @@ def upsample_indices(y: np.ndarray, target: float, seed: int = 0) -> np.ndarray:
         drawn = np.sort(rng.choice(members, size=rest, replace=False))
         extra.append(np.concatenate([np.tile(members, whole), drawn]))
     return np.concatenate([positions, *extra])
+
+
+def sample_rows(n: int, max_cells: int, seed: int = 0) -> np.ndarray:
+    """Sorted row numbers of a seeded sample of at most `max_cells` of `n` rows (all of them,
+    in order, when there are no more)."""
+    if n <= max_cells:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))

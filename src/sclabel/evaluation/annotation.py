@@ -69,13 +69,6 @@ def sets_line(prediction) -> str:
     return f"{100 * sets['coverage']:g}% prediction sets ({sets['note']}): {shares} of cells"
 
 
-def sample_rows(n: int, max_cells: int = MAX_CELLS, seed: int = 0) -> np.ndarray:
-    """Sorted row numbers of a seeded sample of at most `max_cells` of `n` cells."""
-    if n <= max_cells:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
-
-
 def model_values(bound, rows: np.ndarray):
     """For `rows`: the model's genes, log-normalized (gene and pca input), or the embedding
     the model reads (obsm input)."""

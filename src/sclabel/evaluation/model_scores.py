@@ -73,9 +73,10 @@ def evaluate_model(
     prediction = model.predict(adata, **predict_options)
     sections = None
     if out_dir is not None:  # the query side of report.html: embedding, marker genes
-        from sclabel.evaluation.annotation import annotation_sections, sample_rows
+        from sclabel.data.sampling import sample_rows
+        from sclabel.evaluation.annotation import MAX_CELLS, annotation_sections
 
-        rows = sample_rows(adata.n_obs)
+        rows = sample_rows(adata.n_obs, MAX_CELLS)
         bound = model.input_spec.bind(
             adata,
             layer=predict_options.get("layer"),

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sclabel.data.sampling import sample_rows
 from sclabel.errors import InputError
 from sclabel.evaluation.calibration import expected_calibration_error
 from sclabel.inference.conformal import MIN_QUERY, SetRule, check_method, split_rule, weighted_rule
@@ -148,8 +149,7 @@ class Calibration:
         from scipy.stats import mannwhitneyu
 
         if len(confidence) > SHIFT_SAMPLE:  # a seeded sample: enough power, bounded memory
-            rows = np.random.default_rng(0).choice(len(confidence), SHIFT_SAMPLE, replace=False)
-            confidence = confidence[np.sort(rows)]
+            confidence = confidence[sample_rows(len(confidence), SHIFT_SAMPLE)]
 
         test = mannwhitneyu(confidence, self.confidence, alternative="less")
         auc = float(test.statistic) / (len(confidence) * len(self.confidence))

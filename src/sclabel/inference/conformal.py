@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sclabel.data.sampling import sample_rows
 from sclabel.errors import InputError
 
 SET_METHODS = ("weighted", "split")
@@ -72,6 +73,11 @@ class SetRule:
         }
 
 
+def headline(sets: dict) -> str:
+    """'90% prediction sets: <the rule's note>' for the log and the command line."""
+    return f"{100 * sets['coverage']:g}% prediction sets: {sets['note']}"
+
+
 def check_method(method: str) -> None:
     if method not in SET_METHODS:
         msg = f"sets must be one of {', '.join(SET_METHODS)}, got {method!r}"
@@ -96,7 +102,7 @@ def weighted_rule(
     """Validation cells weighted by the query's / their own share of a confidence bin."""
     zv = _logit(val_confidence)
     n = len(confidence)
-    sample = confidence if n <= EDGE_SAMPLE else confidence[_rows(n, EDGE_SAMPLE)]
+    sample = confidence if n <= EDGE_SAMPLE else confidence[sample_rows(n, EDGE_SAMPLE)]
     # edges at quantiles of both sets of cells (of a bigger query: a sample of it)
     pooled = np.concatenate([zv, _logit(sample)])
     bins = int(np.clip(zv.size // PER_BIN, 2, BINS))
@@ -121,10 +127,6 @@ def weighted_rule(
         f"{ratio.min():.2f}-{ratio.max():.2f})"
     )
     return SetRule(coverage, "weighted", edges, thresholds.astype(np.float64), note)
-
-
-def _rows(n: int, k: int) -> np.ndarray:
-    return np.sort(np.random.default_rng(0).choice(n, k, replace=False))
 
 
 def _logit(confidence: np.ndarray) -> np.ndarray:

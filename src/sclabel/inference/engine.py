@@ -27,10 +27,10 @@ from sclabel.inference.calibration import (
     check_coverage,
     prediction_sets,
 )
-from sclabel.inference.conformal import SetRule, check_method
+from sclabel.inference.conformal import SetRule, check_method, headline
 from sclabel.inference.levels import OntologyLevels
 from sclabel.inference.members import Job, Member
-from sclabel.inference.outputs import TABLES, check_output, vote_summary, write_h5ad, write_table
+from sclabel.inference.outputs import TABLES, answer_uns, check_output, write_h5ad, write_table
 from sclabel.inference.parts import PartWriter
 from sclabel.inference.prediction import Prediction, check_threshold
 from sclabel.inference.voting import vote_on
@@ -93,8 +93,12 @@ class Request:
         if self.coverage is None:
             return None
         rule = self.calibration.set_rule(self.coverage, self.sets, confidence)
-        log.info("%g%% prediction sets: %s", 100 * self.coverage, rule.note)
+        log.info("%s", headline(rule.describe()))
         return rule
+
+    def whole(self, confidence: np.ndarray) -> tuple[dict | None, SetRule | None]:
+        """What needs every cell's confidence first: the shift check and the sets' rule."""
+        return self.shift(confidence), self.set_rule(confidence)
 
     def prediction(self, names, probabilities, extra=None, gene_coverage=None) -> Prediction:
         """A chunk's answers (the sets come once the whole query is known: `finish`)."""
@@ -115,13 +119,16 @@ class Request:
 
     def finish(self, prediction: Prediction) -> Prediction:
         """The whole query's answers: its shift check and its prediction sets."""
-        confidence = prediction.confidence
-        prediction.shift = self.shift(confidence)
-        rule = self.set_rule(confidence)
-        if rule is not None:
-            prediction.set_threshold = rule.threshold(confidence)
-            prediction.sets = rule.describe()
-        return prediction
+        return attach(prediction, *self.whole(prediction.confidence))
+
+
+def attach(prediction: Prediction, shift: dict | None, rule: SetRule | None) -> Prediction:
+    """`Request.whole`'s answers given to a prediction (the query's, or a report's sample)."""
+    prediction.shift = shift
+    if rule is not None:
+        prediction.set_threshold = rule.threshold(prediction.confidence)
+        prediction.sets = rule.describe()
+    return prediction
 
 
 def job_of(model, *, task: str | None = None, calibrated: bool = True) -> Job:
@@ -277,8 +284,7 @@ def predict_to_file(
             if voting:
                 chunk_labels.append(frame["label"].to_numpy(object))
         confidence = np.concatenate(confidence) if confidence else np.empty(0, np.float32)
-        shift = request.shift(confidence) if confidence.size else None
-        rule = request.set_rule(confidence)
+        shift, rule = request.whole(confidence)
 
         vote = None
         if voting:
@@ -294,14 +300,11 @@ def predict_to_file(
         sets_info = None if rule is None else rule.describe()
         _join(out, frames, bound, classes, key_added, vote, shift, sets_info)
         if report is not None:
-            from sclabel.evaluation.annotation import sample_rows, write_report
+            from sclabel.data.sampling import sample_rows
+            from sclabel.evaluation.annotation import MAX_CELLS, write_report
 
-            rows = sample_rows(bound.n_cells)
-            sample = _sample(frames(), rows, request, classes, vote)
-            sample.shift = shift
-            if rule is not None:
-                sample.set_threshold = rule.threshold(sample.confidence)
-                sample.sets = sets_info
+            rows = sample_rows(bound.n_cells, MAX_CELLS)
+            sample = attach(_sample(frames(), rows, request, classes, vote), shift, rule)
             write_report(report, sample, bound=bound, model=job.members[0].model, rows=rows)
         parts.finish()
     counts = pd.concat(counts).groupby(level=0).sum() if counts else pd.Series(dtype=int)
@@ -334,9 +337,8 @@ def _with_sets(frames, rule: SetRule, classes: list[str]):
     `Prediction.to_frame` places them."""
     columns = [f"p_{c}" for c in classes]
     for frame in frames:
-        probabilities = frame[columns].to_numpy(np.float64)
-        threshold = rule.threshold(probabilities.max(axis=1))
-        found, size = prediction_sets(probabilities, classes, threshold)
+        threshold = rule.threshold(frame["confidence"].to_numpy())
+        found, size = prediction_sets(frame[columns].to_numpy(), classes, threshold)
         at = frame.columns.get_loc("uncertainty") + 1
         frame.insert(at, "prediction_set", found)
         frame.insert(at + 1, "set_size", size)
@@ -364,11 +366,9 @@ def _join(out: Path, frames, bound: BoundInput, classes: list[str], key_added: s
                 write_table(frames(), tmp, suffix)
             else:
                 base = getattr(bound.source, "adata", None)  # None: a store has no AnnData
-                uns = {} if vote is None else {f"{key_added}_majority_voting": vote_summary(vote)}
-                uns |= {} if shift is None else {f"{key_added}_shift": shift}
-                uns |= {} if sets is None else {f"{key_added}_sets": sets}
                 write_h5ad(tmp, frames, base=base, names=bound.source.obs_names(),
-                           classes=classes, key_added=key_added, uns=uns)  # fmt: skip
+                           classes=classes, key_added=key_added,
+                           uns=answer_uns(key_added, vote, shift, sets))  # fmt: skip
     except PermissionError as err:
         raise InputError(f"cannot write --out {out}: permission denied") from err
 

@@ -67,6 +67,20 @@ def answer_columns(frame: pd.DataFrame, key_added: str) -> dict[str, pd.Series |
     return columns
 
 
+def answer_uns(key_added: str, vote=None, shift: dict | None = None,
+               sets: dict | None = None) -> dict:  # fmt: skip
+    """The whole-query answers as `uns` holds them: the vote table, the shift check and the
+    sets' rule, each under `{key_added}_...` when there is one."""
+    uns = {}
+    if vote is not None:
+        uns[f"{key_added}_majority_voting"] = vote_summary(vote)
+    if shift is not None:
+        uns[f"{key_added}_shift"] = dict(shift)
+    if sets is not None:
+        uns[f"{key_added}_sets"] = dict(sets)
+    return uns
+
+
 def vote_summary(vote) -> dict:
     """The majority vote as `uns` holds it: where the clusters came from and the table."""
     table = vote.table.reset_index()

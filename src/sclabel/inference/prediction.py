@@ -20,8 +20,8 @@ from sclabel.inference.calibration import prediction_sets
 from sclabel.inference.outputs import (
     TABLES,
     answer_columns,
+    answer_uns,
     check_output,
-    vote_summary,
     write_h5ad,
     write_table,
 )
@@ -148,18 +148,7 @@ class Prediction:
             self.probabilities, index=adata.obs_names, columns=list(self.classes)
         )
         adata.uns[f"{key_added}_classes"] = list(self.classes)
-        adata.uns.update(self._uns(key_added))
-
-    def _uns(self, key_added: str) -> dict:
-        """The vote table, the shift check and the sets' rule, under their uns keys."""
-        uns = {}
-        if self.vote is not None:
-            uns[f"{key_added}_majority_voting"] = vote_summary(self.vote)
-        if self.shift is not None:
-            uns[f"{key_added}_shift"] = dict(self.shift)
-        if self.sets is not None:
-            uns[f"{key_added}_sets"] = dict(self.sets)
-        return uns
+        adata.uns.update(answer_uns(key_added, self.vote, self.shift, self.sets))
 
     def write(self, path: str | Path, *, adata=None, key_added: str = "sclabel") -> Path:
         """Write to any output format (`outputs.OUTPUT_FORMATS`): a table, or an .h5ad that
@@ -172,7 +161,8 @@ class Prediction:
         with atomic_path(path) as tmp:
             write_h5ad(tmp, lambda: [frame], base=adata, names=pd.Index(self.obs_names),
                        classes=self.classes, key_added=key_added,
-                       uns=self._uns(key_added))  # fmt: skip
+                       uns=answer_uns(key_added, self.vote, self.shift,
+                                      self.sets))  # fmt: skip
         return path
 
     def _check_cells(self, adata) -> None:
@@ -202,10 +192,11 @@ class Prediction:
         `out_dir`. The embedding and markers need `adata` (read as `model` reads it, with
         `layer`/`gene_key` as at prediction); at most
         `annotation.MAX_CELLS` cells (a seeded sample) are drawn."""
-        from sclabel.evaluation.annotation import sample_rows, write_report
+        from sclabel.data.sampling import sample_rows
+        from sclabel.evaluation.annotation import MAX_CELLS, write_report
 
         bound = None
-        rows = sample_rows(len(self.obs_names), seed=seed)
+        rows = sample_rows(len(self.obs_names), MAX_CELLS, seed=seed)
         if adata is not None:
             self._check_cells(adata)
             if model is None:
