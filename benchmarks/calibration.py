@@ -28,6 +28,11 @@ conformal set holds the true label, for both set rules (`inference/conformal.py`
 size: the mean number of labels in a set; empty: the share of cells whose set is empty (no
 class reaches the set threshold, which is how a model more accurate than the asked coverage
 spends the remainder).
+By chance: ECE on a few hundred cells is not 0 even for a perfectly calibrated model, so each
+run also draws each test cell's rightness from its own (uncalibrated) confidence 200 times
+(`ece_by_chance`) and measures ECE on the draws. Averaged over the seeds like `before`, these
+say whether a split x family shows miscalibration that chance does not explain (p < 0.05);
+where it does not, there is nothing for a temperature to remove, and `shipped` leaves T = 1.
 Unknown: the share of test cells above the threshold chosen on validation for 95% precision,
 and the precision they reach. Shift: in how many seeds predict's shift check flagged the test
 cells as less confident than the validation cells (p < 0.001), and the mean AUC (0.5: alike).
@@ -72,7 +77,7 @@ def temperatures(val_p: np.ndarray, val_y: np.ndarray, shipped: float) -> dict[s
 
 def run_one(model, train, test, truth) -> dict:
     import sclabel
-    from sclabel.evaluation.calibration import expected_calibration_error
+    from sclabel.evaluation.calibration import ece_by_chance, expected_calibration_error
     from sclabel.inference.calibration import temper
 
     classes = list(model.classes)
@@ -86,6 +91,10 @@ def run_one(model, train, test, truth) -> dict:
     for name, t in temperatures(val_p, val_y, model.calibration.temperature).items():
         p = temper(raw, t)
         out[name] = {"T": t, "ece": expected_calibration_error(p.max(1), p.argmax(1) == test_y)}
+    # what a perfectly calibrated model with the network's own confidences shows by chance
+    chance = ece_by_chance(raw.max(1), out["before"]["ece"])
+    out["chance"] = {"mean": chance["mean"], "p_value": chance["p_value"],
+                     "draws": [round(float(v), 6) for v in chance["draws"]]}  # fmt: skip
     out["shipped"]["why"] = model.calibration.info.get("temperature")
     known = test_y >= 0
     for sets in ("weighted", "split"):  # the shipped default first
@@ -134,6 +143,13 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _chance(fams: list[dict], before: float) -> tuple[float, float, float]:
+    """(mean ECE by chance, p of the seed-mean `before` under perfect calibration, the
+    seed-mean chance ECE's standard deviation) for one split x family."""
+    draws = np.array([f["chance"]["draws"] for f in fams]).mean(axis=0)
+    return float(draws.mean()), float((draws >= before).mean()), float(draws.std())
+
+
 def markdown(report: dict) -> str:
     seeds = ", ".join(map(str, report["seeds"]))
     lines = [
@@ -144,13 +160,29 @@ def markdown(report: dict) -> str:
         "`benchmarks/results/calibration.json`. How: the docstring of "
         "benchmarks/calibration.py.",
         "",
+    ]
+    return "\n".join(lines + ece_lines(report) + sets_lines(report)) + "\n"
+
+
+def ece_lines(report: dict) -> list[str]:
+    """The temperature table: test ECE per split x family and method, with chance's part."""
+    lines = [
         "### Test ECE by how the temperature is fitted (mean over seeds)",
         "",
-        "| split | family | " + " | ".join(METHODS) + " | shipped T (range) | shipped < before |",
-        "|---|---|" + "---|" * len(METHODS) + "---|---|",
+        "`by chance`: the test ECE a perfectly calibrated model with the network's own "
+        "confidences shows on as many cells (mean of 200 draws, each cell right with its own "
+        "confidence); `p`: how often those draws, averaged over the seeds like `before`, reach "
+        "`before` (small: the test cells show miscalibration that chance does not explain).",
+        "",
+        "| split | family | before | by chance (p) | "
+        + " | ".join(METHODS[1:])
+        + " | shipped T (range) | shipped < before |",
+        "|---|---|---|" + "---|" * len(METHODS) + "---|---|",
     ]
     tally = dict.fromkeys(METHODS[1:], 0)
-    cells = 0
+    cells, beyond = 0, {"cells": 0, **dict.fromkeys(METHODS[1:], 0)}
+    within = {"below": 0, "equal": 0, "above": [], "sd": []}
+    floors = []
     for split in report["splits"]:
         for family in FAMILIES:
             fams = [r["families"][family] for r in split["runs"]]
@@ -158,12 +190,25 @@ def markdown(report: dict) -> str:
             ts = [f["shipped"]["T"] for f in fams]
             lower = sum(f["shipped"]["ece"] < f["before"]["ece"] for f in fams)
             same = sum(f["shipped"]["ece"] == f["before"]["ece"] for f in fams)
+            floor, p, sd = _chance(fams, ece["before"])
+            floors.append(floor)
             cells += 1
             for m in METHODS[1:]:
                 tally[m] += ece[m] < ece["before"]
+            if p < 0.05:
+                beyond["cells"] += 1
+                for m in METHODS[1:]:
+                    beyond[m] += ece[m] < ece["before"]
+            else:
+                change = ece["shipped"] - ece["before"]
+                if change > 0:
+                    within["above"].append(change)
+                    within["sd"].append(sd)
+                else:
+                    within["below" if change < 0 else "equal"] += 1
             lines.append(
-                f"| {split['name']} | {family} | "
-                + " | ".join(f"{ece[m]:.4f}" for m in METHODS)
+                f"| {split['name']} | {family} | {ece['before']:.4f} | {floor:.4f} ({p:.2f}) | "
+                + " | ".join(f"{ece[m]:.4f}" for m in METHODS[1:])
                 + f" | {_mean(ts):.2f} ({min(ts):.2f}-{max(ts):.2f}) | "
                 f"{lower} of {len(fams)} ({same} with T = 1) |"
             )
@@ -177,12 +222,36 @@ def markdown(report: dict) -> str:
         for m in METHODS
     }
     lines += [
-        "| **mean** | | " + " | ".join(f"**{means[m]:.4f}**" for m in METHODS) + " | | |",
+        f"| **mean** | | **{means['before']:.4f}** | {_mean(floors):.4f} | "
+        + " | ".join(f"**{means[m]:.4f}**" for m in METHODS[1:])
+        + " | | |",
         "",
         "Split x family means below `before`: "
         + ", ".join(f"{m} {tally[m]} of {cells}" for m in METHODS[1:])
         + ".",
         "",
+        f"Where the test cells show miscalibration beyond chance (p < 0.05: {beyond['cells']} "
+        f"of {cells}), below `before`: "
+        + ", ".join(f"{m} {beyond[m]} of {beyond['cells']}" for m in METHODS[1:])
+        + f". Where `before` is within chance ({cells - beyond['cells']} of {cells}), shipped "
+        f"is equal on {within['equal']}, below on {within['below']} and above on "
+        f"{len(within['above'])}"
+        + (
+            f" (by {', '.join(f'{a:+.4f}' for a in within['above'])}, where chance alone moves "
+            f"the seed mean by {', '.join(f'{d:.4f}' for d in within['sd'])}, one sd)"
+            if within["above"]
+            else ""
+        )
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def sets_lines(report: dict) -> list[str]:
+    """The 90% sets' coverage (weighted and split), the unknown threshold, the shift check."""
+    cells = len(report["splits"]) * len(FAMILIES)
+    lines = [
         "### Conformal sets (90%) and the automatic unknown threshold (95% precision)",
         "",
         "| split | family | coverage weighted | set size | empty | coverage split | set size "
@@ -209,14 +278,13 @@ def markdown(report: dict) -> str:
                 f"{len(fams)} ({_mean((f.get('shift') or {}).get('auc') for f in fams):.2f}) |"
             )
     runs = [f for s in report["splits"] for r in s["runs"] for f in r["families"].values()]
-    lines += [
+    return lines + [
         "",
         f"Split x family mean coverage within 3 points of 0.90: weighted {within['']} of "
         f"{cells}, split {within['_split']} of {cells}. Single runs below 0.87: weighted "
         f"{sum(f['coverage_90'] < 0.87 for f in runs)} of {len(runs)}, split "
         f"{sum(f['coverage_90_split'] < 0.87 for f in runs)} of {len(runs)}.",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -42,9 +42,9 @@ from sklearn.metrics import f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
-from foundation import build_corpus, load_splits  # noqa: E402
 
 import sclabel  # noqa: E402
+from foundation import build_corpus, load_splits  # noqa: E402
 from sclabel.foundation.pretrain import PretrainConfig, loss_fell, pretrain  # noqa: E402
 from sclabel.store.format import Store  # noqa: E402
 

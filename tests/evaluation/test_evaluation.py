@@ -63,6 +63,35 @@ def test_ece_is_zero_when_confidence_equals_accuracy():
     assert expected_calibration_error(confidence, correct) == pytest.approx(0.0)
 
 
+def test_ece_by_chance_tells_noise_from_miscalibration():
+    from sclabel.evaluation.calibration import ece_by_chance
+
+    # a calibrated model: each cell right with its own confidence; its ECE is not 0, and
+    # its p-values spread over (0, 1): small ones are rare
+    p_values, floors = [], []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        confidence = rng.uniform(0.5, 1.0, 300)
+        correct = rng.random(300) < confidence
+        chance = ece_by_chance(confidence, expected_calibration_error(confidence, correct),
+                               draws=100, seed=seed)  # fmt: skip
+        p_values.append(chance["p_value"])
+        floors.append(chance["mean"])
+    assert 0.03 < np.mean(floors) < 0.08  # 300 cells: a few points of ECE by chance alone
+    assert np.mean(np.array(p_values) < 0.05) <= 0.15 and 0.3 < np.median(p_values) < 0.7
+    # an overconfident one: right 10 points less often than it says
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 300)
+    correct = rng.random(300) < confidence - 0.1
+    observed = expected_calibration_error(confidence, correct)
+    chance = ece_by_chance(confidence, observed)
+    assert chance["p_value"] < 0.05 and observed > chance["p95"] > chance["mean"]
+    # more cells, less noise: the chance part shrinks like 1 / sqrt(cells)
+    big = ece_by_chance(rng.uniform(0.5, 1.0, 30_000))
+    assert big["mean"] < np.mean(floors) / 5 and big["draws"].size == 200
+    assert ece_by_chance(np.full(400_000, 0.9))["draws"].size == 50  # bounded work
+
+
 def test_unknown_and_unseen_labels_are_reported(small_prediction):
     small_prediction.unknown_threshold = 0.65  # cell 1 (0.6) becomes unknown
     m = sclabel.evaluate(small_prediction, ["a", "a", "b", "b", "z"]).metrics
@@ -191,10 +220,19 @@ def test_report_names_the_model_and_its_training_cells(trained_model, tmp_path):
     info = trained_model.calibration.info
     held_out = trained_model.metrics["calibration"]
     before, after = held_out["test_ece_before"], held_out["test_ece_after"]
+    chance = held_out["test_ece_by_chance"]
     line = (f"- Calibration: temperature {info['temperature']}; ECE on the validation cells "
             f"{info['val_ece_before']:.3f} -> {info['val_ece_after']:.3f}; the training run's "
-            f"test cells {before:.3f} -> {after:.3f}.")  # fmt: skip
+            f"test cells {before:.3f} -> {after:.3f} ({chance:.3f} by chance alone for a "
+            "calibrated model).")  # fmt: skip
     assert line in text
+    assert 0 < chance < 0.2
+    # the evaluation's ECE row says what chance alone gives on as many cells
+    m = report.metrics
+    assert 0 < m["ece_by_chance"] < 0.2 and 0 <= m["ece_p_value"] <= 1
+    assert (f"| expected calibration error | {m['ece']:.4f} (a perfectly calibrated model "
+            f"shows {m['ece_by_chance']:.4f} on {m['n_cells']} cells by chance; p = "
+            f"{m['ece_p_value']:.2f}) |") in text  # fmt: skip
     assert "Calibration: temperature " in (tmp_path / "r" / "report.html").read_text()
     whole = trained_model.evaluate(adata, progress=False).to_markdown()
     assert f"- {n_train:,} of these cells were in the model's training split" in whole

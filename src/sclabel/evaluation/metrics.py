@@ -13,7 +13,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from sclabel.evaluation.calibration import expected_calibration_error, reliability_table
+from sclabel.evaluation.calibration import (
+    ece_by_chance,
+    expected_calibration_error,
+    reliability_table,
+)
 
 
 def label_order(labels) -> list[str]:
@@ -50,6 +54,8 @@ def compute_metrics(
         y_true, y_pred, labels=present, zero_division=0
     )
     correct = y_true == y_pred
+    ece = expected_calibration_error(np.asarray(confidence), correct)
+    chance = ece_by_chance(np.asarray(confidence), ece)
     matrix = confusion_matrix(y_true, y_pred, labels=sorted(set(rows) | set(columns)))
     order = sorted(set(rows) | set(columns))
     position = {label: i for i, label in enumerate(order)}
@@ -63,7 +69,11 @@ def compute_metrics(
         "weighted_f1": float(
             f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0)
         ),
-        "ece": expected_calibration_error(np.asarray(confidence), correct),
+        "ece": ece,
+        # the ECE a perfectly calibrated model shows on these cells by chance, and how often
+        # it reaches this model's (small: real miscalibration)
+        "ece_by_chance": chance["mean"],
+        "ece_p_value": chance["p_value"],
         "per_class": {
             label: {
                 "precision": float(p),

@@ -61,7 +61,7 @@ class Report:
             f"| accuracy | {m['accuracy']:.4f} |",
             f"| macro-F1 | {m['macro_f1']:.4f} |",
             f"| weighted-F1 | {m['weighted_f1']:.4f} |",
-            f"| expected calibration error | {m['ece']:.4f} |",
+            f"| expected calibration error | {m['ece']:.4f}{_by_chance(m)} |",
             f"| cells labelled unknown | {m['n_unknown']} |",
             "| AUROC of uncertainty for wrong vs right | "
             + ("n/a" if m["uncertainty_auroc"] is None else f"{m['uncertainty_auroc']:.4f}")
@@ -130,6 +130,16 @@ EXPLAINED = (
     "tells wrong predictions from right ones (0.5: no better than chance; 1: every wrong "
     "prediction is less confident than every right one)."
 )
+
+
+def _by_chance(m: dict) -> str:
+    """What a calibrated model would show by chance on as many cells (absent in old runs)."""
+    if m.get("ece_by_chance") is None:
+        return ""
+    return (
+        f" (a perfectly calibrated model shows {m['ece_by_chance']:.4f} on {m['n_cells']} "
+        f"cells by chance; p = {m['ece_p_value']:.2f})"
+    )
 
 
 def _seen_and_unseen(m: dict) -> list[str]:
@@ -201,6 +211,8 @@ def calibration_line(about: dict | None) -> str | None:
     if c.get("test_ece_before") is not None:
         text += f"; the training run's test cells {c['test_ece_before']:.3f} -> "
         text += f"{c['test_ece_after']:.3f}"
+        if c.get("test_ece_by_chance") is not None:
+            text += f" ({c['test_ece_by_chance']:.3f} by chance alone for a calibrated model)"
     return text + "."
 
 

@@ -18,7 +18,7 @@ from sclabel.data.augment import AugmentConfig, config_from
 from sclabel.data.genes import gene_list
 from sclabel.data.loader import EVAL_BATCH, iterate_batches
 from sclabel.errors import InputError
-from sclabel.evaluation.calibration import expected_calibration_error
+from sclabel.evaluation.calibration import ece_by_chance, expected_calibration_error
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.inference.calibration import Calibration
 from sclabel.inference.model import Model
@@ -335,6 +335,8 @@ def calibration_report(calibration: Calibration, raw: np.ndarray, y: np.ndarray)
         **calibration.to_dict(),
         "test_ece_before": expected_calibration_error(raw.max(axis=1), correct),
         "test_ece_after": expected_calibration_error(tempered.max(axis=1), correct),
+        # what a perfectly calibrated model with the tempered confidences shows by chance
+        "test_ece_by_chance": ece_by_chance(tempered.max(axis=1))["mean"],
         "sets_90": {
             "coverage": float(inside[np.arange(y.size), y].mean()),
             "mean_size": float(inside.sum(axis=1).mean()),

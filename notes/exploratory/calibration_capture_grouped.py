@@ -1,0 +1,40 @@
+# Exploratory (session 21): calibration_capture.py with validation held out by plate
+# (split_by="batch") on the CellBench splits, to /tmp/calib_g. Not part of the suite.
+# Exploratory (session 18): saves validation/test probabilities per split x family x seed
+# to /tmp/calib for calibration_rules.py. Usage: python calibration_capture.py 0,1,2,3,4
+"""Capture validation and test probabilities (uncalibrated) per split x family x seed."""
+import sys, logging, numpy as np
+sys.path.insert(0, "/work/main/benchmarks")
+import compare_celltypist as cc
+import anndata as ad
+import sclabel
+from sclabel.inference import calibration as calmod
+
+captured = {}
+orig = calmod.Calibration.fit.__func__
+def spy(cls, probabilities, y, **kw):
+    captured["val_p"], captured["val_y"] = probabilities.copy(), y.copy()
+    return orig(cls, probabilities, y, **kw)
+calmod.Calibration.fit = classmethod(spy)
+import sclabel.training.train as tr
+tr.Calibration = calmod.Calibration
+logging.getLogger("sclabel").setLevel(logging.WARNING)
+seeds = [int(s) for s in sys.argv[1].split(",")]
+only = sys.argv[2:] or None
+for spec in cc.split_specs(quick=False, scale_cells=0):
+    if not spec["name"].startswith("cellbench") or spec["name"] == "cellbench_lobo_sc_dropseq" or (only and spec["name"] not in only):
+        continue
+    files = cc.prepare_split(spec)
+    train, test = ad.read_h5ad(files["train"]), ad.read_h5ad(files["test"])
+    truth = test.obs["label"].astype(str).to_numpy()
+    for seed in seeds:
+        for family in ("linear", "celltypist", "mlp"):
+            model = sclabel.train(train, label_key="label", model=family, seed=seed, progress=False, split_by="batch")
+            raw = sclabel.predict(model, test, calibrated=False, progress=False).probabilities
+            classes = np.asarray(model.classes, dtype=object)
+            codes = np.array([list(classes).index(t) if t in classes else -1 for t in truth])
+            np.savez(f"/tmp/calib_g/{spec['name']}_{family}_{seed}.npz", val_p=captured["val_p"],
+                     val_y=captured["val_y"], test_p=raw, test_y=codes, T=model.calibration.temperature)
+            print(spec["name"], family, seed, "val", captured["val_y"].size, "errors",
+                  int((captured["val_p"].argmax(1) != captured["val_y"]).sum()),
+                  "test", codes.size, "T", round(model.calibration.temperature, 3), flush=True)
