@@ -143,11 +143,20 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _chance(fams: list[dict], before: float) -> tuple[float, float, float]:
-    """(mean ECE by chance, p of the seed-mean `before` under perfect calibration, the
-    seed-mean chance ECE's standard deviation) for one split x family."""
-    draws = np.array([f["chance"]["draws"] for f in fams]).mean(axis=0)
-    return float(draws.mean()), float((draws >= before).mean()), float(draws.std())
+def summarize_chance(split: dict) -> None:
+    """Per family of a split record: the chance ECE of the seed mean (`split["chance"]`:
+    its mean, standard deviation, and p: how often it reaches the seed-mean `before`); the
+    runs' draws are dropped so the JSON stays small."""
+    split["chance"] = {}
+    for family in FAMILIES:
+        fams = [r["families"][family] for r in split["runs"]]
+        draws = np.array([f["chance"].pop("draws") for f in fams]).mean(axis=0)
+        before = _mean(f["before"]["ece"] for f in fams)
+        split["chance"][family] = {
+            "mean": float(draws.mean()),
+            "sd": float(draws.std()),
+            "p": float((draws >= before).mean()),
+        }
 
 
 def markdown(report: dict) -> str:
@@ -190,7 +199,8 @@ def ece_lines(report: dict) -> list[str]:
             ts = [f["shipped"]["T"] for f in fams]
             lower = sum(f["shipped"]["ece"] < f["before"]["ece"] for f in fams)
             same = sum(f["shipped"]["ece"] == f["before"]["ece"] for f in fams)
-            floor, p, sd = _chance(fams, ece["before"])
+            chance = split["chance"][family]
+            floor, p, sd = chance["mean"], chance["p"], chance["sd"]
             floors.append(floor)
             cells += 1
             for m in METHODS[1:]:
@@ -301,6 +311,7 @@ def main() -> None:
     for spec, files in cc.shared_splits(args.only, skip=("cellbench_lobo_sc_dropseq",)):
         runs = run_split(files, seeds)
         report["splits"].append({"name": spec["name"], "split": spec["split"], "runs": runs})
+        summarize_chance(report["splits"][-1])
         print(spec["name"], "done", f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
     report["wall_minutes"] = (time.perf_counter() - started) / 60
     name = f"calibration_{args.tag}.json" if args.tag else "calibration.json"

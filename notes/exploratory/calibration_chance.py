@@ -24,6 +24,8 @@ for f in sorted(glob.glob(root + "/*.npz")):
     runs.setdefault(int(seed), {"families": {}})["families"][family] = out
 report = {"date": "x", "command": "offline", "wall_minutes": 0, "machine": "m", "seeds": seeds,
           "splits": [{"name": k, "runs": list(v.values())} for k, v in splits.items()]}
+for split in report["splits"]:
+    cal.summarize_chance(split)
 if True:  # the generated table
     print("\n".join(cal.ece_lines(report)))
 # per method: within-chance above count and worst z
@@ -33,7 +35,7 @@ for m in cal.METHODS[1:]:
         for fam in cal.FAMILIES:
             fams = [r["families"][fam] for r in split["runs"]]
             b = np.mean([f["before"]["ece"] for f in fams]); a = np.mean([f[m]["ece"] for f in fams])
-            floor, p, sd = cal._chance(fams, b)
+            p, sd = split["chance"][fam]["p"], split["chance"][fam]["sd"]
             if p < 0.05:
                 nb += 1; below_b += a < b
             elif a > b:
