@@ -175,9 +175,11 @@ def test_evaluate_and_info(workdir):
         "--quiet",
     )
     assert result.returncode == 0, result.stderr
-    assert "macro-F1" in result.stdout
     metrics = json.loads((workdir / "report" / "metrics.json").read_text())
     assert metrics["n_cells"] == 200
+    assert (f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+            f"ECE {metrics['ece']:.4f} ({metrics['ece_by_chance']:.4f} by chance alone)"
+            ) in result.stdout  # fmt: skip
 
     result = run("info", workdir / "model", "--json")
     assert result.returncode == 0, result.stderr
@@ -290,6 +292,8 @@ def test_demo_runs_on_scanpy_pbmc(tmp_path):
     result = run("demo", "--out", tmp_path / "demo", "--max-epochs", "5", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "report:" in result.stdout
+    m = json.loads((tmp_path / "demo" / "report" / "metrics.json").read_text())
+    assert f"ECE {m['ece']:.3f} ({m['ece_by_chance']:.3f} by chance alone)" in result.stdout
     assert (tmp_path / "demo" / "report" / "confusion_matrix.png").exists()
     assert sclabel.Model.load(tmp_path / "demo" / "model").classes[0] == "CD14+ Monocyte"
     report = (tmp_path / "demo" / "report" / "report.md").read_text()

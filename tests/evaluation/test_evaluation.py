@@ -92,6 +92,25 @@ def test_ece_by_chance_tells_noise_from_miscalibration():
     assert ece_by_chance(np.full(400_000, 0.9))["draws"].size == 50  # bounded work
 
 
+def test_reliability_plot_shows_the_range_chance_gives_a_calibrated_model(tmp_path):
+    from sclabel.evaluation.metrics import compute_metrics
+    from sclabel.evaluation.plots import chance_range, reliability_plot
+
+    # 100 cells at confidence 0.9 (90 right) and 25 at 0.5 (all right); other bins empty
+    confidence = np.array([0.9] * 100 + [0.5] * 25)
+    truth = ["a"] * 90 + ["b"] * 10 + ["a"] * 25
+    metrics = compute_metrics(truth, ["a"] * 125, confidence, ["a", "b"])
+    expected, low, high = chance_range(metrics["reliability"])
+    filled = ~np.isnan(expected)
+    assert filled.sum() == 2
+    # 0.9 +- 1.96 x sqrt(0.9 x 0.1 / 100) = 0.9 +- 0.0588; 0.5 +- 1.96 x 0.1 = 0.5 +- 0.196
+    assert low[filled] == pytest.approx([0.304, 0.8412]) and high[filled] == pytest.approx(
+        [0.696, 0.9588]
+    )
+    path = reliability_plot(metrics, tmp_path / "reliability.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
 def test_unknown_and_unseen_labels_are_reported(small_prediction):
     small_prediction.unknown_threshold = 0.65  # cell 1 (0.6) becomes unknown
     m = sclabel.evaluate(small_prediction, ["a", "a", "b", "b", "z"]).metrics

@@ -163,7 +163,7 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args) -> None:
-    from sclabel.evaluation.report import check_report_dir
+    from sclabel.evaluation.report import check_report_dir, ece_text
     from sclabel.inference.model import Model
 
     check_report_dir(args.out)
@@ -180,7 +180,7 @@ def run_evaluate(args) -> None:
         **predict_options(args),
     )
     m = report.metrics
-    print(f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, ECE {m['ece']:.4f}")
+    print(f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, {ece_text(m, 4)}")
     if "ontology" in m:
         print(f"Cell Ontology-aware macro-F1 {m['ontology']['macro_f1']:.4f}")
     print(f"report written to {report.path}/report.md")

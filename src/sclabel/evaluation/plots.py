@@ -84,10 +84,24 @@ def per_class_f1_plot(metrics: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def chance_range(table: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per reliability bin: the accuracy a perfectly calibrated model would have (the bin's
+    mean confidence) and the 95% range chance gives it on the bin's cells (normal
+    approximation to the binomial, clipped to [0, 1]); NaN for empty bins."""
+    n = np.array([0 if v is None else v for v in table["n"]], dtype=float)
+    mean = np.array([np.nan if c is None else c for c in table["confidence"]], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half = 1.96 * np.sqrt(mean * (1 - mean) / n)
+    return mean, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1)
+
+
 def reliability_plot(metrics: dict, path: Path) -> Path:
-    """Accuracy per confidence bin against the diagonal of perfect calibration."""
+    """Accuracy per confidence bin against the diagonal of perfect calibration, with the
+    range a perfectly calibrated model's accuracy takes by chance on as many cells."""
     table = metrics["reliability"]
-    centers = [(lo + hi) / 2 for lo, hi in zip(table["lower"], table["upper"], strict=True)]
+    centers = np.array(
+        [(lo + hi) / 2 for lo, hi in zip(table["lower"], table["upper"], strict=True)]
+    )
     accuracy = [np.nan if a is None else a for a in table["accuracy"]]
     width = table["upper"][0] - table["lower"][0]
     fig, (ax, ax_n) = plt.subplots(
@@ -95,10 +109,15 @@ def reliability_plot(metrics: dict, path: Path) -> Path:
     )
     ax.bar(centers, accuracy, width=width * 0.95, color="tab:blue", label="accuracy")
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
-    ax.set_ylim(0, 1)
+    expected, low, high = chance_range(table)
+    ax.errorbar(centers, expected, yerr=[expected - low, high - expected], fmt="_",
+                color="black", capsize=3, label="calibrated: 95% by chance")  # fmt: skip
+    ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE {metrics['ece']:.3f})")
-    ax.legend(loc="upper left")
+    chance = metrics.get("ece_by_chance")
+    by_chance = "" if chance is None else f"; by chance alone {chance:.3f}"
+    ax.set_title(f"reliability (ECE {metrics['ece']:.3f}{by_chance})")
+    ax.legend(loc="upper left", fontsize=8)
     ax_n.bar(centers, table["n"], width=width * 0.95, color="tab:gray")
     ax_n.set_xlabel("confidence")
     ax_n.set_ylabel("cells")

@@ -132,6 +132,15 @@ EXPLAINED = (
 )
 
 
+def ece_text(m: dict, digits: int = 3) -> str:
+    """ "ECE 0.138 (0.070 by chance alone)": the ECE with what chance gives a calibrated model
+    on as many cells, for one-line summaries (the CLI, the demo, report.html)."""
+    text = f"ECE {m['ece']:.{digits}f}"
+    if m.get("ece_by_chance") is not None:
+        text += f" ({m['ece_by_chance']:.{digits}f} by chance alone)"
+    return text
+
+
 def _by_chance(m: dict) -> str:
     """What a calibrated model would show by chance on as many cells (absent in old runs)."""
     if m.get("ece_by_chance") is None:
@@ -325,7 +334,7 @@ def html_report(metrics: dict, folder: Path, title: str, sections: list) -> str:
     scores = Section("Scores")
     scores.text(
         f"{metrics['n_cells']:,} cells: accuracy {metrics['accuracy']:.3f}, macro-F1 "
-        f"{metrics['macro_f1']:.3f}, ECE {metrics['ece']:.3f}"
+        f"{metrics['macro_f1']:.3f}, {ece_text(metrics)}"
         + (
             f"; Cell Ontology-aware macro-F1 {metrics['ontology']['macro_f1']:.3f}"
             if "ontology" in metrics

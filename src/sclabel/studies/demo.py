@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sclabel.datasets import pbmc_demo
+from sclabel.evaluation.report import ece_text
 from sclabel.training.train import train
 
 
@@ -43,7 +44,7 @@ def run_demo(
     m = report.metrics
     print(
         f"test cells: {m['n_cells']}; accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, "
-        f"ECE {m['ece']:.3f}"
+        f"{ece_text(m)}"
     )
     print(f"model:  {out / 'model'}")
     print(f"report: {out / 'report' / 'report.md'} (figures: {out / 'report' / 'report.html'})")
