@@ -76,6 +76,11 @@ def run(args: list, cwd: Path) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+def predict_cmd(f: Path, *options) -> list:
+    """`sclabel predict` of the case folder's cells with its model into p.csv, plus options."""
+    return ["predict", f / "cells.h5ad", "--model", f / "model", "--out", f / "p.csv", *options]
+
+
 def fixtures(base: Path) -> dict[str, Path]:
     """Good inputs to break: cells, a query, a trained model, a store."""
     cells = sclabel.datasets.synthetic(300, 60, 3, 4, seed=0)
@@ -557,69 +562,23 @@ CASES = [
     ),
     (
         "predict: --out is a folder",
-        lambda f: (
-            (f / "p.csv").mkdir()
-            or ["predict", f / "cells.h5ad", "--model", f / "model", "--out", f / "p.csv"]
-        ),
+        lambda f: (f / "p.csv").mkdir() or predict_cmd(f),
     ),
     (
         "predict: --unknown-threshold 2",
-        lambda f: [
-            "predict",
-            f / "cells.h5ad",
-            "--model",
-            f / "model",
-            "--out",
-            f / "p.csv",
-            "--unknown-threshold",
-            "2",
-        ],
+        lambda f: predict_cmd(f, "--unknown-threshold", "2"),
     ),
     (
         "predict: --task the model lacks",
-        lambda f: [
-            "predict",
-            f / "cells.h5ad",
-            "--model",
-            f / "model",
-            "--out",
-            f / "p.csv",
-            "--task",
-            "severity",
-        ],
+        lambda f: predict_cmd(f, "--task", "severity"),
     ),
     (
         "predict: interrupted, rerun without --resume",
-        lambda f: (
-            interrupted(f, "p.csv")
-            or [
-                "predict",
-                f / "cells.h5ad",
-                "--model",
-                f / "model",
-                "--out",
-                f / "p.csv",
-                "--chunk-size",
-                "50",
-            ]
-        ),
+        lambda f: interrupted(f, "p.csv") or predict_cmd(f, "--chunk-size", "50"),
     ),
     (
         "predict: --resume with another --chunk-size",
-        lambda f: (
-            interrupted(f, "p.csv")
-            or [
-                "predict",
-                f / "cells.h5ad",
-                "--model",
-                f / "model",
-                "--out",
-                f / "p.csv",
-                "--chunk-size",
-                "70",
-                "--resume",
-            ]
-        ),
+        lambda f: interrupted(f, "p.csv") or predict_cmd(f, "--chunk-size", "70", "--resume"),
     ),
     (
         "predict: --resume after the input was regenerated",
@@ -646,33 +605,13 @@ CASES = [
         "predict: another run is writing the same --out",
         lambda f: (
             interrupted(f, "p.csv", lock_pid=os.getpid())
-            or [
-                "predict",
-                f / "cells.h5ad",
-                "--model",
-                f / "model",
-                "--out",
-                f / "p.csv",
-                "--chunk-size",
-                "50",
-                "--resume",
-            ]
+            or predict_cmd(f, "--chunk-size", "50", "--resume")
         ),
     ),
     (
         "predict: a killed run, rerun without --resume",
         lambda f: (
-            interrupted(f, "p.csv", lock_pid=dead_pid())
-            or [
-                "predict",
-                f / "cells.h5ad",
-                "--model",
-                f / "model",
-                "--out",
-                f / "p.csv",
-                "--chunk-size",
-                "50",
-            ]
+            interrupted(f, "p.csv", lock_pid=dead_pid()) or predict_cmd(f, "--chunk-size", "50")
         ),
     ),
     (
