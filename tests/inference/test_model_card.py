@@ -22,7 +22,10 @@ def test_a_trained_model_card(saved_model, trained_model):
     n = trained_model.metrics["n_cells"]
     assert f"train: {n['train']:,} cells" in text and "split by `donor`" in text
     assert "log1p(counts / total_counts * target_sum)" in text
-    assert f"| test macro-F1 | {trained_model.metrics['test']['macro_f1']:.4f} |" in text
+    test = trained_model.metrics["test"]
+    assert f"| test macro-F1 | {test['macro_f1']:.4f} |" in text
+    assert (f"| test ECE | {test['ece']:.4f} |\n| test ECE of a calibrated model, by chance "
+            f"alone | {test['ece_by_chance']:.4f} |") in text  # fmt: skip
     version = trained_model.metrics["trained_with"]["sclabel_version"]
     assert f"Trained here with sclabel {version} on " in text
     # the folder is what a model repository holds: config.json + model.safetensors + card

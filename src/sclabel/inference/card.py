@@ -81,6 +81,7 @@ def _metrics(model: Model) -> list[str]:
         rows.append(("test macro-F1", test.get("macro_f1")))
         rows.append(("test accuracy", test.get("accuracy")))
         rows.append(("test ECE", test.get("ece")))
+        rows.append(("test ECE of a calibrated model, by chance alone", test.get("ece_by_chance")))
     if fit.get("best_val_macro_f1") is not None:
         rows.append(("best validation macro-F1", fit["best_val_macro_f1"]))
     rows = [(name, value) for name, value in rows if isinstance(value, int | float)]
