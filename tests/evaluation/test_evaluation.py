@@ -1,5 +1,6 @@
 import json
 import logging
+import math
 import warnings
 
 import numpy as np
@@ -90,23 +91,71 @@ def test_ece_by_chance_tells_noise_from_miscalibration():
     big = ece_by_chance(rng.uniform(0.5, 1.0, 30_000))
     assert big["mean"] < np.mean(floors) / 5 and big["draws"].size == 200
     assert ece_by_chance(np.full(400_000, 0.9))["draws"].size == 50  # bounded work
+    # p never 0 (draws + 1 in the denominator); nothing to say on no cells or NaN
+    assert chance["p_value"] >= 1 / 201
+    for bad in (np.array([]), np.array([0.9, np.nan])):
+        assert np.isnan(ece_by_chance(bad, 0.1)["p_value"])
+
+
+def test_ece_by_chance_counts_answers_that_cannot_be_right_as_wrong():
+    from sclabel.evaluation.calibration import ece_by_chance
+    from sclabel.evaluation.metrics import compute_metrics
+
+    # a calibrated model whose cells below 0.6 are answered "unknown": those are wrong
+    # whatever the confidence, in the ECE and in the chance that measures it
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.3, 1.0, 400)
+    right = rng.random(400) < confidence
+    predicted = np.where(confidence < 0.6, "unknown", "a")
+    truth = np.where(right, "a", "b")
+    m = compute_metrics(truth, predicted, confidence, ["a", "b"])
+    ignoring = ece_by_chance(confidence, m["ece"])  # as if "unknown" cells could be right
+    assert ignoring["p_value"] < 0.01  # would call the rejection miscalibration
+    assert m["ece_p_value"] > 0.05 and m["ece_by_chance"] > ignoring["mean"]
+
+
+def test_the_ece_is_the_reliability_table_weighted_by_cells():
+    from sclabel.evaluation.calibration import reliability_table
+
+    rng = np.random.default_rng(3)
+    confidence = np.concatenate([rng.uniform(0, 1, 5000), np.linspace(0, 1, 16)])  # + edges
+    correct = rng.random(confidence.size) < confidence**2
+    table = reliability_table(confidence, correct).dropna()
+    assert len(table) == 15 and table["n"].sum() == confidence.size
+    weighted = (table["n"] * (table["accuracy"] - table["confidence"]).abs()).sum()
+    assert expected_calibration_error(confidence, correct) == pytest.approx(
+        weighted / confidence.size
+    )
+    assert expected_calibration_error(confidence.astype(np.float32), correct) == pytest.approx(
+        weighted / confidence.size, abs=1e-6
+    )
 
 
 def test_reliability_plot_shows_the_range_chance_gives_a_calibrated_model(tmp_path):
     from sclabel.evaluation.metrics import compute_metrics
     from sclabel.evaluation.plots import chance_range, reliability_plot
 
-    # 100 cells at confidence 0.9 (90 right) and 25 at 0.5 (all right); other bins empty
-    confidence = np.array([0.9] * 100 + [0.5] * 25)
-    truth = ["a"] * 90 + ["b"] * 10 + ["a"] * 25
-    metrics = compute_metrics(truth, ["a"] * 125, confidence, ["a", "b"])
-    expected, low, high = chance_range(metrics["reliability"])
+    # 100 cells at confidence 0.9, 25 at 0.5 and 4 at 0.975; other bins empty
+    confidence = np.array([0.9] * 100 + [0.5] * 25 + [0.975] * 4)
+    truth = ["a"] * 90 + ["b"] * 10 + ["a"] * 25 + ["a"] * 3 + ["b"]
+    metrics = compute_metrics(truth, ["a"] * 129, confidence, ["a", "b"])
+    expected, low, high = chance_range(json.loads(json.dumps(metrics))["reliability"])
     filled = ~np.isnan(expected)
-    assert filled.sum() == 2
-    # 0.9 +- 1.96 x sqrt(0.9 x 0.1 / 100) = 0.9 +- 0.0588; 0.5 +- 1.96 x 0.1 = 0.5 +- 0.196
-    assert low[filled] == pytest.approx([0.304, 0.8412]) and high[filled] == pytest.approx(
-        [0.696, 0.9588]
-    )
+    assert filled.sum() == 3 and np.isnan(low[~filled]).all()
+    assert expected[filled] == pytest.approx([0.5, 0.9, 0.975])
+
+    def below(k, n, p):  # P(X < k), X ~ Binomial(n, p), by hand
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k))
+
+    # each end is the binomial 2.5% quantile: at most 2.5% of chance falls outside it, and
+    # one count further in would leave more than 2.5% outside
+    for n, p, lo, hi in zip([25, 100, 4], [0.5, 0.9, 0.975], low[filled], high[filled],
+                            strict=True):  # fmt: skip
+        k_lo, k_hi = round(lo * n), round(hi * n)
+        assert below(k_lo, n, p) <= 0.025 < below(k_lo + 1, n, p)
+        assert 1 - below(k_hi + 1, n, p) <= 0.025 < 1 - below(k_hi, n, p)
+    # 3 of 4 right at 0.975 happens 9% of the time by chance: inside the range
+    assert low[filled][2] <= 0.75
     path = reliability_plot(metrics, tmp_path / "reliability.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
 
@@ -242,16 +291,17 @@ def test_report_names_the_model_and_its_training_cells(trained_model, tmp_path):
     chance = held_out["test_ece_by_chance"]
     line = (f"- Calibration: temperature {info['temperature']}; ECE on the validation cells "
             f"{info['val_ece_before']:.3f} -> {info['val_ece_after']:.3f}; the training run's "
-            f"test cells {before:.3f} -> {after:.3f} ({chance:.3f} by chance alone for a "
-            "calibrated model).")  # fmt: skip
+            f"test cells {before:.3f} -> {after:.3f}, where a perfectly calibrated model shows "
+            f"{chance:.3f} by chance alone.")  # fmt: skip
     assert line in text
-    assert 0 < chance < 0.2
-    # the evaluation's ECE row says what chance alone gives on as many cells
+    # the evaluation's ECE row says what chance alone gives on as many cells: the same test
+    # cells and tempered confidences as training's number, so the same value
     m = report.metrics
-    assert 0 < m["ece_by_chance"] < 0.2 and 0 <= m["ece_p_value"] <= 1
+    assert m["n_cells"] == n_test and m["ece_by_chance"] == pytest.approx(chance, abs=1e-3)
+    p = m["ece_p_value"]
     assert (f"| expected calibration error | {m['ece']:.4f} (a perfectly calibrated model "
-            f"shows {m['ece_by_chance']:.4f} on {m['n_cells']} cells by chance; p = "
-            f"{m['ece_p_value']:.2f}) |") in text  # fmt: skip
+            f"shows {m['ece_by_chance']:.4f} on {m['n_cells']} cells by chance; "
+            f"{'p < 0.01' if p < 0.01 else f'p = {p:.2f}'}) |") in text  # fmt: skip
     assert "Calibration: temperature " in (tmp_path / "r" / "report.html").read_text()
     whole = trained_model.evaluate(adata, progress=False).to_markdown()
     assert f"- {n_train:,} of these cells were in the model's training split" in whole

@@ -55,7 +55,10 @@ def compute_metrics(
     )
     correct = y_true == y_pred
     ece = expected_calibration_error(np.asarray(confidence), correct)
-    chance = ece_by_chance(np.asarray(confidence), ece)
+    # "unknown" answers and labels the model lacks are wrong whatever the confidence
+    known = np.asarray(list(classes), dtype=str)
+    never_right = ~np.isin(y_pred, known) | ~np.isin(y_true, known)
+    chance = ece_by_chance(np.asarray(confidence), ece, never_right=never_right)
     matrix = confusion_matrix(y_true, y_pred, labels=sorted(set(rows) | set(columns)))
     order = sorted(set(rows) | set(columns))
     position = {label: i for i, label in enumerate(order)}

@@ -86,13 +86,17 @@ def per_class_f1_plot(metrics: dict, path: Path) -> Path:
 
 def chance_range(table: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per reliability bin: the accuracy a perfectly calibrated model would have (the bin's
-    mean confidence) and the 95% range chance gives it on the bin's cells (normal
-    approximation to the binomial, clipped to [0, 1]); NaN for empty bins."""
+    mean confidence) and the central 95% range chance gives it on the bin's cells (binomial
+    2.5% and 97.5% quantiles over the bin's count); NaN for empty bins."""
+    from scipy.stats import binom
+
     n = np.array([0 if v is None else v for v in table["n"]], dtype=float)
     mean = np.array([np.nan if c is None else c for c in table["confidence"]], dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        half = 1.96 * np.sqrt(mean * (1 - mean) / n)
-    return mean, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1)
+    filled = n > 0
+    low, high = np.full(n.size, np.nan), np.full(n.size, np.nan)
+    low[filled] = binom.ppf(0.025, n[filled], mean[filled]) / n[filled]
+    high[filled] = binom.ppf(0.975, n[filled], mean[filled]) / n[filled]
+    return np.where(filled, mean, np.nan), low, high
 
 
 def reliability_plot(metrics: dict, path: Path) -> Path:

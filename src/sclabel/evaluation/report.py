@@ -126,9 +126,12 @@ FEW_CELLS = 3
 EXPLAINED = (
     "Expected calibration error (ECE): the gap between confidence and accuracy, averaged over "
     "15 equal-width confidence bins weighted by their cells (0: a cell predicted with "
-    "confidence 0.8 is right 80% of the time). Uncertainty AUROC: how well 1 - confidence "
-    "tells wrong predictions from right ones (0.5: no better than chance; 1: every wrong "
-    "prediction is less confident than every right one)."
+    "confidence 0.8 is right 80% of the time). On a few hundred cells even a perfectly "
+    "calibrated model's ECE is not 0: the ECE row gives what chance alone shows there (each "
+    "cell right with its own confidence) and p, how often chance reaches the model's ECE "
+    "(small: real miscalibration). Uncertainty AUROC: how well 1 - confidence tells wrong "
+    "predictions from right ones (0.5: no better than chance; 1: every wrong prediction is "
+    "less confident than every right one)."
 )
 
 
@@ -145,9 +148,10 @@ def _by_chance(m: dict) -> str:
     """What a calibrated model would show by chance on as many cells (absent in old runs)."""
     if m.get("ece_by_chance") is None:
         return ""
+    p = m["ece_p_value"]
     return (
         f" (a perfectly calibrated model shows {m['ece_by_chance']:.4f} on {m['n_cells']} "
-        f"cells by chance; p = {m['ece_p_value']:.2f})"
+        f"cells by chance; {'p < 0.01' if p < 0.01 else f'p = {p:.2f}'})"
     )
 
 
@@ -221,7 +225,8 @@ def calibration_line(about: dict | None) -> str | None:
         text += f"; the training run's test cells {c['test_ece_before']:.3f} -> "
         text += f"{c['test_ece_after']:.3f}"
         if c.get("test_ece_by_chance") is not None:
-            text += f" ({c['test_ece_by_chance']:.3f} by chance alone for a calibrated model)"
+            text += f", where a perfectly calibrated model shows {c['test_ece_by_chance']:.3f}"
+            text += " by chance alone"
     return text + "."
 
 
