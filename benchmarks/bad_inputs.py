@@ -642,16 +642,7 @@ CASES = [
     ),
     (
         "predict: --cluster-key not in obs",
-        lambda f: [
-            "predict",
-            f / "cells.h5ad",
-            "--model",
-            f / "model",
-            "--cluster-key",
-            "leiden",
-            "--out",
-            f / "p.csv",
-        ],  # fmt: skip
+        lambda f: predict_cmd(f, "--cluster-key", "leiden"),
     ),
     (
         "predict: --model map:DIR whose index another model built",
@@ -693,57 +684,19 @@ CASES = [
     ),
     (
         "predict: --levels with classes outside the Cell Ontology",
-        lambda f: [
-            "predict",
-            f / "cells.h5ad",
-            "--model",
-            f / "model",
-            "--levels",
-            "2",
-            "--out",
-            f / "p.csv",
-        ],  # fmt: skip
+        lambda f: predict_cmd(f, "--levels", "2"),
     ),
     (
         "predict: --coverage 1.5",
-        lambda f: [
-            "predict",
-            f / "cells.h5ad",
-            "--model",
-            f / "model",
-            "--coverage",
-            "1.5",
-            "--out",
-            f / "p.csv",
-        ],  # fmt: skip
+        lambda f: predict_cmd(f, "--coverage", "1.5"),
     ),
     (
         "predict: --sets aps (not a set rule)",
-        lambda f: [
-            "predict",
-            f / "cells.h5ad",
-            "--model",
-            f / "model",
-            "--coverage",
-            "0.9",
-            "--sets",
-            "aps",
-            "--out",
-            f / "p.csv",
-        ],  # fmt: skip
+        lambda f: predict_cmd(f, "--coverage", "0.9", "--sets", "aps"),
     ),
     (
         "predict: --sets without --coverage",
-        lambda f: [
-            "predict",
-            f / "cells.h5ad",
-            "--model",
-            f / "model",
-            "--sets",
-            "split",
-            "--out",
-            f / "p.csv",
-        ],  # fmt: skip
+        lambda f: predict_cmd(f, "--sets", "split"),
     ),
     (
         "predict: no --out (a usage error)",
