@@ -96,7 +96,7 @@ def chance_range(table: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     low, high = np.full(n.size, np.nan), np.full(n.size, np.nan)
     low[filled] = binom.ppf(0.025, n[filled], mean[filled]) / n[filled]
     high[filled] = binom.ppf(0.975, n[filled], mean[filled]) / n[filled]
-    return np.where(filled, mean, np.nan), low, high
+    return mean, low, high  # an empty bin's mean confidence is already NaN
 
 
 def reliability_plot(metrics: dict, path: Path) -> Path:

@@ -18,7 +18,7 @@ from sclabel.data.augment import AugmentConfig, config_from
 from sclabel.data.genes import gene_list
 from sclabel.data.loader import EVAL_BATCH, iterate_batches
 from sclabel.errors import InputError
-from sclabel.evaluation.calibration import ece_by_chance, expected_calibration_error
+from sclabel.evaluation.calibration import expected_calibration_error
 from sclabel.evaluation.metrics import compute_metrics
 from sclabel.inference.calibration import Calibration
 from sclabel.inference.model import Model
@@ -320,15 +320,20 @@ def test_metrics(
     if len(scores) > 1:
         result["tasks"] = scores
     if calibration.fitted:
-        result["calibration"] = calibration_report(calibration, raw, y_test[:, 0])
+        # the test scores' chance ECE is of these same tempered confidences: not drawn twice
+        chance = result["test"]["ece_by_chance"]
+        result["calibration"] = calibration_report(calibration, raw, y_test[:, 0], chance)
     return result
 
 
-def calibration_report(calibration: Calibration, raw: np.ndarray, y: np.ndarray) -> dict:
-    """On held-out cells: ECE before/after temperature scaling and the ECE a perfectly
-    calibrated model with the tempered confidences shows on as many cells by chance alone
-    (`test_ece_by_chance`), the coverage and mean size of 90% prediction sets, and what the
-    automatic unknown threshold kept and how right it was."""
+def calibration_report(
+    calibration: Calibration, raw: np.ndarray, y: np.ndarray, chance: float
+) -> dict:
+    """On held-out cells: ECE before/after temperature scaling and `chance`, the ECE a
+    perfectly calibrated model with the tempered confidences shows on as many cells by
+    chance alone (`ece_by_chance`, as `compute_metrics` gives it), the coverage and mean
+    size of 90% prediction sets, and what the automatic unknown threshold kept and how
+    right it was."""
     tempered = calibration.apply(raw)
     correct = tempered.argmax(axis=1) == y
     threshold = calibration.set_threshold(0.9)
@@ -337,8 +342,7 @@ def calibration_report(calibration: Calibration, raw: np.ndarray, y: np.ndarray)
         **calibration.to_dict(),
         "test_ece_before": expected_calibration_error(raw.max(axis=1), correct),
         "test_ece_after": expected_calibration_error(tempered.max(axis=1), correct),
-        # what a perfectly calibrated model with the tempered confidences shows by chance
-        "test_ece_by_chance": ece_by_chance(tempered.max(axis=1))["mean"],
+        "test_ece_by_chance": chance,
         "sets_90": {
             "coverage": float(inside[np.arange(y.size), y].mean()),
             "mean_size": float(inside.sum(axis=1).mean()),
